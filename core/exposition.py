@@ -1,0 +1,81 @@
+"""Validated samples -> prometheus_client metric families -> text.
+
+Plugins never build families; this module is the only place that knows how a
+declaration becomes exposition, including the seed names that break the
+conventions (see ``naming.SEED_COUNTERS_WITHOUT_TOTAL``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.registry import Collector as PromCollector
+from prometheus_client.samples import Sample as PromSample
+
+from crusoe_metrics_exporter.contract import HistogramValue, MetricSpec, Sample
+from crusoe_metrics_exporter.histogram import cumulative_buckets
+from crusoe_metrics_exporter.naming import PREFIX, SEED_COUNTERS_WITHOUT_TOTAL
+
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+def family(spec: MetricSpec, samples: Sequence[Sample]) -> Metric:
+    """Build one family from a declaration and its (already validated) samples."""
+    full = PREFIX + spec.name
+    names = spec.labels
+    if spec.type == "histogram":
+        fam = Metric(full, spec.help, "histogram")
+        for s in samples:
+            labels = dict(zip(names, s.labels))
+            assert isinstance(s.value, HistogramValue)
+            value = s.value
+            for le, count in cumulative_buckets(spec.buckets, value):
+                fam.samples.append(PromSample(full + "_bucket", {**labels, "le": le}, count, None, None))
+            fam.samples.append(PromSample(full + "_count", labels, float(sum(value.counts)), None, None))
+            fam.samples.append(PromSample(full + "_sum", labels, float(value.sum), None, None))
+        return fam
+    if spec.type == "counter" and spec.name in SEED_COUNTERS_WITHOUT_TOTAL:
+        # Keep the seed's exact series name: an untyped family is exposed verbatim.
+        fam = Metric(full, spec.help, "unknown")
+        sample_name = full
+    elif spec.type == "counter":
+        fam = Metric(full.removesuffix("_total"), spec.help, "counter")
+        sample_name = full
+    else:
+        fam = Metric(full, spec.help, "gauge")
+        sample_name = full
+    append = fam.samples.append
+    for s in samples:
+        append(PromSample(sample_name, dict(zip(names, s.labels)), float(s.value), None, None))  # type: ignore[arg-type]
+    return fam
+
+
+class FamiliesCollector(PromCollector):
+    """Adapts a fixed list of families to prometheus_client's generators."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def render(families: Iterable[Metric], openmetrics: bool = False) -> bytes:
+    registry = FamiliesCollector(families)
+    if openmetrics:
+        return generate_openmetrics(registry)  # type: ignore[arg-type]
+    return generate_latest(registry)  # type: ignore[arg-type]
+
+
+def wants_openmetrics(accept_header: str | None) -> bool:
+    if not accept_header:
+        return False
+    for part in accept_header.split(","):
+        media = part.split(";")[0].strip()
+        if media == "application/openmetrics-text":
+            return True
+    return False

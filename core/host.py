@@ -1,0 +1,284 @@
+"""Discovering, validating and starting plugins.
+
+We do not use pluggy's ``load_setuptools_entrypoints``: one plugin that fails to
+import would abort it for all. Each entry point is loaded, registered and
+validated inside its own error boundary, and the outcome is kept in a
+:class:`PluginRecord` that ``plugins``, ``/`` and the meta-metrics report.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pluggy
+
+from crusoe_metrics_exporter.contract import CONTRACT_VERSION, Collector, PluginContext, PluginSpec, Support
+from crusoe_metrics_exporter.errors import ErrorCounters
+from crusoe_metrics_exporter.hookspecs import PROJECT, ExporterHooks
+from crusoe_metrics_exporter.naming import InvalidDeclaration, validate_metric_spec
+from crusoe_metrics_exporter.options import SettingError, parse_option
+from crusoe_metrics_exporter.services import Services
+from crusoe_metrics_exporter.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = PROJECT
+OWN_DISTRIBUTION = "crusoe-metrics-exporter"
+#: Metric name prefixes the core itself emits; plugins may not use them.
+CORE_OWNED_PREFIXES = ("exporter_", "dns_resolve_")
+
+State = Literal["active", "unsupported", "disabled", "failed", "loaded"]
+_PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass
+class PluginRecord:
+    """What the host knows about one discovered plugin."""
+
+    name: str
+    distribution: str
+    version: str
+    entry_point: str
+    spec: PluginSpec | None = None
+    state: State = "loaded"
+    reason: str = ""
+    #: The phase a failure happened in (load, validate, start).
+    failed_phase: str = ""
+    details: dict[str, str] = field(default_factory=dict)
+    collector: Collector | None = None
+    errors: ErrorCounters | None = None
+
+    @property
+    def builtin(self) -> bool:
+        return self.distribution == OWN_DISTRIBUTION
+
+    def fail(self, phase: str, reason: str) -> None:
+        self.state = "failed"
+        self.failed_phase = phase
+        self.reason = reason
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "state": self.state,
+            "reason": self.reason,
+            "details": dict(self.details),
+        }
+
+
+def _entry_points(group: str) -> list[tuple[importlib.metadata.EntryPoint, str, str]]:
+    seen: set[tuple[str, str, str]] = set()
+    out = []
+    for dist in importlib.metadata.distributions():
+        dist_name = dist.metadata["Name"] or "unknown"
+        for ep in dist.entry_points:
+            if ep.group != group:
+                continue
+            # The same dist can be visible twice (symlinked lib64, editable
+            # installs); identical triples are one plugin, not a collision.
+            key = (dist_name.lower().replace("_", "-"), ep.name, ep.value)
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append((ep, dist_name, dist.version or "0"))
+    out.sort(key=lambda t: (t[0].name, t[1]))
+    return out
+
+
+def discover(
+    entry_points: Iterable[tuple[Any, str, str]] | None = None,
+    group: str = ENTRY_POINT_GROUP,
+) -> list[PluginRecord]:
+    """Load every plugin of ``group``; never raises for a plugin's fault.
+
+    ``entry_points`` (objects with ``name``, ``value`` and ``load()``, with their
+    distribution name and version) replaces discovery in tests.
+    """
+    candidates = list(entry_points) if entry_points is not None else _entry_points(group)
+    candidates.sort(key=lambda t: (t[0].name, t[1]))
+    records: list[PluginRecord] = []
+    by_name: dict[str, list[PluginRecord]] = {}
+    for ep, dist_name, dist_version in candidates:
+        rec = PluginRecord(name=ep.name, distribution=dist_name, version=dist_version, entry_point=ep.value)
+        records.append(rec)
+        by_name.setdefault(ep.name, []).append(rec)
+        _load_one(rec, ep)
+
+    for name, recs in by_name.items():
+        if len(recs) > 1:
+            dists = ", ".join(r.distribution for r in recs)
+            for r in recs:
+                r.fail("load", f"plugin name {name!r} is claimed by several distributions: {dists}")
+    _reject_duplicate_metrics(records)
+    return records
+
+
+def _load_one(rec: PluginRecord, ep: Any) -> None:
+    if not _PLUGIN_NAME.match(rec.name):
+        rec.fail("load", f"entry point name {rec.name!r} is not a valid plugin name (lowercase, digits, _)")
+        return
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(ExporterHooks)
+    try:
+        module = ep.load()
+        pm.register(module, name=rec.name)
+        pm.check_pending()
+        impls = pm.hook.crusoe_metrics_exporter_plugin.get_hookimpls()
+        if not impls:
+            rec.fail("load", "the module does not implement crusoe_metrics_exporter_plugin")
+            return
+        spec = impls[0].function()
+    except Exception as exc:  # noqa: BLE001 - the boundary around third-party code
+        log.debug("plugin %s failed to load", rec.name, exc_info=True)
+        rec.fail("load", f"{type(exc).__name__}: {exc}")
+        return
+    try:
+        validate_spec(spec, rec.name)
+    except InvalidDeclaration as exc:
+        rec.fail("validate", str(exc))
+        return
+    rec.spec = spec
+
+
+def validate_spec(spec: Any, entry_point_name: str) -> None:
+    """Check a PluginSpec the way the core needs it; raise InvalidDeclaration."""
+    if not isinstance(spec, PluginSpec):
+        raise InvalidDeclaration(f"the hook returned {type(spec).__name__}, not a PluginSpec")
+    if spec.contract_version != CONTRACT_VERSION:
+        raise InvalidDeclaration(
+            f"written for plugin contract {spec.contract_version}; this exporter speaks {CONTRACT_VERSION}"
+        )
+    if spec.name != entry_point_name:
+        raise InvalidDeclaration(f"entry point {entry_point_name!r} declares a plugin named {spec.name!r}")
+    names: set[str] = set()
+    for metric in spec.metrics:
+        validate_metric_spec(metric)
+        if metric.name.startswith(CORE_OWNED_PREFIXES):
+            raise InvalidDeclaration(f"metric {metric.name!r}: names starting {CORE_OWNED_PREFIXES} belong to the core")
+        if metric.name in names:
+            raise InvalidDeclaration(f"metric {metric.name!r} declared twice")
+        names.add(metric.name)
+    option_names: set[str] = set()
+    for option in spec.options:
+        if not _PLUGIN_NAME.match(option.name) or option.name in option_names:
+            raise InvalidDeclaration(f"option {option.name!r}: invalid or duplicate option name")
+        option_names.add(option.name)
+        try:
+            parse_option(option, option.default, f"default of option {option.name}")
+        except SettingError as exc:
+            raise InvalidDeclaration(str(exc)) from None
+    if not callable(spec.factory) or not callable(spec.check_support):
+        raise InvalidDeclaration("factory and check_support must be callables")
+
+
+def _reject_duplicate_metrics(records: list[PluginRecord]) -> None:
+    # Built-ins are claimed first so a third-party plugin cannot evict one;
+    # among the rest, name order decides, so the outcome is reproducible.
+    owners: dict[str, str] = {}
+    for rec in sorted(records, key=lambda r: (not r.builtin, r.name)):
+        if rec.spec is None or rec.state == "failed":
+            continue
+        clash = next((m.name for m in rec.spec.metrics if m.name in owners), None)
+        if clash is not None:
+            rec.fail("validate", f"metric {clash!r} is already exported by plugin {owners[clash]!r}")
+            continue
+        for m in rec.spec.metrics:
+            owners[m.name] = rec.name
+
+
+def plugin_options(records: Iterable[PluginRecord]) -> dict[str, Any]:
+    return {r.name: r.spec.options for r in records if r.spec is not None}
+
+
+def select(records: Iterable[PluginRecord], settings: Settings) -> None:
+    """Mark plugins the configuration turns off."""
+    enable = set(settings.core["enable"])
+    disable = set(settings.core["disable"])
+    for rec in records:
+        if rec.state == "failed":
+            continue
+        if rec.name in disable or (enable and rec.name not in enable):
+            rec.state = "disabled"
+            rec.reason = "disabled by configuration"
+
+
+def make_context(rec: PluginRecord, settings: Settings, services: Services) -> PluginContext:
+    assert rec.spec is not None
+    if rec.errors is None:
+        rec.errors = ErrorCounters(rec.name, tuple(m.name for m in rec.spec.metrics if m.error_counter))
+    return PluginContext(
+        plugin=rec.name,
+        options=settings.plugin(rec.name),
+        settings=settings,
+        errors=rec.errors,
+        log=logging.getLogger(f"crusoe_metrics_exporter.plugins.{rec.name}"),
+        details=rec.details,
+        services=services,
+    )
+
+
+def check(rec: PluginRecord, settings: Settings, services: Services) -> Support | None:
+    """Run the support check; updates the record. Returns the answer, if any."""
+    if rec.spec is None or rec.state in ("failed", "disabled"):
+        return None
+    ctx = make_context(rec, settings, services)
+    try:
+        support = rec.spec.check_support(ctx)
+    except Exception as exc:  # noqa: BLE001 - plugin code
+        log.debug("support check of %s raised", rec.name, exc_info=True)
+        rec.fail("start", f"support check raised {type(exc).__name__}: {exc}")
+        return None
+    rec.details.update(support.details)
+    if not support.supported:
+        rec.state = "unsupported"
+        rec.reason = support.reason or "not supported on this host"
+    else:
+        rec.state = "active"
+    return support
+
+
+def start(rec: PluginRecord, settings: Settings, services: Services) -> None:
+    """Build and start the plugin's collector; failures become state, not exceptions."""
+    if check(rec, settings, services) is None or rec.state != "active":
+        return
+    assert rec.spec is not None and rec.errors is not None
+    ctx = make_context(rec, settings, services)
+    collector: Collector | None = None
+    try:
+        collector = rec.spec.factory(ctx)
+        collector.start()
+    except Exception as exc:  # noqa: BLE001 - plugin code
+        log.debug("plugin %s failed to start", rec.name, exc_info=True)
+        rec.errors.core_failure("start")
+        rec.fail("start", f"{type(exc).__name__}: {exc}")
+        if collector is not None:
+            _stop_quietly(rec.name, collector)
+        return
+    rec.collector = collector
+    log.info("plugin %s active%s", rec.name, _details_suffix(rec.details))
+
+
+def stop(rec: PluginRecord) -> None:
+    if rec.collector is not None:
+        _stop_quietly(rec.name, rec.collector)
+        rec.collector = None
+
+
+def _stop_quietly(name: str, collector: Collector) -> None:
+    try:
+        collector.stop()
+    except Exception:  # noqa: BLE001 - plugin code; shutting down regardless
+        log.warning("plugin %s raised while stopping", name, exc_info=True)
+
+
+def _details_suffix(details: Mapping[str, str]) -> str:
+    if not details:
+        return ""
+    return " (" + ", ".join(f"{k}={v}" for k, v in sorted(details.items())) + ")"

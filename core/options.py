@@ -1,0 +1,181 @@
+"""Parsing and checking of option values, from text (env, CLI) or TOML values.
+
+Every failure raises :class:`SettingError` whose message is one line naming
+where the value came from, the value, and what is accepted.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from crusoe_metrics_exporter.contract import ConfigOption
+
+
+class SettingError(ValueError):
+    """A setting has a value the exporter cannot use."""
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def parse_duration(text: str) -> float:
+    """Parse a Go-style duration ("30s", "5m", "1h30m", "250ms") into seconds."""
+    s = text.strip()
+    if s == "0":
+        return 0.0
+    pos = 0
+    total = 0.0
+    for m in _DURATION_PART.finditer(s):
+        if m.start() != pos:
+            raise ValueError(text)
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(s) or pos == 0:
+        raise ValueError(text)
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """Inverse of parse_duration for display and ``config init``."""
+    if seconds == 0:
+        return "0s"
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    whole = int(seconds)
+    if whole != seconds:
+        return f"{seconds:g}s"
+    h, rest = divmod(whole, 3600)
+    m, s = divmod(rest, 60)
+    out = ""
+    if h:
+        out += f"{h}h"
+    if m:
+        out += f"{m}m"
+    if s or not out:
+        out += f"{s}s"
+    return out
+
+
+_EXPECTED = {
+    "str": "a string",
+    "path": "a file system path",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "duration": "a duration such as 30s, 5m or 1h30m",
+    "str_list": "a comma-separated list",
+    "int_list": "a comma-separated list of integers",
+    "port_list": "a comma-separated list of ports between 1 and 65535",
+    "regex": "a valid regular expression",
+}
+
+
+def expected(option: ConfigOption) -> str:
+    if option.choices:
+        return "one of " + ", ".join(option.choices)
+    if option.name == "port":
+        return "an integer port between 1 and 65535"
+    return _EXPECTED[option.type]
+
+
+def parse_option(option: ConfigOption, raw: Any, origin: str) -> Any:
+    """Convert ``raw`` (str from env/CLI, or a TOML value) to the option's type."""
+    try:
+        value = _convert(option, raw)
+    except (ValueError, TypeError, re.error):
+        shown = raw if isinstance(raw, str) else repr(raw)
+        raise SettingError(f"invalid {origin}={shown!r}: expected {expected(option)}") from None
+    return value
+
+
+def _convert(option: ConfigOption, raw: Any) -> Any:
+    t = option.type
+    if t in ("str", "path"):
+        if not isinstance(raw, str):
+            raise TypeError
+        value: Any = raw.strip() if t == "path" else raw
+        if option.choices and value.lower() not in option.choices:
+            raise ValueError
+        return value.lower() if option.choices else value
+    if t == "regex":
+        if not isinstance(raw, str):
+            raise TypeError
+        re.compile(raw)
+        return raw
+    if t == "bool":
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in _TRUE:
+            return True
+        if isinstance(raw, str) and raw.strip().lower() in _FALSE:
+            return False
+        raise ValueError
+    if t == "int":
+        if isinstance(raw, bool):
+            raise TypeError
+        value = int(raw.strip()) if isinstance(raw, str) else int(raw)
+        if isinstance(raw, float) and raw != value:
+            raise ValueError
+        if option.name == "port" and not 1 <= value <= 65535:
+            raise ValueError
+        return value
+    if t == "float":
+        if isinstance(raw, bool):
+            raise TypeError
+        return float(raw)
+    if t == "duration":
+        if isinstance(raw, bool):
+            raise TypeError
+        if isinstance(raw, (int, float)):
+            seconds = float(raw)
+        else:
+            seconds = parse_duration(str(raw))
+        if seconds < 0:
+            raise ValueError
+        return seconds
+    if t in ("str_list", "int_list", "port_list"):
+        items: list[Any]
+        if isinstance(raw, str):
+            items = [part.strip() for part in raw.split(",") if part.strip()]
+        elif isinstance(raw, list):
+            items = raw
+        else:
+            raise TypeError
+        if t == "str_list":
+            if not all(isinstance(i, str) for i in items):
+                raise TypeError
+            return [i.strip() for i in items if i.strip()]
+        ints = [int(i.strip()) if isinstance(i, str) else _strict_int(i) for i in items]
+        if t == "port_list" and (not ints or any(not 1 <= p <= 65535 for p in ints)):
+            raise ValueError
+        return ints
+    raise TypeError(t)
+
+
+def _strict_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError
+    return value
+
+
+def to_toml_value(option: ConfigOption, value: Any) -> Any:
+    """The value as it should be written into a TOML file."""
+    if option.type == "duration":
+        return format_duration(float(value))
+    return value
+
+
+def to_text(option: ConfigOption, value: Any) -> str:
+    """The value as a person would type it (``config show``)."""
+    if option.type == "duration":
+        return format_duration(float(value))
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

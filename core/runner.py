@@ -1,0 +1,137 @@
+"""Running one plugin's collect inside an error boundary with a deadline.
+
+Each active plugin gets one worker thread. A scrape asks every plugin at once
+and waits for each until the shared deadline. A plugin that hangs keeps its
+single worker busy: later scrapes see it is still running and do not start a
+second call, so a stuck plugin costs one thread, never one per scrape.
+Concurrent scrapes that arrive while a collect is running share its result.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from crusoe_metrics_exporter.contract import HistogramValue, MetricSpec, Sample
+from crusoe_metrics_exporter.host import PluginRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CollectResult:
+    """Validated samples of one collect, grouped by metric name."""
+
+    by_metric: dict[str, list[Sample]] = field(default_factory=dict)
+    ok: bool = True
+    duration: float = 0.0
+    dropped: int = 0
+
+
+def validate(samples: Iterable[Sample], metrics: dict[str, MetricSpec]) -> tuple[dict[str, list[Sample]], int]:
+    """Keep samples that match their declaration; return them and the count dropped."""
+    grouped: dict[str, list[Sample]] = {}
+    dropped = 0
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    for s in samples:
+        spec = metrics.get(s.metric) if isinstance(s, tuple) and len(s) == 3 else None
+        if spec is None or spec.error_counter or not _matches(spec, s):
+            dropped += 1
+            continue
+        key = (s.metric, s.labels)
+        if key in seen:
+            # Two samples for one series would make the exposition invalid.
+            dropped += 1
+            continue
+        seen.add(key)
+        grouped.setdefault(s.metric, []).append(s)
+    return grouped, dropped
+
+
+def _matches(spec: MetricSpec, s: Sample) -> bool:
+    labels = s.labels
+    if type(labels) is not tuple or len(labels) != len(spec.labels):
+        return False
+    for v in labels:
+        if type(v) is not str:
+            return False
+    value = s.value
+    if spec.type == "histogram":
+        if not isinstance(value, HistogramValue):
+            return False
+        counts = value.counts
+        if len(counts) != len(spec.buckets) + 1:
+            return False
+        if any(type(c) is not int or c < 0 for c in counts):
+            return False
+        return isinstance(value.sum, (int, float)) and math.isfinite(value.sum)
+    if type(value) not in (float, int) or isinstance(value, bool):
+        return False
+    if math.isnan(value):
+        return False
+    if spec.type == "counter" and (value < 0 or math.isinf(value)):
+        return False
+    return True
+
+
+class PluginRunner:
+    """Drives collect() of one active plugin."""
+
+    def __init__(self, record: PluginRecord) -> None:
+        assert record.spec is not None and record.collector is not None and record.errors is not None
+        self.record = record
+        self._collector = record.collector
+        self._metrics = {m.name: m for m in record.spec.metrics}
+        self._errors = record.errors
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"collect-{record.name}")
+        self._lock = threading.Lock()
+        self._inflight: Future[CollectResult] | None = None
+        self._inflight_started = 0.0
+        self.last: CollectResult | None = None
+
+    def submit(self) -> Future[CollectResult]:
+        with self._lock:
+            if self._inflight is None or self._inflight.done():
+                self._inflight = self._pool.submit(self._collect_once)
+                self._inflight_started = time.monotonic()
+            return self._inflight
+
+    def wait(self, future: Future[CollectResult], deadline: float) -> CollectResult:
+        """Wait for ``future`` until the monotonic ``deadline``."""
+        timeout = max(0.0, deadline - time.monotonic())
+        try:
+            result = future.result(timeout=timeout)
+        except TimeoutError:
+            self._errors.core_failure("timeout")
+            log.warning(
+                "plugin %s: collect still running after %.1fs; scrape continues without it",
+                self.record.name,
+                time.monotonic() - self._inflight_started,
+            )
+            result = CollectResult(ok=False, duration=time.monotonic() - self._inflight_started)
+        self.last = result
+        return result
+
+    def _collect_once(self) -> CollectResult:
+        started = time.monotonic()
+        try:
+            samples = list(self._collector.collect())
+        except Exception as exc:  # noqa: BLE001 - the isolation boundary around plugin code
+            self._errors.core_failure("collect")
+            log.warning("plugin %s: collect failed: %s: %s", self.record.name, type(exc).__name__, exc)
+            log.debug("plugin %s: collect traceback", self.record.name, exc_info=True)
+            return CollectResult(ok=False, duration=time.monotonic() - started)
+        grouped, dropped = validate(samples, self._metrics)
+        if dropped:
+            self._errors.core_failure("invalid_sample", dropped)
+            log.warning("plugin %s: dropped %d samples that do not match its declarations", self.record.name, dropped)
+        return CollectResult(grouped, True, time.monotonic() - started, dropped)
+
+    def close(self) -> None:
+        # Do not wait: a hung collect must not block shutdown.
+        self._pool.shutdown(wait=False, cancel_futures=True)

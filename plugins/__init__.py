@@ -1,0 +1,1 @@
+"""Built-in collector plugins, each a self-contained package."""
