@@ -1,0 +1,1 @@
+"""Where the NFS servers and object-store endpoints are: discovery shared by plugins."""
