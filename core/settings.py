@@ -93,7 +93,7 @@ TARGET_OPTIONS: tuple[ConfigOption, ...] = (
     ConfigOption(
         "nfs_volume_id_pattern",
         "regex",
-        r"/volumes/(?P<volume_id>[^/]+)",
+        r"/volumes/(?P<volume_id>.+)$",
         "Regex with a named group 'volume_id' applied to an NFS mount's device.",
     ),
     ConfigOption(
