@@ -224,6 +224,12 @@ def resolve(
         core["host_proc_path"] = "/host/proc" if Path("/host/proc/1/mounts").exists() else "/proc"
         sources["exporter.host_proc_path"] = "auto-detected"
     targets = resolved.pop("targets")
+    if targets["nfs_enable_volume_id"]:
+        # Checked here, not when a plugin starts, so a pattern without its
+        # named group is one clear startup error shared by every NFS plugin.
+        from crusoe_metrics_exporter.targets.volumes import compile_volume_pattern
+
+        compile_volume_pattern(targets["nfs_volume_id_pattern"])
     plugins = {section.removeprefix("plugins."): values for section, values in resolved.items()}
     return Settings(core, targets, plugins, sources, path), warnings
 
