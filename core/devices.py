@@ -1,0 +1,114 @@
+"""Block device names and node_exporter-style device selection.
+
+Shared by the plugins that report per-disk metrics (``disk_stats`` from
+/proc/diskstats, ``disk_latency`` from eBPF), so both select the same disks
+with the same two options and label them with the same names.
+
+Names come from the kernel's own table, /proc/diskstats, rather than from
+/sys/block: /proc/diskstats lists partitions too, works under a mounted host
+/proc in a container (where /sys is the container's), and is a single read.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from crusoe_metrics_exporter.contract import ConfigOption
+
+#: Whole virtio disks (vda, vdb, ..., vdaa); partitions such as vda1 are not
+#: matched, so a disk's I/O is never counted twice.
+DEFAULT_DEVICE_INCLUDE = r"^vd[a-z]+$"
+
+DEVICE_OPTIONS: tuple[ConfigOption, ...] = (
+    ConfigOption(
+        "device_include",
+        "regex",
+        DEFAULT_DEVICE_INCLUDE,
+        "Regular expression a kernel block device name must match to be reported (searched, so anchor it); "
+        "empty means every device. The default selects whole virtio disks and no partitions.",
+    ),
+    ConfigOption(
+        "device_exclude",
+        "regex",
+        "",
+        "Regular expression of kernel block device names never reported, applied after device_include; "
+        "empty excludes nothing.",
+    ),
+)
+
+#: A filter remembers its answers; the kernel's device set is small, but a
+#: hostile /proc could feed endless distinct names, hence the bound.
+_MATCH_CACHE_LIMIT = 4096
+
+
+class DeviceFilter:
+    """Selects devices the way node_exporter's device filter does.
+
+    A device is reported when it matches ``include`` (if set) and does not
+    match ``exclude`` (if set). Both are searched, not fully matched, exactly
+    like Go's ``MatchString``.
+    """
+
+    def __init__(self, include: str = DEFAULT_DEVICE_INCLUDE, exclude: str = "") -> None:
+        self.include = re.compile(include) if include else None
+        self.exclude = re.compile(exclude) if exclude else None
+        self._cache: dict[str, bool] = {}
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> DeviceFilter:
+        """Build from a plugin's resolved options (missing keys take the defaults)."""
+        return cls(
+            str(options.get("device_include", DEFAULT_DEVICE_INCLUDE)),
+            str(options.get("device_exclude", "")),
+        )
+
+    def matches(self, name: str) -> bool:
+        cached = self._cache.get(name)
+        if cached is not None:
+            return cached
+        ok = (self.include is None or self.include.search(name) is not None) and (
+            self.exclude is None or self.exclude.search(name) is None
+        )
+        if len(self._cache) < _MATCH_CACHE_LIMIT:
+            self._cache[name] = ok
+        return ok
+
+    def __repr__(self) -> str:
+        inc = self.include.pattern if self.include else ""
+        exc = self.exclude.pattern if self.exclude else ""
+        return f"DeviceFilter(include={inc!r}, exclude={exc!r})"
+
+
+def parse_device_table(text: str) -> dict[tuple[int, int], str]:
+    """(major, minor) -> name from the first three columns of diskstats text.
+
+    Lines that do not start with two integers and a name are skipped: this
+    table only labels devices, so a damaged line must not cost the others.
+    """
+    table: dict[tuple[int, int], str] = {}
+    for line in text.splitlines():
+        parts = line.split(None, 3)
+        if len(parts) < 3:
+            continue
+        major, minor, name = parts[0], parts[1], parts[2]
+        if not (major.isdigit() and minor.isdigit() and major.isascii() and minor.isascii()):
+            continue
+        table[(int(major), int(minor))] = name
+    return table
+
+
+def device_names(host_proc: Path) -> dict[tuple[int, int], str]:
+    """The kernel's (major, minor) -> device name table from ``host_proc``/diskstats.
+
+    Returns an empty mapping when the file cannot be read (no block layer,
+    wrong HOST_PROC_PATH); callers decide whether that is an error. One small
+    read, cheap enough for a periodic background refresh.
+    """
+    try:
+        raw = (host_proc / "diskstats").read_bytes()
+    except OSError:
+        return {}
+    return parse_device_table(raw.decode("utf-8", "replace"))
