@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -12,17 +11,16 @@ from typing import Any
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample as PromSample
 
-from crusoe_metrics_exporter import __version__, host
+from crusoe_metrics_exporter import host
 from crusoe_metrics_exporter.exposition import family
 from crusoe_metrics_exporter.host import PluginRecord
+from crusoe_metrics_exporter.meta import meta_families
 from crusoe_metrics_exporter.naming import PREFIX
 from crusoe_metrics_exporter.runner import CollectResult, PluginRunner
 from crusoe_metrics_exporter.services import Services
 from crusoe_metrics_exporter.settings import Overrides, Settings, resolve
 
 log = logging.getLogger(__name__)
-
-STATES = ("active", "unsupported", "disabled", "failed")
 
 
 class StrictModeError(RuntimeError):
@@ -50,10 +48,6 @@ class Exporter:
         settings, warnings = resolve(host.plugin_options(records), config_path, environ, overrides)
         for w in warnings:
             log.warning("%s", w)
-        for rec in records:
-            if rec.state == "failed":
-                log.error("plugin %s (%s %s) failed to %s: %s", rec.name, rec.distribution, rec.version,
-                          rec.failed_phase, rec.reason)
         return cls(records, settings)
 
     # -- lifecycle -------------------------------------------------------
@@ -65,6 +59,9 @@ class Exporter:
     def start(self, only: Iterable[str] | None = None) -> None:
         wanted = set(only) if only is not None else None
         for rec in self.records:
+            if rec.state == "failed":
+                log.error("plugin %s (%s %s) failed to %s: %s", rec.name, rec.distribution, rec.version,
+                          rec.failed_phase, rec.reason)
             if wanted is not None and rec.name not in wanted:
                 if rec.state not in ("failed",):
                     rec.state, rec.reason = "disabled", "not selected"
@@ -116,47 +113,12 @@ class Exporter:
                         fam = Metric(PREFIX + spec.name.removesuffix("_total"), spec.help, "counter")
                         fam.samples.append(PromSample(PREFIX + spec.name, {}, float(totals[spec.name]), None, None))
                         families.append(fam)
-        families.extend(self._meta_families(results, wanted))
+        families.extend(meta_families(self.records, results, wanted))
         for service in self.services.built().values():
             provider = getattr(service, "metric_families", None)
             if provider is not None:
                 try:
                     families.extend(provider())
-                except Exception:  # noqa: BLE001 - a service must not fail the scrape
+                except Exception:
                     log.warning("service metrics failed", exc_info=True)
         return families
-
-    def _meta_families(self, results: Mapping[str, CollectResult], wanted: set[str] | None) -> list[Metric]:
-        p = PREFIX + "exporter_"
-        build = Metric(p + "build_info", "Build information of crusoe-metrics-exporter; the value is always 1.", "gauge")
-        build.samples.append(
-            PromSample(p + "build_info", {"version": __version__, "python_version": platform.python_version()},
-                       1.0, None, None)
-        )
-        up = Metric(p + "plugin_up", "1 if the plugin's last collect succeeded, 0 if it failed, timed out or the plugin "
-                    "is not active.", "gauge")
-        state = Metric(p + "plugin_state", "The plugin's state: 1 for the current one of active, unsupported, "
-                       "disabled, failed.", "gauge")
-        duration = Metric(p + "plugin_collect_duration_seconds", "Duration of the plugin's last collect.", "gauge")
-        errors = Metric(p + "plugin_errors", "Errors per plugin and phase (load, start, collect, timeout, "
-                        "invalid_sample, plugin_reported).", "counter")
-        for rec in self.records:
-            if wanted is not None and rec.name not in wanted:
-                continue
-            labels = {"plugin": rec.name}
-            result = results.get(rec.name)
-            up_value = 1.0 if (rec.state == "active" and result is not None and result.ok) else 0.0
-            up.samples.append(PromSample(p + "plugin_up", labels, up_value, None, None))
-            for s in STATES:
-                state.samples.append(PromSample(p + "plugin_state", {**labels, "state": s},
-                                                1.0 if rec.state == s else 0.0, None, None))
-            if result is not None:
-                duration.samples.append(PromSample(p + "plugin_collect_duration_seconds", labels, result.duration,
-                                                   None, None))
-            phases = rec.errors.phase_totals() if rec.errors is not None else {}
-            if rec.state == "failed" and rec.errors is None:
-                phases = {rec.failed_phase or "load": 1}
-            for phase, n in sorted(phases.items()):
-                errors.samples.append(PromSample(p + "plugin_errors_total", {**labels, "phase": phase}, float(n),
-                                                 None, None))
-        return [build, up, state, duration, errors]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_ch
 
 if TYPE_CHECKING:
     from crusoe_metrics_exporter.errors import ErrorCounters
+    from crusoe_metrics_exporter.services import Services
     from crusoe_metrics_exporter.settings import Settings
 
 MetricType = Literal["counter", "gauge", "histogram"]
@@ -87,14 +88,16 @@ class Support:
     reason: str = ""
     #: Extra facts shown by ``plugins`` and on ``/`` (e.g. the attach method).
     details: Mapping[str, str] = field(default_factory=dict)
+    #: What the operator can do about it; printed by ``doctor``.
+    fix: str = ""
 
     @classmethod
     def ok(cls, **details: str) -> Support:
         return cls(True, "", details)
 
     @classmethod
-    def unsupported(cls, reason: str, **details: str) -> Support:
-        return cls(False, reason, details)
+    def unsupported(cls, reason: str, fix: str = "", **details: str) -> Support:
+        return cls(False, reason, details, fix)
 
 
 OptionType = Literal["str", "int", "float", "bool", "duration", "str_list", "int_list", "port_list", "regex", "path"]
@@ -134,6 +137,12 @@ class Collector(Protocol):
     def stop(self) -> None: ...
 
 
+def _no_services() -> Services:
+    from crusoe_metrics_exporter.services import Services
+
+    return Services(None, {})
+
+
 @dataclass
 class PluginContext:
     """What the core hands a plugin: its resolved options and shared services."""
@@ -145,8 +154,8 @@ class PluginContext:
     log: logging.Logger
     #: Extra facts the running collector wants shown (attach method, paths).
     details: dict[str, str] = field(default_factory=dict)
-    #: Shared services (target discovery, eBPF runtime) looked up by key.
-    services: dict[str, Any] = field(default_factory=dict)
+    #: Shared services (target discovery, eBPF runtime): ``services.get(name)``.
+    services: Services = field(default_factory=_no_services)
 
     @property
     def host_proc(self) -> Path:

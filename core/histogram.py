@@ -19,7 +19,7 @@ def cumulative_buckets(bounds: Sequence[float], value: HistogramValue) -> list[t
         raise ValueError(f"expected {len(bounds) + 1} bucket counts (bounds + overflow), got {len(value.counts)}")
     out: list[tuple[str, float]] = []
     running = 0
-    for bound, count in zip(bounds, value.counts):
+    for bound, count in zip(bounds, value.counts[:-1], strict=True):
         if count < 0:
             raise ValueError("bucket counts must not be negative")
         running += count

@@ -135,19 +135,17 @@ def _load_one(rec: PluginRecord, ep: Any) -> None:
             rec.fail("load", "the module does not implement crusoe_metrics_exporter_plugin")
             return
         spec = impls[0].function()
-    except Exception as exc:  # noqa: BLE001 - the boundary around third-party code
+    except Exception as exc:
         log.debug("plugin %s failed to load", rec.name, exc_info=True)
         rec.fail("load", f"{type(exc).__name__}: {exc}")
         return
     try:
-        validate_spec(spec, rec.name)
+        rec.spec = validate_spec(spec, rec.name)
     except InvalidDeclaration as exc:
         rec.fail("validate", str(exc))
-        return
-    rec.spec = spec
 
 
-def validate_spec(spec: Any, entry_point_name: str) -> None:
+def validate_spec(spec: object, entry_point_name: str) -> PluginSpec:
     """Check a PluginSpec the way the core needs it; raise InvalidDeclaration."""
     if not isinstance(spec, PluginSpec):
         raise InvalidDeclaration(f"the hook returned {type(spec).__name__}, not a PluginSpec")
@@ -176,6 +174,7 @@ def validate_spec(spec: Any, entry_point_name: str) -> None:
             raise InvalidDeclaration(str(exc)) from None
     if not callable(spec.factory) or not callable(spec.check_support):
         raise InvalidDeclaration("factory and check_support must be callables")
+    return spec
 
 
 def _reject_duplicate_metrics(records: list[PluginRecord]) -> None:
@@ -231,7 +230,7 @@ def check(rec: PluginRecord, settings: Settings, services: Services) -> Support 
     ctx = make_context(rec, settings, services)
     try:
         support = rec.spec.check_support(ctx)
-    except Exception as exc:  # noqa: BLE001 - plugin code
+    except Exception as exc:
         log.debug("support check of %s raised", rec.name, exc_info=True)
         rec.fail("start", f"support check raised {type(exc).__name__}: {exc}")
         return None
@@ -254,7 +253,7 @@ def start(rec: PluginRecord, settings: Settings, services: Services) -> None:
     try:
         collector = rec.spec.factory(ctx)
         collector.start()
-    except Exception as exc:  # noqa: BLE001 - plugin code
+    except Exception as exc:
         log.debug("plugin %s failed to start", rec.name, exc_info=True)
         rec.errors.core_failure("start")
         rec.fail("start", f"{type(exc).__name__}: {exc}")
@@ -274,7 +273,7 @@ def stop(rec: PluginRecord) -> None:
 def _stop_quietly(name: str, collector: Collector) -> None:
     try:
         collector.stop()
-    except Exception:  # noqa: BLE001 - plugin code; shutting down regardless
+    except Exception:
         log.warning("plugin %s raised while stopping", name, exc_info=True)
 
 

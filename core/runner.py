@@ -70,7 +70,7 @@ def _matches(spec: MetricSpec, s: Sample) -> bool:
         if any(type(c) is not int or c < 0 for c in counts):
             return False
         return isinstance(value.sum, (int, float)) and math.isfinite(value.sum)
-    if type(value) not in (float, int) or isinstance(value, bool):
+    if not isinstance(value, (float, int)) or isinstance(value, bool):
         return False
     if math.isnan(value):
         return False
@@ -121,7 +121,7 @@ class PluginRunner:
         started = time.monotonic()
         try:
             samples = list(self._collector.collect())
-        except Exception as exc:  # noqa: BLE001 - the isolation boundary around plugin code
+        except Exception as exc:
             self._errors.core_failure("collect")
             log.warning("plugin %s: collect failed: %s: %s", self.record.name, type(exc).__name__, exc)
             log.debug("plugin %s: collect traceback", self.record.name, exc_info=True)

@@ -7,6 +7,7 @@ when no enabled plugin needs it.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 from collections.abc import Callable
@@ -24,7 +25,7 @@ BUILTIN_SERVICES: dict[str, str] = {}
 
 
 class Services:
-    def __init__(self, settings: Settings, factories: dict[str, str] | None = None) -> None:
+    def __init__(self, settings: Settings | None, factories: dict[str, str] | None = None) -> None:
         self._settings = settings
         self._factories = dict(BUILTIN_SERVICES if factories is None else factories)
         self._built: dict[str, Any] = {}
@@ -36,7 +37,9 @@ class Services:
                 if name not in self._factories:
                     raise KeyError(f"no shared service named {name!r}")
                 module_name, _, attr = self._factories[name].partition(":")
-                module = __import__(module_name, fromlist=[attr])
+                if self._settings is None:
+                    raise KeyError(f"shared service {name!r} needs settings; none were given")
+                module = importlib.import_module(module_name)
                 self._built[name] = getattr(module, attr)(self._settings)
             return self._built[name]
 
@@ -51,5 +54,5 @@ class Services:
                 continue
             try:
                 stopper()
-            except Exception:  # noqa: BLE001 - shutting down regardless
+            except Exception:
                 log.warning("service %s raised while stopping", name, exc_info=True)

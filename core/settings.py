@@ -2,11 +2,11 @@
 
 Three kinds of tables:
 
-* ``[exporter]`` – the core's own options (listen port, procfs root, ...).
-* ``[targets]`` – where the NFS servers and the object store are; shared by
+* ``[exporter]`` - the core's own options (listen port, procfs root, ...).
+* ``[targets]`` - where the NFS servers and the object store are; shared by
   every plugin that measures or probes them (the seed's ``NFS_*`` and
   ``OBJSTORE_*`` variables live here).
-* ``[plugins.<name>]`` – one table per plugin, with the options it declares.
+* ``[plugins.<name>]`` - one table per plugin, with the options it declares.
 
 Each resolved value remembers where it came from, for ``config show``.
 """
@@ -198,9 +198,9 @@ def resolve(
         known = {o.name for o in options}
         for key in table:
             if key not in known:
-                raise SettingError(
-                    f"config file {path}: unknown key {key!r} in [{section}]: expected one of {', '.join(sorted(known))}"
-                )
+                accepted = ", ".join(sorted(known))
+                raise SettingError(f"config file {path}: unknown key {key!r} in [{section}]: expected one of "
+                                   f"{accepted}")
         values: dict[str, Any] = {}
         for option in options:
             dotted = f"{section}.{option.name}"

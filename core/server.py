@@ -1,0 +1,130 @@
+"""The HTTP face: /metrics, /health, / and /plugins.json.
+
+A threading server, so concurrent scrapes are served in parallel; the
+exporter's runners coalesce concurrent collects of one plugin. A scrape only
+reads what plugins already gathered: no compilation, no DNS, no probing.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from crusoe_metrics_exporter import __version__
+from crusoe_metrics_exporter.app import Exporter
+from crusoe_metrics_exporter.exposition import (
+    OPENMETRICS_CONTENT_TYPE,
+    TEXT_CONTENT_TYPE,
+    render,
+    wants_openmetrics,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ExporterHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], exporter: Exporter) -> None:
+        self.exporter = exporter
+        # An empty host binds every interface; "::" covers IPv4 too when the
+        # system allows dual-stack sockets.
+        host = address[0]
+        if ":" in host:
+            import socket
+
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ExporterHTTPServer
+    server_version = f"crusoe-metrics-exporter/{__version__}"
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        try:
+            if path == "/metrics":
+                self._metrics()
+            elif path == "/health":
+                self._send(200, "text/plain; charset=utf-8", b"OK")
+            elif path == "/":
+                self._send(200, "text/html; charset=utf-8", _index(self.server.exporter).encode())
+            elif path == "/plugins.json":
+                body = json.dumps([r.as_dict() for r in self.server.exporter.records], indent=2).encode()
+                self._send(200, "application/json", body)
+            else:
+                self._send(404, "text/plain; charset=utf-8", b"not found\n")
+        except BrokenPipeError:
+            pass
+        except Exception:
+            log.exception("error while serving %s", path)
+            self._send(500, "text/plain; charset=utf-8", b"internal error\n")
+
+    def _metrics(self) -> None:
+        openmetrics = wants_openmetrics(self.headers.get("Accept"))
+        body = render(self.server.exporter.collect(), openmetrics=openmetrics)
+        content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
+        headers = {}
+        if "gzip" in (self.headers.get("Accept-Encoding") or ""):
+            body = gzip.compress(body, compresslevel=1)
+            headers["Content-Encoding"] = "gzip"
+        self._send(200, content_type, body, headers)
+
+    def _send(self, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_HEAD = do_GET  # noqa: N815 - the name http.server dispatches to
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+def _index(exporter: Exporter) -> str:
+    rows = []
+    for rec in exporter.records:
+        details = ", ".join(f"{k}={v}" for k, v in sorted(rec.details.items()))
+        rows.append(
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(c))}</td>"
+                for c in (rec.name, rec.distribution, rec.version, rec.state, rec.reason, details)
+            )
+            + "</tr>"
+        )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>crusoe-metrics-exporter</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:.2em .8em;text-align:left}"
+        "tr:nth-child(even){background:#f4f4f4}</style></head><body>"
+        f"<h1>crusoe-metrics-exporter {html.escape(__version__)}</h1>"
+        "<p><a href='/metrics'>/metrics</a> &middot; <a href='/health'>/health</a> &middot; "
+        "<a href='/plugins.json'>/plugins.json</a></p>"
+        "<h2>Plugins</h2><table><tr><th>plugin</th><th>distribution</th><th>version</th><th>state</th>"
+        "<th>reason</th><th>details</th></tr>" + "".join(rows) + "</table></body></html>"
+    )
+
+
+def serve(exporter: Exporter, host: str, port: int, ready: threading.Event | None = None) -> None:
+    """Serve until interrupted (SIGINT/SIGTERM raise KeyboardInterrupt/SystemExit in the caller)."""
+    httpd = ExporterHTTPServer((host, port), exporter)
+    shown = f"[{host}]" if ":" in host else (host or "0.0.0.0")
+    log.info("listening on %s:%d", shown, httpd.server_address[1])
+    if ready is not None:
+        ready.set()
+    try:
+        httpd.serve_forever(poll_interval=0.5)
+    finally:
+        httpd.server_close()
