@@ -70,7 +70,7 @@ def render(families: Iterable[Metric], openmetrics: bool = False) -> bytes:
     # Both generators only call .collect(); they are typed for a full registry.
     if openmetrics:
         return cast(bytes, generate_openmetrics(registry))  # type: ignore[no-untyped-call]
-    return generate_latest(registry)  # type: ignore[arg-type]
+    return generate_latest(registry)
 
 
 def wants_openmetrics(accept_header: str | None) -> bool:
