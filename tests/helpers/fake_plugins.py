@@ -1,0 +1,116 @@
+"""Synthetic plugins behind synthetic entry points, for tests of the core."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import types
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crusoe_metrics_exporter import MetricSpec, PluginContext, PluginSpec, Sample, Support, hookimpl
+from crusoe_metrics_exporter.app import Exporter
+from crusoe_metrics_exporter.settings import Overrides
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+CLI = str(VENV_BIN / "crusoe-metrics-exporter")
+
+
+@dataclass
+class FakeEntryPoint:
+    """Quacks like importlib.metadata.EntryPoint for host.discover()."""
+
+    name: str
+    loader: Callable[[], Any]
+    value: str = "tests:fake"
+
+    def load(self) -> Any:
+        return self.loader()
+
+
+def plugin_module(spec_factory: Callable[[], Any]) -> types.ModuleType:
+    """A module object implementing the hook, as a plugin package would."""
+    module = types.ModuleType("fake_plugin")
+
+    @hookimpl
+    def crusoe_metrics_exporter_plugin() -> Any:
+        return spec_factory()
+
+    module.crusoe_metrics_exporter_plugin = crusoe_metrics_exporter_plugin  # type: ignore[attr-defined]
+    return module
+
+
+@dataclass
+class ScriptedCollector:
+    """A collector whose behaviour each test scripts."""
+
+    produce: Callable[[], Iterable[Sample]]
+    calls: int = 0
+    started: bool = False
+    stopped: bool = False
+    on_start: Callable[[], None] | None = None
+
+    def start(self) -> None:
+        if self.on_start:
+            self.on_start()
+        self.started = True
+
+    def collect(self) -> Iterable[Sample]:
+        self.calls += 1
+        return self.produce()
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+GAUGE = MetricSpec("fake_value", "gauge", "A value for tests.", ("device",))
+COUNTER = MetricSpec("fake_events_total", "counter", "Events for tests.")
+ERRORS = MetricSpec.errors("fake_collection_errors_total", "Errors of the fake plugin.")
+
+
+@dataclass
+class FakePlugin:
+    name: str
+    #: Defaults to one good gauge sample ``<name>_value{device="vda"} 1``.
+    produce: Callable[[], Iterable[Sample]] | None = None
+    metrics: tuple[MetricSpec, ...] = (GAUGE, COUNTER, ERRORS)
+    support: Support = field(default_factory=Support.ok)
+    on_start: Callable[[], None] | None = None
+    collectors: list[ScriptedCollector] = field(default_factory=list)
+
+    def spec(self) -> PluginSpec:
+        produce = self.produce or (lambda: [Sample(f"{self.name}_value", ("vda",), 1.0)])
+
+        def factory(ctx: PluginContext) -> ScriptedCollector:
+            c = ScriptedCollector(produce, on_start=self.on_start)
+            self.collectors.append(c)
+            return c
+
+        return PluginSpec(
+            name=self.name,
+            version="1.0",
+            description="fake",
+            metrics=tuple(MetricSpec(m.name.replace("fake", self.name), m.type, m.help, m.labels, m.buckets,
+                                     m.error_counter) for m in self.metrics),
+            factory=factory,
+            check_support=lambda ctx: self.support,
+        )
+
+    def entry(self, dist: str = "fake-dist") -> tuple[FakeEntryPoint, str, str]:
+        return FakeEntryPoint(self.name, lambda: plugin_module(self.spec)), dist, "1.0"
+
+
+def make_exporter(entries: list[tuple[Any, str, str]], environ: dict[str, str] | None = None,
+                  **overrides: str) -> Exporter:
+    env = {"HOST_PROC_PATH": "/proc"} | (environ or {})
+    return Exporter.from_environment(None, Overrides(overrides), env, entries)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
