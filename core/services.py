@@ -21,7 +21,9 @@ ServiceFactory = Callable[[Settings], Any]
 
 #: name -> "module:callable" building the service from Settings. Kept as
 #: strings so importing the core does not import every service.
-BUILTIN_SERVICES: dict[str, str] = {}
+BUILTIN_SERVICES: dict[str, str] = {
+    "targets": "crusoe_metrics_exporter.targets.directory:TargetDirectory",
+}
 
 
 class Services:

@@ -1,0 +1,346 @@
+"""The shared ``targets`` service: where the NFS servers and object store are.
+
+Every plugin that measures or probes NFS servers or the object store asks
+this one directory, so they all agree on the set of targets (the seed had
+three discovery routines that disagreed). Discovery runs at start and then on
+a background timer: the host's mounts every ``nfs_mount_refresh_interval``,
+the object-store FQDN every ``objstore_refresh_interval``. A scrape only
+reads the last snapshot. A failed lookup keeps the last good answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.metrics_core import Metric
+
+from crusoe_metrics_exporter.settings import Settings
+from crusoe_metrics_exporter.targets.addresses import family_of, normalize, sort_key
+from crusoe_metrics_exporter.targets.dns import CountingResolver, DnsStats, Resolver, system_resolver
+from crusoe_metrics_exporter.targets.model import NfsMount, NfsServer, ObjstoreEndpoint
+from crusoe_metrics_exporter.targets.mounts import (
+    MountLine,
+    addr_options,
+    nfs_lines,
+    parse_mounts,
+    remote_ports,
+    server_part,
+)
+from crusoe_metrics_exporter.targets.volumes import volume_id, volume_pattern
+
+log = logging.getLogger(__name__)
+
+Snapshot = tuple[tuple[NfsServer, ...], tuple[NfsMount, ...], tuple[ObjstoreEndpoint, ...]]
+
+
+class _ServerBuilder:
+    """Accumulates what one refresh learns about each server address."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, set[str]] = {}
+        self.volumes: dict[str, set[str]] = {}
+
+    def add(self, address: str, name: str | None = None, volume: str | None = None) -> None:
+        self.names.setdefault(address, set())
+        self.volumes.setdefault(address, set())
+        if name:
+            self.names[address].add(name)
+        if volume:
+            self.volumes[address].add(volume)
+
+    def build(self, ports: tuple[int, ...]) -> tuple[NfsServer, ...]:
+        return tuple(
+            NfsServer(
+                address=a,
+                family=family_of(a),
+                ports=ports,
+                volumes=tuple(sorted(self.volumes[a])),
+                names=tuple(sorted(self.names[a])),
+            )
+            for a in sorted(self.names, key=sort_key)
+        )
+
+
+class TargetDirectory:
+    """Discovered NFS servers, NFS mounts and object-store endpoints.
+
+    Built by the core from Settings (``ctx.services.get("targets")``). Call the
+    accessors from a plugin's ``start``: the first call runs discovery
+    synchronously (DNS included) and starts the background refresh thread.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        resolver: Resolver | None = None,
+        mounts_path: Path | None = None,
+    ) -> None:
+        self._targets: Mapping[str, Any] = settings.targets
+        self._mounts_path = mounts_path or Path(settings.core["host_proc_path"]) / "1" / "mounts"
+        self.dns_stats = DnsStats()
+        self._resolver = CountingResolver(resolver or system_resolver, self.dns_stats)
+
+        self._lock = threading.Lock()
+        self._nfs_servers: tuple[NfsServer, ...] = ()
+        self._nfs_mounts: tuple[NfsMount, ...] = ()
+        self._objstore: tuple[ObjstoreEndpoint, ...] = ()
+        self._last_mount_lines: list[MountLine] | None = None
+        self._warned: set[str] = set()
+
+        self._subscribers: list[Callable[[], None]] = []
+        self._start_lock = threading.Lock()
+        self._started = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- configuration views ---------------------------------------------
+    @property
+    def objstore_fqdn(self) -> str:
+        """The configured object-store host name ("" when unset or an IP literal)."""
+        fqdn = str(self._targets.get("objstore_endpoint_fqdn", "")).strip()
+        return "" if normalize(fqdn) is not None else fqdn
+
+    @property
+    def objstore_configured(self) -> bool:
+        fqdn = str(self._targets.get("objstore_endpoint_fqdn", "")).strip()
+        return bool(fqdn or self._targets.get("objstore_endpoint_ips"))
+
+    @property
+    def nfs_ports(self) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(int(p) for p in self._targets.get("nfs_target_ports") or [2049]))
+
+    @property
+    def objstore_ports(self) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(int(p) for p in self._targets.get("objstore_endpoint_ports") or [443, 80]))
+
+    # -- snapshot accessors ----------------------------------------------
+    def nfs_servers(self) -> tuple[NfsServer, ...]:
+        self.start()
+        with self._lock:
+            return self._nfs_servers
+
+    def nfs_mounts(self) -> tuple[NfsMount, ...]:
+        self.start()
+        with self._lock:
+            return self._nfs_mounts
+
+    def objstore_endpoints(self) -> tuple[ObjstoreEndpoint, ...]:
+        self.start()
+        with self._lock:
+            return self._objstore
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (on the refresh thread) whenever the targets change."""
+        with self._lock:
+            self._subscribers.append(callback)
+
+    def unsubscribe(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+    def metric_families(self) -> list[Metric]:
+        return self.dns_stats.metric_families()
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> None:
+        """Discover once (synchronously), then keep refreshing in the background. Idempotent."""
+        with self._start_lock:
+            if self._started:
+                return
+            self._started = True
+            self.refresh_now()
+            self._thread = threading.Thread(target=self._run, name="targets-refresh", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+
+    def refresh_now(self) -> bool:
+        """Re-read mounts and re-resolve names now; returns whether anything changed."""
+        changed = self._refresh_nfs()
+        changed = self._refresh_objstore() or changed
+        if changed:
+            self._notify()
+        return changed
+
+    # -- refresh -----------------------------------------------------------
+    def _run(self) -> None:
+        nfs_every = float(self._targets.get("nfs_mount_refresh_interval", 30.0))
+        obj_every = float(self._targets.get("objstore_refresh_interval", 300.0))
+        # Literal object-store IPs never change; only a name needs re-resolving.
+        if not self.objstore_fqdn:
+            obj_every = 0.0
+        now = time.monotonic()
+        next_nfs = now + nfs_every if nfs_every > 0 else math.inf
+        next_obj = now + obj_every if obj_every > 0 else math.inf
+        while True:
+            due = min(next_nfs, next_obj)
+            timeout = None if math.isinf(due) else max(0.0, due - time.monotonic())
+            if self._stop.wait(timeout):
+                return
+            now = time.monotonic()
+            changed = False
+            if now >= next_nfs:
+                changed = self._guarded(self._refresh_nfs) or changed
+                next_nfs = time.monotonic() + nfs_every
+            if now >= next_obj:
+                changed = self._guarded(self._refresh_objstore) or changed
+                next_obj = time.monotonic() + obj_every
+            if changed:
+                self._notify()
+
+    def _guarded(self, refresh: Callable[[], bool]) -> bool:
+        try:
+            return refresh()
+        except Exception:  # the refresh thread must survive anything
+            log.exception("target discovery: refresh failed; keeping the previous targets")
+            return False
+
+    def _notify(self) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            try:
+                callback()
+            except Exception:  # one subscriber must not break the others
+                log.exception("target discovery: change callback %r raised", callback)
+
+    def _warn_once(self, key: str, message: str, *args: object) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
+
+    def _read_mount_lines(self) -> list[MountLine]:
+        try:
+            text = self._mounts_path.read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError as exc:
+            if self._last_mount_lines is not None:
+                log.warning("target discovery: cannot read %s (%s); keeping the previous mounts",
+                            self._mounts_path, exc.strerror or exc)
+                return self._last_mount_lines
+            self._warn_once(f"mounts:{self._mounts_path}", "target discovery: cannot read %s (%s); no NFS mounts known",
+                            self._mounts_path, exc.strerror or exc)
+            return []
+        lines, malformed = parse_mounts(text)
+        if malformed:
+            log.debug("target discovery: %d malformed lines in %s skipped", malformed, self._mounts_path)
+        self._last_mount_lines = lines
+        return lines
+
+    def _refresh_nfs(self) -> bool:
+        ports = self.nfs_ports
+        pattern = volume_pattern(self._targets)
+        resolved: dict[str, tuple[str, ...]] = {}
+
+        def lookup(name: str) -> tuple[str, ...]:
+            # One lookup per name per refresh, however many mounts share it.
+            if name not in resolved:
+                addresses, error = self._resolver.resolve("nfs", name)
+                if error is not None:
+                    log.warning("target discovery: cannot resolve NFS server %r (%s)%s", name, error,
+                                "; keeping its last addresses" if addresses else "")
+                resolved[name] = addresses
+            return resolved[name]
+
+        servers = _ServerBuilder()
+        for entry in self._targets.get("nfs_server_ips") or []:
+            norm = normalize(entry)
+            if norm is not None:
+                servers.add(norm[0])
+                continue
+            name = entry.strip().lower()
+            for address in lookup(name):
+                servers.add(address, name=name)
+
+        mounts: list[NfsMount] = []
+        for line in nfs_lines(self._read_mount_lines()):
+            mount = self._mount_targets(line, lookup, pattern)
+            mounts.append(mount)
+            name = None if normalize(mount.server) is not None else mount.server
+            for address in mount.addresses:
+                servers.add(address, name=name, volume=mount.volume_id)
+
+        new_servers = servers.build(ports)
+        new_mounts = tuple(mounts)
+        with self._lock:
+            changed = (new_servers, new_mounts) != (self._nfs_servers, self._nfs_mounts)
+            self._nfs_servers, self._nfs_mounts = new_servers, new_mounts
+        if changed:
+            log.info("target discovery: %d NFS servers from %d NFS mounts and %d configured entries",
+                     len(new_servers), len(new_mounts), len(self._targets.get("nfs_server_ips") or []))
+        return changed
+
+    def _mount_targets(self, line: MountLine, lookup: Callable[[str], tuple[str, ...]], pattern: Any) -> NfsMount:
+        host = server_part(line.device)
+        addresses: list[str] = []
+        norm = normalize(host) if host else None
+        if norm is not None:
+            host = norm[0]
+            addresses.append(host)
+        elif host:
+            host = host.lower()
+            addresses.extend(lookup(host))
+        else:
+            self._warn_once(f"device:{line.device}", "target discovery: NFS mount %s has no server in device %r",
+                            line.mount_point, line.device)
+        good, bad = addr_options(line.options)
+        addresses.extend(good)
+        for value in bad:
+            self._warn_once(f"addr:{value}", "target discovery: ignoring addr=%r of %s: not an IP address",
+                            value, line.mount_point)
+        rp = remote_ports(line.options)
+        if rp is not None:
+            # remoteports=dns means "every address of the server name", which
+            # the server part's own lookup above already gave.
+            addresses.extend(rp.addresses)
+            for part in rp.invalid:
+                self._warn_once(f"remoteports:{part}", "target discovery: ignoring remoteports part %r of %s: "
+                                "expected dns, an IP or an IPv4 range of at most 256 addresses", part, line.mount_point)
+        unique = tuple(sorted(dict.fromkeys(addresses), key=sort_key))
+        return NfsMount(
+            device=line.device,
+            mount_point=line.mount_point,
+            server=host,
+            addresses=unique,
+            volume_id=volume_id(line.device, pattern),
+            fstype=line.fstype,
+        )
+
+    def _refresh_objstore(self) -> bool:
+        ports = self.objstore_ports
+        fqdn_setting = str(self._targets.get("objstore_endpoint_fqdn", "")).strip()
+        endpoints: list[ObjstoreEndpoint] = []
+        if fqdn_setting:
+            literal = normalize(fqdn_setting)
+            if literal is not None:
+                endpoints.append(ObjstoreEndpoint(literal[0], literal[1], ports, ""))
+            else:
+                fqdn = fqdn_setting.lower().rstrip(".")
+                addresses, error = self._resolver.resolve("objectstore", fqdn)
+                if error is not None:
+                    log.warning("target discovery: cannot resolve object store %r (%s)%s", fqdn, error,
+                                "; keeping its last addresses" if addresses else "")
+                endpoints.extend(ObjstoreEndpoint(a, family_of(a), ports, fqdn) for a in addresses)
+        else:
+            for entry in self._targets.get("objstore_endpoint_ips") or []:
+                norm = normalize(entry)
+                if norm is None:
+                    self._warn_once(f"objip:{entry}", "target discovery: ignoring OBJSTORE_ENDPOINT_IPS entry %r: "
+                                    "not an IP address (set OBJSTORE_ENDPOINT_FQDN for a name)", entry)
+                    continue
+                endpoints.append(ObjstoreEndpoint(norm[0], norm[1], ports, ""))
+        unique = tuple(sorted(dict.fromkeys(endpoints), key=lambda e: sort_key(e.address)))
+        with self._lock:
+            changed = unique != self._objstore
+            self._objstore = unique
+        return changed
