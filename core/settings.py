@@ -208,7 +208,9 @@ def resolve(
                 origin = f"--set {dotted}" if not dotted.startswith("exporter.") else _cli_flag(option.name)
                 values[option.name] = parse_option(option, cli[dotted], origin)
                 sources[dotted] = "command line"
-            elif option.env and option.env in env:
+            elif option.env and env.get(option.env, "").strip():
+                # An empty variable counts as unset: manifests often declare
+                # "value: ''" and the seed fell back to its default then.
                 values[option.name] = parse_option(option, env[option.env], option.env)
                 sources[dotted] = f"environment {option.env}"
             elif option.name in table:

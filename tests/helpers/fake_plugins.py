@@ -105,8 +105,10 @@ class FakePlugin:
 
 def make_exporter(entries: list[tuple[Any, str, str]], environ: dict[str, str] | None = None,
                   **overrides: str) -> Exporter:
+    """An Exporter over ``entries``; ``overrides`` are ``[exporter]`` options as text."""
     env = {"HOST_PROC_PATH": "/proc"} | (environ or {})
-    return Exporter.from_environment(None, Overrides(overrides), env, entries)
+    values = {f"exporter.{k}": v for k, v in overrides.items()}
+    return Exporter.from_environment(None, Overrides(values), env, entries)
 
 
 def free_port() -> int:

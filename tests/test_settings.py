@@ -1,0 +1,148 @@
+"""Configuration: precedence, the seed's environment variables, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crusoe_metrics_exporter.contract import ConfigOption
+from crusoe_metrics_exporter.options import SettingError, format_duration, parse_duration
+from crusoe_metrics_exporter.settings import Overrides, resolve
+
+PLUGIN_OPTIONS = {"probes": (ConfigOption("interval", "duration", 300.0, "h", env="PROBE_INTERVAL"),)}
+
+
+def _resolve(env: dict[str, str], path: Path | None = None, cli: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    settings, warnings = resolve(PLUGIN_OPTIONS, path, {"HOST_PROC_PATH": "/proc", **env}, Overrides(cli or {}))
+    return settings, warnings
+
+
+def test_defaults_follow_the_seed_readme() -> None:
+    s, _ = _resolve({})
+    assert s.core["port"] == 9500 and s.core["listen_address"] == ""
+    assert s.targets["nfs_target_ports"] == [2049]
+    assert s.targets["nfs_enable_volume_id"] is True
+    assert s.targets["nfs_mount_refresh_interval"] == 30.0
+    assert s.targets["objstore_endpoint_ports"] == [443, 80]
+    assert s.plugins["probes"]["interval"] == 300.0
+    assert s.sources["exporter.port"] == "default"
+
+
+def test_every_seed_environment_variable_is_honoured() -> None:
+    s, _ = _resolve(
+        {
+            "PORT": "9600",
+            "HOST_PROC_PATH": "/host/proc",
+            "NFS_SERVER_IPS": "10.0.0.1, nfs.example ,",
+            "NFS_TARGET_PORTS": "2049,20049",
+            "NFS_ENABLE_VOLUME_ID": "false",
+            "NFS_MOUNT_REFRESH_INTERVAL": "1m30s",
+            "PROBE_INTERVAL": "30s",
+            "OBJSTORE_ENDPOINT_FQDN": "object.example",
+            "OBJSTORE_ENDPOINT_IPS": "192.0.2.1,2001:db8::1",
+            "OBJSTORE_ENDPOINT_PORT": "443",
+            "LOG_LEVEL": "DEBUG",
+        }
+    )
+    assert s.core["port"] == 9600 and s.core["host_proc_path"] == "/host/proc"
+    assert s.core["log_level"] == "debug"
+    assert s.targets["nfs_server_ips"] == ["10.0.0.1", "nfs.example"]
+    assert s.targets["nfs_target_ports"] == [2049, 20049]
+    assert s.targets["nfs_enable_volume_id"] is False
+    assert s.targets["nfs_mount_refresh_interval"] == 90.0
+    assert s.plugins["probes"]["interval"] == 30.0
+    assert s.targets["objstore_endpoint_fqdn"] == "object.example"
+    assert s.targets["objstore_endpoint_ips"] == ["192.0.2.1", "2001:db8::1"]
+    assert s.targets["objstore_endpoint_ports"] == [443]
+    assert s.sources["targets.nfs_target_ports"] == "environment NFS_TARGET_PORTS"
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "expected"),
+    [
+        ("PORT", "abc", "an integer port between 1 and 65535"),
+        ("PORT", "70000", "an integer port between 1 and 65535"),
+        ("NFS_TARGET_PORTS", "2049,nfs", "a comma-separated list of ports"),
+        ("NFS_TARGET_PORTS", "0", "a comma-separated list of ports"),
+        ("OBJSTORE_ENDPOINT_PORT", ",", "a comma-separated list of ports"),
+        ("NFS_ENABLE_VOLUME_ID", "maybe", "true or false"),
+        ("NFS_MOUNT_REFRESH_INTERVAL", "30", "a duration such as 30s"),
+        ("PROBE_INTERVAL", "-5m", "a duration such as 30s"),
+        ("PROBE_INTERVAL", "5 minutes", "a duration such as 30s"),
+        ("LOG_LEVEL", "loud", "one of debug, info, warn, warning, error, fatal"),
+    ],
+)
+def test_invalid_values_stop_with_one_line_naming_variable_value_and_form(var: str, value: str, expected: str) -> None:
+    with pytest.raises(SettingError) as info:
+        _resolve({var: value})
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"invalid {var}={value!r}")
+    assert expected in message
+
+
+def test_empty_variables_count_as_unset() -> None:
+    s, _ = _resolve({"PORT": "", "OBJSTORE_ENDPOINT_PORT": " "})
+    assert s.core["port"] == 9500 and s.targets["objstore_endpoint_ports"] == [443, 80]
+    assert s.sources["exporter.port"] == "default"
+
+
+def test_precedence_cli_over_env_over_file_over_default(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[exporter]\nport = 9001\nlog_level = "warn"\n[plugins.probes]\ninterval = "10m"\n'
+                   '[targets]\nnfs_target_ports = [2049, 3049]\n')
+    s, _ = _resolve({"PORT": "9002", "PROBE_INTERVAL": "1m"}, cfg, {"exporter.port": "9003"})
+    assert s.core["port"] == 9003 and s.sources["exporter.port"] == "command line"
+    assert s.plugins["probes"]["interval"] == 60.0
+    assert s.sources["plugins.probes.interval"] == "environment PROBE_INTERVAL"
+    assert s.core["log_level"] == "warn" and s.sources["exporter.log_level"] == f"config file {cfg}"
+    assert s.targets["nfs_target_ports"] == [2049, 3049]
+    assert s.core["collect_timeout"] == 5.0 and s.sources["exporter.collect_timeout"] == "default"
+
+
+def test_file_errors_name_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[exporter]\nprot = 1\n")
+    with pytest.raises(SettingError, match="unknown key 'prot' in \\[exporter\\]"):
+        _resolve({}, cfg)
+    cfg.write_text("[exporter]\nport = 'x'\n")
+    with pytest.raises(SettingError, match=r"invalid \[exporter\] port='x'"):
+        _resolve({}, cfg)
+    cfg.write_text("[exporter\n")
+    with pytest.raises(SettingError, match="not valid TOML"):
+        _resolve({}, cfg)
+    cfg.write_text("[nonsense]\n")
+    with pytest.raises(SettingError, match="unknown table"):
+        _resolve({}, cfg)
+
+
+def test_table_for_a_plugin_that_is_not_installed_only_warns(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[plugins.gone]\nx = 1\n")
+    _, warnings = _resolve({}, cfg)
+    assert any("[plugins.gone]" in w for w in warnings)
+
+
+def test_unknown_command_line_setting_is_refused() -> None:
+    with pytest.raises(SettingError, match="unknown setting 'plugins.probes.intervall'"):
+        _resolve({}, None, {"plugins.probes.intervall": "1s"})
+
+
+def test_host_proc_path_auto_detection() -> None:
+    s, _ = resolve({}, None, {}, Overrides({}))
+    expected = "/host/proc" if Path("/host/proc/1/mounts").exists() else "/proc"
+    assert s.core["host_proc_path"] == expected and s.sources["exporter.host_proc_path"] == "auto-detected"
+
+
+@given(st.integers(min_value=0, max_value=10 * 86400))
+def test_durations_round_trip(seconds: int) -> None:
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("5m", 300), ("1h30m", 5400), ("250ms", 0.25),
+                                                ("1.5s", 1.5), ("0", 0)])
+def test_go_style_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
