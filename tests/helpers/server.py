@@ -1,0 +1,82 @@
+"""Run the real exporter process on a free loopback port and scrape it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+CLI = str(Path(sys.executable).parent / "crusoe-metrics-exporter")
+
+
+@dataclass
+class RunningExporter:
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str, headers: Mapping[str, str] | None = None, timeout: float = 20.0) -> tuple[int, str, str]:
+        req = urllib.request.Request(self.url + path, headers=dict(headers or {}))
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.headers.get("Content-Type", ""), resp.read().decode()
+
+    def log(self) -> str:
+        if self.proc.stderr is None:
+            return ""
+        try:
+            return self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None else ""
+        except OSError:
+            return ""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_exporter(env: Mapping[str, str] | None = None, args: tuple[str, ...] = (),
+                     ready_timeout: float = 60.0) -> Iterator[RunningExporter]:
+    """Start ``crusoe-metrics-exporter serve`` and wait until /health answers."""
+    port = free_port()
+    full_env = {**os.environ, "PORT": str(port), "LISTEN_ADDRESS": "127.0.0.1", **(env or {})}
+    proc = subprocess.Popen([CLI, "serve", *args], env=full_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    running = RunningExporter(proc, port)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"exporter exited with {proc.returncode}: {running.log()}")
+            try:
+                if running.get("/health", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("exporter did not become ready")
+            time.sleep(0.1)
+        yield running
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
