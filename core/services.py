@@ -23,6 +23,7 @@ ServiceFactory = Callable[[Settings], Any]
 #: strings so importing the core does not import every service.
 BUILTIN_SERVICES: dict[str, str] = {
     "targets": "crusoe_metrics_exporter.targets.directory:TargetDirectory",
+    "ebpf": "crusoe_metrics_exporter.ebpf.service:EbpfService",
 }
 
 

@@ -1,1 +1,61 @@
-"""eBPF runtime shared by the eBPF plugins (bcc compiles in a short-lived helper process)."""
+"""eBPF runtime shared by the eBPF plugins.
+
+bcc compiles each plugin's C source in a short-lived helper process
+(:mod:`.loader`); this process only attaches the programs and reads maps
+with ``bpf(2)``, so it never carries bcc's compiler in memory. Plugins use:
+
+* :class:`BpfSpec`, :class:`ProgramSpec`, :class:`Tracepoint`, :class:`Kprobe`
+  to declare their object and its attach candidates (best first);
+* :func:`load` (or the ``ebpf`` service's ``load``) to get a :class:`LoadedBpf`;
+* :func:`check_environment` in ``check_support``; :func:`verify_only` in tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crusoe_metrics_exporter.ebpf.environment import DoctorCheck, check_environment, doctor_checks
+from crusoe_metrics_exporter.ebpf.kernel import bpf_stats_enabled
+from crusoe_metrics_exporter.ebpf.runtime import BpfMap, LoadedBpf, default_state_dir, load, want_macro
+from crusoe_metrics_exporter.ebpf.spec import (
+    AttachCandidate,
+    AttachMethod,
+    BpfSpec,
+    BpfUnavailable,
+    Kprobe,
+    ProgramSpec,
+    ProgramStats,
+    ProgramStatus,
+    Tracepoint,
+)
+
+EBPF_SERVICE = "ebpf"
+
+
+def verify_only(spec: BpfSpec, state_dir: Path | None = None) -> LoadedBpf:
+    """Load every candidate of every program through the verifier without attaching any."""
+    return load(spec, state_dir, attach=False)
+
+
+__all__ = [
+    "EBPF_SERVICE",
+    "AttachCandidate",
+    "AttachMethod",
+    "BpfMap",
+    "BpfSpec",
+    "BpfUnavailable",
+    "DoctorCheck",
+    "Kprobe",
+    "LoadedBpf",
+    "ProgramSpec",
+    "ProgramStats",
+    "ProgramStatus",
+    "Tracepoint",
+    "bpf_stats_enabled",
+    "check_environment",
+    "default_state_dir",
+    "doctor_checks",
+    "load",
+    "verify_only",
+    "want_macro",
+]

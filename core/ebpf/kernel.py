@@ -1,0 +1,165 @@
+"""Feature detection on the running kernel: tracefs, tracepoints, kprobes, BTF, privileges, stats.
+
+Attach decisions are made from what the kernel exposes (a tracepoint's
+directory in tracefs, a function in ``available_filter_functions``, the
+kprobe PMU), never from version numbers: distributions backport freely.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+TRACEFS_MOUNTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+KPROBE_PMU_TYPE = Path("/sys/bus/event_source/devices/kprobe/type")
+KPROBE_RETPROBE_FORMAT = Path("/sys/bus/event_source/devices/kprobe/format/retprobe")
+BTF_VMLINUX = Path("/sys/kernel/btf/vmlinux")
+BPF_STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
+
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+
+
+def tracefs_root() -> Path | None:
+    """The mounted tracefs (its ``events`` directory present), or None."""
+    for root in TRACEFS_MOUNTS:
+        if (root / "events").is_dir():
+            return root
+    return None
+
+
+def ensure_tracefs(allow_mount: bool) -> tuple[Path | None, str]:
+    """Find tracefs, mounting it at /sys/kernel/tracing when absent and allowed.
+
+    Returns (root or None, what happened / why not) for logs and doctor.
+    """
+    root = tracefs_root()
+    if root is not None:
+        return root, f"tracefs at {root}"
+    if not allow_mount:
+        return None, "tracefs is not mounted and mounting it is disabled (ebpf_mount_tracefs = false)"
+    target = TRACEFS_MOUNTS[0]
+    if not target.is_dir():
+        return None, f"tracefs is not mounted and {target} does not exist (kernel without CONFIG_TRACING?)"
+    try:
+        proc = subprocess.run(
+            ["mount", "-t", "tracefs", "tracefs", str(target)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"tracefs is not mounted and mounting it failed: {exc}"
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        detail = lines[-1] if lines else f"exit status {proc.returncode}"
+        return None, f"tracefs is not mounted and 'mount -t tracefs' failed: {detail}"
+    root = tracefs_root()
+    if root is None:
+        return None, f"mounted tracefs at {target} but it has no events directory"
+    log.info("mounted tracefs at %s", target)
+    return root, f"tracefs mounted by the exporter at {target}"
+
+
+def tracepoint_id(category: str, event: str, root: Path | None = None) -> int | None:
+    """The perf id of a tracepoint, or None when this kernel does not have it."""
+    base = root or tracefs_root()
+    if base is None:
+        return None
+    try:
+        return int((base / "events" / category / event / "id").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def kprobe_pmu_type() -> int | None:
+    """perf's dynamic PMU type for kprobes; None on kernels without kprobes."""
+    try:
+        return int(KPROBE_PMU_TYPE.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def kretprobe_config_bit() -> int:
+    try:
+        text = KPROBE_RETPROBE_FORMAT.read_text().strip()  # "config:0"
+        return 1 << int(text.partition(":")[2])
+    except (OSError, ValueError):
+        return 1
+
+
+def traceable_functions(names: Iterable[str], root: Path | None = None) -> set[str]:
+    """Which of ``names`` can be kprobed: listed in available_filter_functions (else kallsyms).
+
+    The file is streamed rather than cached: it holds tens of thousands of
+    entries and we only ever ask about a handful.
+    """
+    wanted = set(names)
+    found: set[str] = set()
+    base = root or tracefs_root()
+    source = base / "available_filter_functions" if base is not None else None
+    try:
+        if source is None or not source.exists():
+            raise FileNotFoundError
+        with source.open() as fh:
+            for line in fh:
+                name = line.split(None, 1)[0] if line.strip() else ""
+                if name in wanted:
+                    found.add(name)
+        return found
+    except OSError:
+        pass
+    try:
+        with open("/proc/kallsyms") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 3 and parts[1] in ("T", "t") and parts[2] in wanted:
+                    found.add(parts[2])
+    except OSError:
+        pass
+    return found
+
+
+def effective_capabilities() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def privilege_problem() -> str | None:
+    """None when this process may load and attach tracing programs, else why not."""
+    if os.geteuid() == 0:
+        return None
+    caps = effective_capabilities()
+    if caps >> CAP_SYS_ADMIN & 1 or (caps >> CAP_BPF & 1 and caps >> CAP_PERFMON & 1):
+        return None
+    return f"eBPF needs root or CAP_BPF and CAP_PERFMON; running as uid {os.geteuid()} without them"
+
+
+def btf_available() -> bool:
+    return BTF_VMLINUX.exists()
+
+
+def bpf_stats_enabled() -> bool:
+    try:
+        return BPF_STATS_SYSCTL.read_text().strip() not in ("", "0")
+    except OSError:
+        return False
+
+
+def set_bpf_stats(enabled: bool) -> bool:
+    """Turn kernel.bpf_stats_enabled on/off; returns the previous state (benchmarks use it)."""
+    before = bpf_stats_enabled()
+    BPF_STATS_SYSCTL.write_text("1\n" if enabled else "0\n")
+    return before

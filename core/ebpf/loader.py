@@ -1,0 +1,242 @@
+"""Compile and load eBPF programs in a short-lived helper process.
+
+Importing bcc costs the process ~70 MB and compiling with its embedded
+clang/LLVM another ~50 MB that ``free_bcc_memory()`` mostly keeps. The
+exporter therefore never imports bcc: it runs this module as a child process
+(``python -m crusoe_metrics_exporter.ebpf.loader``), which compiles, loads
+the requested functions through the verifier, and hands the program and map
+file descriptors back over a Unix socket (SCM_RIGHTS) before exiting. The
+helper attaches nothing, so nothing is detached when it exits; the exporter
+attaches the programs itself.
+
+Protocol: the request (JSON) arrives on stdin; the reply is one SEQPACKET
+message on the socket given by ``--socket-fd``: JSON plus the descriptors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from typing import IO, Any
+
+from crusoe_metrics_exporter.ebpf.bcc_locator import BccMissing, import_bcc
+
+#: Compiling a small program takes well under a second; this bounds a wedged helper.
+DEFAULT_TIMEOUT = 60.0
+_MAX_FDS = 250  # SCM_MAX_FD is 253
+_REPLY_LIMIT = 1 << 20
+
+
+class LoaderError(Exception):
+    """The helper failed; the message is one line meant for a user."""
+
+
+# ---------------------------------------------------------------------------
+# Exporter side
+
+
+def run_loader(
+    request: Mapping[str, Any], env: Mapping[str, str], timeout: float = DEFAULT_TIMEOUT
+) -> tuple[dict[str, Any], list[int]]:
+    """Run the helper; returns its reply and the received descriptors (caller owns them)."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    full_env = dict(os.environ)
+    full_env.update(env)
+    with parent, tempfile.TemporaryFile() as errlog:
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "crusoe_metrics_exporter.ebpf.loader", "--socket-fd", str(child.fileno())],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=errlog,
+                pass_fds=(child.fileno(),),
+                env=full_env,
+                close_fds=True,
+            )
+        except OSError as exc:
+            child.close()
+            raise LoaderError(f"cannot start the eBPF loader helper: {exc}") from None
+        child.close()
+        try:
+            assert proc.stdin is not None
+            with proc.stdin:
+                proc.stdin.write(json.dumps(request).encode())
+            parent.settimeout(timeout)
+            message, fds, flags, _ = socket.recv_fds(parent, _REPLY_LIMIT, _MAX_FDS)
+        except TimeoutError:
+            proc.kill()
+            proc.wait()
+            raise LoaderError(f"the eBPF loader helper did not answer within {timeout:.0f} s") from None
+        except (OSError, BrokenPipeError) as exc:
+            proc.kill()
+            proc.wait()
+            raise LoaderError(f"talking to the eBPF loader helper failed: {exc}") from None
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if not message:
+            for fd in fds:
+                os.close(fd)
+            raise LoaderError(_helper_death(proc.returncode, _tail(errlog)))
+    if flags & socket.MSG_CTRUNC:
+        for fd in fds:
+            os.close(fd)
+        raise LoaderError("the eBPF loader helper sent more descriptors than one message carries")
+    try:
+        reply = json.loads(message)
+    except ValueError:
+        for fd in fds:
+            os.close(fd)
+        raise LoaderError("the eBPF loader helper sent an unreadable reply") from None
+    return reply, fds
+
+
+def _tail(fh: IO[bytes]) -> str:
+    fh.seek(0)
+    return fh.read()[-4000:].decode("utf-8", "replace")
+
+
+def _helper_death(code: int | None, stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    last = lines[-1] if lines else "no output"
+    return f"the eBPF loader helper exited with status {code} without an answer: {last}"
+
+
+# ---------------------------------------------------------------------------
+# Helper side
+
+
+@contextlib.contextmanager
+def _capture_fd2() -> Iterator[IO[bytes]]:
+    """libbcc and clang write diagnostics straight to fd 2; collect them to quote one line."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield capture
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def compile_error_summary(diagnostics: str) -> str:
+    for line in diagnostics.splitlines():
+        if "error:" in line:
+            return re.sub(r"^/virtual/main\.c:", "line ", line.strip())
+    lines = [line.strip() for line in diagnostics.splitlines() if line.strip()]
+    return lines[-1] if lines else "no diagnostics"
+
+
+def verifier_summary(diagnostics: str) -> str:
+    """The verifier's complaint: the last log line that is not bcc's own framing."""
+    lines = [
+        line.strip()
+        for line in diagnostics.splitlines()
+        if line.strip() and not line.startswith(("bpf: ", "HINT", "processed ", "Traceback"))
+    ]
+    return lines[-1] if lines else "rejected by the kernel"
+
+
+def _table_fds(bcc: Any, module: int) -> dict[str, int]:
+    lib = bcc.libbcc.lib
+    lib.bpf_num_tables.restype = ctypes.c_size_t
+    lib.bpf_num_tables.argtypes = [ctypes.c_void_p]
+    lib.bpf_table_name.restype = ctypes.c_char_p
+    lib.bpf_table_name.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    lib.bpf_table_fd_id.restype = ctypes.c_int
+    lib.bpf_table_fd_id.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    out: dict[str, int] = {}
+    for i in range(lib.bpf_num_tables(module)):
+        name = lib.bpf_table_name(module, i)
+        fd = lib.bpf_table_fd_id(module, i)
+        if name and fd >= 0:
+            out[name.decode()] = fd
+    return out
+
+
+def compile_and_load(request: Mapping[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    """Compile the source and load the requested functions; never attaches."""
+    try:
+        bcc = import_bcc()
+    except BccMissing as exc:
+        raise LoaderError(str(exc)) from None
+    # bcc attaches functions named tracepoint__*/kprobe__* on construction;
+    # attaching is the exporter's job, and a helper-side attach would vanish
+    # when the helper exits anyway.
+    bcc.BPF._trace_autoload = lambda self: None
+    started = time.monotonic()
+    with _capture_fd2() as diagnostics:
+        try:
+            bpf = bcc.BPF(text=request["source"], cflags=list(request.get("cflags", ())))
+        except Exception:  # noqa: BLE001 - bcc raises bare Exception
+            diagnostics.seek(0)
+            text = diagnostics.read().decode("utf-8", "replace")
+            summary = compile_error_summary(text)
+            raise LoaderError(f"compiling {request.get('name', 'the program')} failed: {summary}") from None
+        compiled = time.monotonic()
+        fds: list[int] = []
+        programs: dict[str, dict[str, Any]] = {}
+        for item in request.get("functions", ()):
+            fn, prog_type = item["fn"], int(item["prog_type"])
+            mark = diagnostics.tell()
+            try:
+                handle = bpf.load_func(fn.encode(), prog_type)
+            except Exception as exc:  # noqa: BLE001 - bcc raises bare Exception
+                diagnostics.seek(mark)
+                log_text = diagnostics.read().decode("utf-8", "replace")
+                programs[fn] = {"error": f"{exc}: {verifier_summary(log_text)}"}
+                continue
+            programs[fn] = {"index": len(fds)}
+            fds.append(handle.fd)
+        maps: dict[str, int] = {}
+        for name, fd in _table_fds(bcc, bpf.module).items():
+            maps[name] = len(fds)
+            fds.append(fd)
+        bpf.free_bcc_memory()
+    reply = {
+        "ok": True,
+        "programs": programs,
+        "maps": maps,
+        "compile_seconds": compiled - started,
+        "load_seconds": time.monotonic() - compiled,
+    }
+    return reply, fds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="compile and load eBPF programs for the exporter (internal)")
+    parser.add_argument("--socket-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    sock = socket.socket(fileno=args.socket_fd)
+    fds: list[int] = []
+    try:
+        request = json.loads(sys.stdin.buffer.read())
+        reply, fds = compile_and_load(request)
+    except LoaderError as exc:
+        reply = {"ok": False, "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - the reply must reach the exporter as a reason
+        reply = {"ok": False, "error": f"eBPF loader failed: {type(exc).__name__}: {exc}"}
+    if len(fds) > _MAX_FDS:
+        reply, fds = {"ok": False, "error": f"too many programs and maps ({len(fds)}) for one object"}, []
+    socket.send_fds(sock, [json.dumps(reply).encode()], fds)
+    sock.close()
+    sys.stdout.flush()
+    # Skip bcc's atexit handlers and LLVM teardown: the descriptors are
+    # already duplicated into the exporter and nothing here is attached.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

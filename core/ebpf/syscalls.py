@@ -1,0 +1,193 @@
+"""The few bpf(2) and perf_event_open(2) calls the exporter makes, through ctypes.
+
+The long-running exporter never imports bcc (it costs ~70 MB before compiling
+anything); the programs and maps arrive as file descriptors from the loader
+helper, and everything after that is plain system calls.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+from pathlib import Path
+
+# (bpf, perf_event_open) syscall numbers; these two architectures are what the
+# exporter ships for.
+_SYSCALLS = {"x86_64": (321, 298), "aarch64": (280, 241)}
+
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
+
+BPF_ANY = 0
+
+BPF_PROG_TYPE_KPROBE = 2
+BPF_PROG_TYPE_TRACEPOINT = 5
+
+PERF_TYPE_TRACEPOINT = 2
+PERF_FLAG_FD_CLOEXEC = 8
+PERF_EVENT_IOC_ENABLE = 0x2400
+PERF_EVENT_IOC_DISABLE = 0x2401
+PERF_EVENT_IOC_SET_BPF = 0x40042408
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.ioctl.restype = ctypes.c_int
+_libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong)
+
+
+class _MapElemAttr(ctypes.Structure):
+    # union bpf_attr, the BPF_MAP_*_ELEM member; ctypes aligns key to 8 bytes.
+    _fields_ = (
+        ("map_fd", ctypes.c_uint32),
+        ("key", ctypes.c_uint64),
+        ("value", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+    )
+
+
+class _PerfEventAttr(ctypes.Structure):
+    # The leading members of struct perf_event_attr, up to config2
+    # (PERF_ATTR_SIZE_VER1, accepted by every kernel with perf + BPF).
+    _fields_ = (
+        ("type", ctypes.c_uint32),
+        ("size", ctypes.c_uint32),
+        ("config", ctypes.c_uint64),
+        ("sample_period", ctypes.c_uint64),
+        ("sample_type", ctypes.c_uint64),
+        ("read_format", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+        ("wakeup_events", ctypes.c_uint32),
+        ("bp_type", ctypes.c_uint32),
+        ("config1", ctypes.c_uint64),
+        ("config2", ctypes.c_uint64),
+    )
+
+
+def _numbers() -> tuple[int, int]:
+    machine = platform.machine()
+    try:
+        return _SYSCALLS[machine]
+    except KeyError:
+        raise OSError(errno.ENOSYS, f"no bpf syscall numbers known for architecture {machine}") from None
+
+
+def _bpf(cmd: int, attr: ctypes.Structure) -> int:
+    ret = _libc.syscall(_numbers()[0], cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(ret)
+
+
+def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
+    """The value stored under ``key``, or None when the key is absent."""
+    value = ctypes.create_string_buffer(value_size)
+    key_buf = ctypes.create_string_buffer(key, len(key))
+    attr = _MapElemAttr(map_fd, ctypes.addressof(key_buf), ctypes.addressof(value), 0)
+    try:
+        _bpf(BPF_MAP_LOOKUP_ELEM, attr)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+    return value.raw
+
+
+def map_update(map_fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+    key_buf = ctypes.create_string_buffer(key, len(key))
+    value_buf = ctypes.create_string_buffer(value, len(value))
+    _bpf(BPF_MAP_UPDATE_ELEM, _MapElemAttr(map_fd, ctypes.addressof(key_buf), ctypes.addressof(value_buf), flags))
+
+
+def map_delete(map_fd: int, key: bytes) -> bool:
+    """Delete ``key``; False when it was not there."""
+    key_buf = ctypes.create_string_buffer(key, len(key))
+    try:
+        _bpf(BPF_MAP_DELETE_ELEM, _MapElemAttr(map_fd, ctypes.addressof(key_buf), 0, 0))
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def map_keys(map_fd: int, key_size: int, limit: int) -> list[bytes]:
+    """Every key of a hash map, at most ``limit`` of them.
+
+    Walking a hash map that the kernel changes underneath can restart from the
+    beginning when the current key is deleted; the limit keeps that finite.
+    """
+    keys: list[bytes] = []
+    seen: set[bytes] = set()
+    current = ctypes.create_string_buffer(key_size)
+    nxt = ctypes.create_string_buffer(key_size)
+    attr = _MapElemAttr(map_fd, 0, ctypes.addressof(nxt), 0)
+    while len(keys) < limit:
+        try:
+            _bpf(BPF_MAP_GET_NEXT_KEY, attr)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                break
+            raise
+        key = nxt.raw
+        if key in seen:
+            # The walk restarted because an entry vanished; what follows is
+            # what we already have.
+            break
+        seen.add(key)
+        keys.append(key)
+        ctypes.memmove(current, nxt, key_size)
+        attr.key = ctypes.addressof(current)
+    return keys
+
+
+def perf_event_open(event_type: int, config: int, config1: int = 0) -> int:
+    """A perf event on CPU 0 for all processes; BPF tracing programs fire on every CPU regardless."""
+    attr = _PerfEventAttr()
+    attr.type = event_type
+    attr.size = ctypes.sizeof(_PerfEventAttr)
+    attr.config = config
+    attr.sample_period = 1
+    attr.wakeup_events = 1
+    attr.config1 = config1
+    ret = _libc.syscall(_numbers()[1], ctypes.byref(attr), -1, 0, -1, PERF_FLAG_FD_CLOEXEC)
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(ret)
+
+
+def perf_event_attach_bpf(perf_fd: int, prog_fd: int) -> None:
+    """Attach a loaded program to a perf event and enable it."""
+    for request, arg in ((PERF_EVENT_IOC_SET_BPF, prog_fd), (PERF_EVENT_IOC_ENABLE, 0)):
+        if _libc.ioctl(perf_fd, request, arg) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+
+def perf_event_disable(perf_fd: int) -> None:
+    _libc.ioctl(perf_fd, PERF_EVENT_IOC_DISABLE, 0)
+
+
+def keep_cstring(text: str) -> tuple[ctypes.Array[ctypes.c_char], int]:
+    """A NUL-terminated buffer and its address, for attr fields that take a pointer."""
+    buf = ctypes.create_string_buffer(text.encode())
+    return buf, ctypes.addressof(buf)
+
+
+def fdinfo(fd: int, pid: int | str = "self") -> dict[str, str]:
+    """The key: value lines the kernel shows for a bpf fd (ids, sizes, run stats)."""
+    out: dict[str, str] = {}
+    try:
+        text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
