@@ -1,0 +1,159 @@
+"""Collector skeleton shared by nfs_latency and objstore.
+
+Start: load the program sized from the discovered targets and program the
+filter. A discovery change (on the discovery thread, never in a scrape)
+first folds the kernel counters under the old address->label mapping, then
+reprograms the filter in place. A scrape folds and reports; it only reads
+maps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Any
+
+from crusoe_metrics_exporter.contract import PluginContext, Sample, Support
+from crusoe_metrics_exporter.plugins._tcptrace import bccloader
+from crusoe_metrics_exporter.plugins._tcptrace.accumulate import Accumulator, Vector
+from crusoe_metrics_exporter.plugins._tcptrace.tracer import TcpTracer, kernel_methods, target_capacity
+
+
+def ebpf_support(ctx: PluginContext) -> Support | None:
+    """An 'unsupported' answer when this host cannot run the programs, else None."""
+    if os.geteuid() != 0:
+        return Support.unsupported("eBPF needs root (or CAP_BPF + CAP_PERFMON)")
+    try:
+        bccloader.import_bcc()
+    except bccloader.BpfLoadError as exc:
+        return Support.unsupported(str(exc))
+    tps, kps = kernel_methods()
+    ctx.details["attach_plan"] = ",".join([f"{r}=tracepoint" for r in tps] + [f"{r}=kprobe" for r in kps])
+    return None
+
+
+class TcpTargetCollector(ABC):
+    #: The plugin's C body (file next to the plugin).
+    body: str
+    bounds: tuple[float, ...]
+    width: int
+    error_metric: str
+
+    def __init__(self, ctx: PluginContext) -> None:
+        self.ctx = ctx
+        self.log: logging.Logger = ctx.log
+        self._lock = threading.Lock()
+        self._acc = Accumulator(self.width)
+        self._tracer: TcpTracer | None = None
+        self._targets: Any = None
+        self._key_of_address: dict[str, Hashable] = {}
+        self._subscribed = False
+
+    # -- what subclasses decide -------------------------------------------
+    @abstractmethod
+    def wanted(self) -> tuple[dict[str, Hashable], tuple[int, ...]]:
+        """{address: label key} to watch now, and the ports."""
+
+    @abstractmethod
+    def defines(self, capacity: int) -> dict[str, int]:
+        """Map sizes and constants for the C."""
+
+    @abstractmethod
+    def parse(self, key: bytes, value: bytes) -> tuple[str, Vector]:
+        """One stats entry -> (address, vector); ValueError when malformed."""
+
+    @abstractmethod
+    def fallback_key(self, address: str) -> Hashable:
+        """Label key for an address with no current mapping."""
+
+    @abstractmethod
+    def samples(self, totals: dict[Hashable, Vector]) -> Iterable[Sample]: ...
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> None:
+        self._targets = self.ctx.services.get("targets")
+        mapping, ports = self.wanted()
+        capacity = target_capacity(len(mapping))
+        try:
+            self._tracer = TcpTracer.load(self.body, self.bounds, self.defines(capacity), capacity)
+        except bccloader.BpfLoadError as exc:
+            raise RuntimeError(str(exc)) from None
+        with self._lock:
+            self._apply(mapping, ports)
+        self.ctx.details["attach"] = self._tracer.attach_summary()
+        self._targets.subscribe(self._on_targets_changed)
+        self._subscribed = True
+
+    def stop(self) -> None:
+        if self._subscribed and self._targets is not None:
+            self._targets.unsubscribe(self._on_targets_changed)
+            self._subscribed = False
+        if self._tracer is not None:
+            self._tracer.close()
+            self._tracer = None
+
+    def collect(self) -> list[Sample]:
+        with self._lock:
+            if self._tracer is None:
+                return []
+            self._fold()
+            totals = self._acc.totals(set(self._key_of_address.values()), self.retention)
+        return list(self.samples(totals))
+
+    @property
+    def retention(self) -> float:
+        return float(self.ctx.options.get("series_retention", 3600.0))
+
+    # -- internals ------------------------------------------------------------
+    def _on_targets_changed(self) -> None:
+        try:
+            mapping, ports = self.wanted()
+            with self._lock:
+                if self._tracer is None:
+                    return
+                self._fold()
+                self._apply(mapping, ports)
+        except Exception:  # runs on the discovery thread, which must survive anything
+            self.log.warning("updating the kernel filter failed; keeping the previous one", exc_info=True)
+            self.ctx.errors.inc(self.error_metric)
+
+    def _apply(self, mapping: dict[str, Hashable], ports: Sequence[int]) -> None:
+        assert self._tracer is not None
+        result = self._tracer.set_targets(mapping, ports)
+        if result.dropped:
+            self.log.warning(
+                "%d target addresses do not fit into the kernel filter (capacity %d) and are not watched: %s",
+                len(result.dropped), self._tracer.max_targets, ", ".join(result.dropped[:8]),
+            )
+            self.ctx.errors.inc(self.error_metric, len(result.dropped))
+        if result.removed:
+            # Folded just before; their counts live on in the label totals.
+            self._tracer.retire(result.removed)
+            self._acc.forget(result.removed)
+        self._key_of_address = {a: mapping[a] for a in result.watched}
+        self._acc.ensure(self._key_of_address.values())
+
+    def _fold(self) -> None:
+        assert self._tracer is not None
+        readings: dict[str, Vector] = {}
+        bad = 0
+        for key, value in self._tracer.read_stats():
+            try:
+                address, vector = self.parse(key, value)
+            except ValueError:
+                bad += 1
+                continue
+            readings[address] = vector
+        mapping = self._key_of_address
+        bad += self._acc.fold(readings, lambda a: mapping.get(a) or self.fallback_key(a))
+        full, clamped = self._tracer.new_problems()
+        if full:
+            self.log.warning("the kernel stats map is full: %d updates lost", full)
+        bad += full
+        if clamped:
+            self.log.info("%d latency samples exceeded the clamp and were recorded at the clamp", clamped)
+        if bad:
+            self.ctx.errors.inc(self.error_metric, bad)

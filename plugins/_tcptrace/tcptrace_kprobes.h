@@ -1,0 +1,97 @@
+/* Fallback for kernels without the sock:sock_send_length /
+ * sock:sock_recv_length tracepoints (before 6.3): the same hooks, fed from
+ * kprobes, one role at a time (TT_KP_SEND/RECV/RETRANSMIT/CLOSE). The program
+ * before this defines on_send, on_recv,
+ * on_retransmit and on_close.
+ */
+#ifndef SKC_FAMILY_OFF
+#define SKC_FAMILY_OFF 16
+#endif
+
+static __always_inline u16 tt_sock_family(void *sk)
+{
+    u16 family = 0;
+    bpf_probe_read_kernel(&family, sizeof(family), (char *)sk + SKC_FAMILY_OFF);
+    return family;
+}
+
+#ifdef TT_KP_SEND
+/* tcp_sendmsg's result is only known at return; the entry remembers the
+ * socket of a matching call (and only of a matching call, so unrelated
+ * sends cost one failed lookup at return). */
+BPF_HASH(tt_pending_send, u64, u64, 4096);
+
+
+int kp_tcp_sendmsg(struct pt_regs *ctx)
+{
+    void *sk = (void *)PT_REGS_PARM1(ctx);
+    struct addr16 a = {};
+    if (!tt_match_sock(sk, tt_sock_family(sk), &a))
+        return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    u64 skv = (u64)sk;
+    tt_pending_send.update(&id, &skv);
+    return 0;
+}
+
+int kr_tcp_sendmsg(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u64 *skp = tt_pending_send.lookup(&id);
+    if (!skp)
+        return 0;
+    void *sk = (void *)*skp;
+    tt_pending_send.delete(&id);
+    int ret = PT_REGS_RC(ctx);
+    if (ret > 0)
+        on_send(sk, tt_sock_family(sk), ret);
+    return 0;
+}
+
+#endif
+
+#ifdef TT_KP_RECV
+int kp_tcp_cleanup_rbuf(struct pt_regs *ctx)
+{
+    void *sk = (void *)PT_REGS_PARM1(ctx);
+    int copied = (int)PT_REGS_PARM2(ctx);
+    if (copied > 0)
+        on_recv(sk, tt_sock_family(sk), copied);
+    return 0;
+}
+
+#endif
+
+#ifdef TT_KP_RETRANSMIT
+int kp_tcp_retransmit_skb(struct pt_regs *ctx)
+{
+    void *sk = (void *)PT_REGS_PARM1(ctx);
+    u16 family = tt_sock_family(sk);
+    u16 dport_be = 0;
+    struct addr16 a = {};
+    bpf_probe_read_kernel(&dport_be, sizeof(dport_be), (char *)sk + SKC_DPORT_OFF);
+    if (family == TT_AF_INET) {
+        u32 daddr = 0;
+        bpf_probe_read_kernel(&daddr, sizeof(daddr), (char *)sk + SKC_DADDR_OFF);
+        tt_v4_to_addr16(daddr, &a);
+    } else if (family == TT_AF_INET6) {
+        bpf_probe_read_kernel(&a, sizeof(a), (char *)sk + SKC_V6_DADDR_OFF);
+    } else {
+        return 0;
+    }
+    on_retransmit(bpf_ntohs(dport_be), &a);
+    return 0;
+}
+
+#endif
+
+#ifdef TT_KP_CLOSE
+int kp_tcp_set_state(struct pt_regs *ctx)
+{
+    void *sk = (void *)PT_REGS_PARM1(ctx);
+    int state = (int)PT_REGS_PARM2(ctx);
+    if (state == TT_TCP_CLOSE)
+        on_close(sk);
+    return 0;
+}
+#endif

@@ -1,0 +1,96 @@
+"""nfs_latency: request latency and TCP retransmits towards NFS servers, from eBPF.
+
+Watches TCP traffic to the NFS servers target discovery finds (the host's
+NFS mounts and NFS_SERVER_IPS) on NFS_TARGET_PORTS, with stable tracepoints
+where the kernel has them and kprobes otherwise.
+"""
+
+from __future__ import annotations
+
+from crusoe_metrics_exporter.contract import (
+    Collector,
+    ConfigOption,
+    MetricSpec,
+    PluginContext,
+    PluginSpec,
+    Support,
+)
+from crusoe_metrics_exporter.hookspecs import hookimpl
+
+LABELS = ("protocol", "operation", "volume_id")
+ERRORS = "nfs_latency_collection_errors_total"
+
+#: Duplicated from parser.BUCKETS so that importing the plugin stays cheap; a
+#: test keeps the two equal.
+_BUCKETS = (
+    0.0005, 0.000637, 0.000812, 0.001035, 0.001318, 0.00168, 0.002141, 0.002728, 0.003476, 0.004429,
+    0.005644, 0.007192, 0.009165, 0.011679, 0.014882, 0.018963, 0.024165, 0.030792, 0.039238, 0.05,
+)
+
+METRICS = (
+    MetricSpec(
+        "nfs_latency_seconds",
+        "counter",
+        "NFS request latency in seconds, summed: from the first unanswered send on a connection to an NFS "
+        "server to the first data received back.",
+        LABELS,
+    ),
+    MetricSpec("nfs_requests_total", "counter", "Total number of NFS requests (send/receive exchanges).", LABELS),
+    MetricSpec(
+        "nfs_tcp_retransmits_total", "counter", "Total number of TCP retransmissions to NFS servers.", LABELS
+    ),
+    MetricSpec(
+        "nfs_latency_histogram_seconds",
+        "histogram",
+        "Histogram of NFS request latency in seconds.",
+        LABELS,
+        buckets=_BUCKETS,
+    ),
+    MetricSpec.errors(
+        ERRORS,
+        "Problems reading the NFS latency maps or programming the kernel filter (malformed entries, full maps, "
+        "addresses that did not fit).",
+    ),
+)
+
+OPTIONS = (
+    ConfigOption(
+        "series_retention",
+        "duration",
+        3600.0,
+        "How long a volume_id series stays exported after its server address stopped being a target.",
+    ),
+    ConfigOption("latency_clamp", "duration", 60.0, "Longest latency recorded; longer samples count at this value."),
+    ConfigOption("inflight_capacity", "int", 16384, "Sockets tracked at once (LRU: the least recent is evicted)."),
+)
+
+
+def _check(ctx: PluginContext) -> Support:
+    from crusoe_metrics_exporter.plugins._tcptrace.collector import ebpf_support
+
+    problem = ebpf_support(ctx)
+    return problem if problem is not None else Support.ok(**{"ports": _ports(ctx)})
+
+
+def _ports(ctx: PluginContext) -> str:
+    return ",".join(str(p) for p in ctx.settings.targets.get("nfs_target_ports") or [2049])
+
+
+def _factory(ctx: PluginContext) -> Collector:
+    from crusoe_metrics_exporter.plugins.nfs_latency.collector import NfsLatencyCollector
+
+    return NfsLatencyCollector(ctx)
+
+
+@hookimpl
+def crusoe_metrics_exporter_plugin() -> PluginSpec:
+    return PluginSpec(
+        name="nfs_latency",
+        version="1.0.0",
+        description="NFS request latency and TCP retransmits per volume, from TCP tracepoints (eBPF).",
+        metrics=METRICS,
+        factory=_factory,
+        check_support=_check,
+        options=OPTIONS,
+        uses_ebpf=True,
+    )

@@ -1,0 +1,115 @@
+"""objstore: bytes, retransmits and connection-phase latency towards the object store, from eBPF.
+
+Endpoints come from target discovery: OBJSTORE_ENDPOINT_FQDN (A and AAAA,
+re-resolved in the background), else OBJSTORE_ENDPOINT_IPS; ports from
+OBJSTORE_ENDPOINT_PORT. There is no built-in fallback endpoint.
+"""
+
+from __future__ import annotations
+
+from crusoe_metrics_exporter.contract import (
+    Collector,
+    ConfigOption,
+    MetricSpec,
+    PluginContext,
+    PluginSpec,
+    Support,
+)
+from crusoe_metrics_exporter.hookspecs import hookimpl
+
+LABELS = ("endpoint",)
+ERRORS = "objstore_collection_errors_total"
+
+#: Duplicated from parser.BUCKETS so that importing the plugin stays cheap; a
+#: test keeps the two equal.
+_BUCKETS = (
+    0.001, 0.001468, 0.002154, 0.003162, 0.004642, 0.006813, 0.01, 0.014678, 0.021544, 0.031623,
+    0.046416, 0.068129, 0.1, 0.14678, 0.215443, 0.316228, 0.464159, 0.681292, 1.0, 1.468,
+)
+
+METRICS = (
+    MetricSpec(
+        "objectstore_connection_latency_seconds",
+        "counter",
+        "Object store connection-phase latency in seconds, summed (first send of an exchange to its last "
+        "receive, per connection).",
+        LABELS,
+    ),
+    MetricSpec(
+        "objectstore_connections_total",
+        "counter",
+        "Total number of object store connection phases (request/response exchanges) observed.",
+        LABELS,
+    ),
+    MetricSpec(
+        "objectstore_tcp_retransmits_total",
+        "counter",
+        "Total number of TCP retransmissions to object store servers.",
+        LABELS,
+    ),
+    MetricSpec(
+        "objectstore_bytes_sent_total", "counter", "Total bytes sent to object store servers (TCP payload).", LABELS
+    ),
+    MetricSpec(
+        "objectstore_bytes_recv_total",
+        "counter",
+        "Total bytes received from object store servers (TCP payload).",
+        LABELS,
+    ),
+    MetricSpec(
+        "objectstore_connection_latency_histogram_seconds",
+        "histogram",
+        "Histogram of object store connection-phase latency in seconds.",
+        LABELS,
+        buckets=_BUCKETS,
+    ),
+    MetricSpec.errors(
+        ERRORS,
+        "Problems reading the object store maps or programming the kernel filter (malformed entries, full maps, "
+        "addresses that did not fit).",
+    ),
+)
+
+OPTIONS = (
+    ConfigOption(
+        "series_retention",
+        "duration",
+        3600.0,
+        "How long an endpoint series stays exported after its address stopped being an endpoint (DNS rotation).",
+    ),
+    ConfigOption("latency_clamp", "duration", 600.0, "Longest phase recorded; longer phases count at this value."),
+    ConfigOption("inflight_capacity", "int", 65536, "Connections tracked at once (LRU: the least recent is evicted)."),
+)
+
+
+def _check(ctx: PluginContext) -> Support:
+    targets = ctx.services.get("targets")
+    if not targets.objstore_configured:
+        return Support.unsupported("no endpoint configured (set OBJSTORE_ENDPOINT_FQDN or OBJSTORE_ENDPOINT_IPS)")
+    from crusoe_metrics_exporter.plugins._tcptrace.collector import ebpf_support
+
+    problem = ebpf_support(ctx)
+    if problem is not None:
+        return problem
+    ports = ",".join(str(p) for p in targets.objstore_ports)
+    return Support.ok(ports=ports)
+
+
+def _factory(ctx: PluginContext) -> Collector:
+    from crusoe_metrics_exporter.plugins.objstore.collector import ObjstoreCollector
+
+    return ObjstoreCollector(ctx)
+
+
+@hookimpl
+def crusoe_metrics_exporter_plugin() -> PluginSpec:
+    return PluginSpec(
+        name="objstore",
+        version="1.0.0",
+        description="Object store bytes, retransmits and connection-phase latency per endpoint (eBPF).",
+        metrics=METRICS,
+        factory=_factory,
+        check_support=_check,
+        options=OPTIONS,
+        uses_ebpf=True,
+    )
