@@ -44,6 +44,15 @@ MAX_LABEL_LENGTH = 512
 
 NFS_FSTYPES = frozenset({"nfs", "nfs4"})
 
+#: The kernel's counters are u64; anything outside is corruption (and a
+#: larger int would overflow the float conversion of the exposition).
+U64_MAX = 2**64 - 1
+
+#: More lanes than any real mount has (nconnect stops at 16, NFSv4.1
+#: trunking at max_connect=128); beyond this the block is corrupt and extra
+#: lanes would only add series.
+MAX_LANES = 256
+
 # Kind of line an error is charged to; the collector maps these onto the
 # seed's three error counters.
 STATS = "stats"
@@ -126,6 +135,8 @@ def operation_keys(names: list[str]) -> dict[str, str]:
 def parse(text: str, options: ParseOptions) -> ParseResult:
     result = ParseResult()
     lines = text.split("\n")
+    if lines[-1]:
+        _drop_unterminated_line(lines, result)
     starts = [i for i, line in enumerate(lines) if line.startswith("device ")]
     first = starts[0] if starts else len(lines)
     if any(line.strip() for line in lines[:first]):
@@ -137,6 +148,24 @@ def parse(text: str, options: ParseOptions) -> ParseResult:
         except Exception as exc:  # noqa: BLE001 - one bad block must not hide the others
             result.error(STATS, f"line {begin + 1}: block skipped: {type(exc).__name__}: {exc}")
     return result
+
+
+_KIND_OF_KEY = {"xprt:": XPRT, "events:": EVENTS, "bytes:": EVENTS, "age:": EVENTS}
+
+
+def _drop_unterminated_line(lines: list[str], result: ParseResult) -> None:
+    """Drop a last line that has no newline: the kernel ends every line.
+
+    Without a newline the line was cut (a file read while it was rewritten,
+    or a size limit), and a cut number is a wrong number, not a smaller one.
+    Other keys (a stray ``impl_id`` continuation) carry nothing we report.
+    """
+    parts = lines[-1].split(None, 1)
+    key = parts[0] if parts else ""
+    kind = _KIND_OF_KEY.get(key, STATS if key.endswith(":") and key[:-1].isupper() else None)
+    if kind is not None:
+        result.error(kind, f"line {len(lines)}: {key} line cut off (no newline at end of file)")
+    lines[-1] = ""
 
 
 def _block_volume(header: list[str], options: ParseOptions) -> str | None:
@@ -199,6 +228,9 @@ def _parse_block(lines: list[str], begin: int, end: int, options: ParseOptions, 
             except ValueError:
                 result.error(STATS, f"line {lineno + 1}: {key} line has a non-numeric field")
                 continue
+            if not _in_range(values):
+                result.error(STATS, f"line {lineno + 1}: {key} line has a value outside 0..2^64-1")
+                continue
             label = wanted_ops[key]
             old = stats.ops.get(label)
             stats.ops[label] = values if old is None else _max_list(old, values)
@@ -207,7 +239,7 @@ def _parse_block(lines: list[str], begin: int, end: int, options: ParseOptions, 
             # The index advances even for a bad line so later lanes keep
             # their identity (xprt_idx must not shift between scrapes).
             lane_idx += 1
-            lane = _parse_xprt(parts, statvers)
+            lane = _parse_xprt(parts, statvers) if idx < MAX_LANES else None
             if lane is None:
                 backlog_complete = False
                 result.error(XPRT, f"line {lineno + 1}: malformed xprt line")
@@ -224,6 +256,9 @@ def _parse_block(lines: list[str], begin: int, end: int, options: ParseOptions, 
             except ValueError:
                 result.error(EVENTS, f"line {lineno + 1}: events line has a non-numeric field")
                 continue
+            if not _in_range(events):
+                result.error(EVENTS, f"line {lineno + 1}: events value outside 0..2^64-1")
+                continue
             stats.events = events if stats.events is None else _max_list(stats.events, events)
         elif key == "bytes:":
             if len(parts) <= BYTES_FIELD_COUNT:
@@ -234,12 +269,18 @@ def _parse_block(lines: list[str], begin: int, end: int, options: ParseOptions, 
             except ValueError:
                 result.error(EVENTS, f"line {lineno + 1}: bytes line has a non-numeric field")
                 continue
+            if not _in_range(counts):
+                result.error(EVENTS, f"line {lineno + 1}: bytes value outside 0..2^64-1")
+                continue
             stats.bytes = counts if stats.bytes is None else _max_list(stats.bytes, counts)
         elif key == "age:":
             try:
                 age = int(parts[1])
             except (ValueError, IndexError):
                 result.error(EVENTS, f"line {lineno + 1}: malformed age line")
+                continue
+            if not 0 <= age <= U64_MAX:
+                result.error(EVENTS, f"line {lineno + 1}: age outside 0..2^64-1")
                 continue
             stats.age = age if stats.age is None else max(stats.age, age)
 
@@ -257,10 +298,11 @@ def _parse_xprt(parts: list[str], statvers: str) -> list[int | None] | None:
     if need is None or len(parts) - 2 < need:
         return None
     n = parts
+    lane: list[int | None]
     try:
         if proto == "udp":
             # srcport bind sends recvs bad_xids req_u bklog_u [max_slots sending_u pending_u]
-            return [
+            lane = [
                 None,
                 None,
                 int(n[4]),
@@ -269,12 +311,21 @@ def _parse_xprt(parts: list[str], statvers: str) -> list[int | None] | None:
                 int(n[8]),
                 int(n[9]) if version == "1.1" else None,
             ]
-        # tcp and rdma share the first ten: srcport bind connect connect_time
-        # idle sends recvs bad_xids req_u bklog_u; tcp 1.1 adds max_slots.
-        max_slots = int(n[12]) if proto == "tcp" and version == "1.1" else None
-        return [int(n[4]), int(n[6]), int(n[7]), int(n[8]), int(n[9]), int(n[11]), max_slots]
+        else:
+            # tcp and rdma share the first ten: srcport bind connect connect_time
+            # idle sends recvs bad_xids req_u bklog_u; tcp 1.1 adds max_slots.
+            max_slots = int(n[12]) if proto == "tcp" and version == "1.1" else None
+            lane = [int(n[4]), int(n[6]), int(n[7]), int(n[8]), int(n[9]), int(n[11]), max_slots]
     except ValueError:
         return None
+    for value in lane:
+        if value is not None and not 0 <= value <= U64_MAX:
+            return None
+    return lane
+
+
+def _in_range(values: list[int]) -> bool:
+    return min(values) >= 0 and max(values) <= U64_MAX
 
 
 def _max_list(a: list[int], b: list[int]) -> list[int]:
