@@ -1,0 +1,127 @@
+"""Runs probes in the background on a jittered fixed-rate schedule.
+
+Scrapes never wait for a probe and never start one: a round only submits
+work to a bounded pool and returns; each probe writes its result when it
+finishes. A probe still running from the previous round is not started
+again, so a target that hangs past every timeout costs one worker, not one
+per round.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from crusoe_metrics_exporter.plugins.probes.results import INTERNAL, Outcome, ProbeKey, ProbeResult, ResultStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProbeJob:
+    key: ProbeKey
+    run: Callable[[], Outcome]
+
+
+class ProbeScheduler:
+    def __init__(
+        self,
+        jobs: Callable[[], list[ProbeJob]],
+        store: ResultStore,
+        *,
+        interval: float,
+        jitter: float,
+        concurrency: int,
+        on_error: Callable[[], None],
+        rng: random.Random | None = None,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError("probe interval must be greater than zero")
+        self._jobs = jobs
+        self._store = store
+        self.interval = interval
+        # Jitter spreads many exporters' probes apart; kept below half an
+        # interval so rounds stay in order and one always lands per interval.
+        self.jitter = min(max(jitter, 0.0), interval / 2)
+        self._on_error = on_error
+        self._rng = rng or random.Random()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="probe")
+        self._in_flight: set[ProbeKey] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.rounds = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="probe-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        # Running probes end at their own timeout; queued ones are dropped.
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _loop(self) -> None:
+        base = time.monotonic()
+        slot = 0
+        while True:
+            due = base + slot * self.interval + self._rng.uniform(0.0, self.jitter)
+            if self._stop.wait(max(0.0, due - time.monotonic())):
+                return
+            self.run_round()
+            slot += 1
+            # After a stall (suspended VM, overloaded host) resume at the next
+            # slot instead of firing every missed round back to back.
+            behind = math.floor((time.monotonic() - base) / self.interval)
+            slot = max(slot, behind)
+
+    def run_round(self) -> int:
+        """Submit every current probe not already running; returns how many were submitted."""
+        try:
+            jobs = self._jobs()
+        except Exception:  # a broken target snapshot must not stop the schedule
+            log.exception("probes: building the probe list failed")
+            self._on_error()
+            return 0
+        self._store.retain({job.key for job in jobs})
+        submitted = 0
+        for job in jobs:
+            with self._lock:
+                if job.key in self._in_flight:
+                    log.warning("probes: %s %s still running from the previous round; skipped",
+                                job.key.probe, job.key.endpoint)
+                    self._on_error()
+                    continue
+                self._in_flight.add(job.key)
+            try:
+                self._pool.submit(self._execute, job)
+            except RuntimeError:  # pool shut down: we are stopping
+                with self._lock:
+                    self._in_flight.discard(job.key)
+                return submitted
+            submitted += 1
+        self.rounds += 1
+        return submitted
+
+    def _execute(self, job: ProbeJob) -> None:
+        try:
+            outcome = job.run()
+        except Exception as exc:  # a bug in a probe is ours to count, not the target's fault
+            log.exception("probes: %s probe of %s raised", job.key.probe, job.key.endpoint)
+            self._on_error()
+            outcome = Outcome.failed(INTERNAL, 0.0, detail=f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                self._in_flight.discard(job.key)
+        if not outcome.success:
+            log.debug("probes: %s %s:%s failed: %s %s", job.key.probe, job.key.endpoint, job.key.port,
+                      outcome.reason, outcome.detail)
+        self._store.record(job.key, ProbeResult(outcome, time.time()))
