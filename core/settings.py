@@ -224,7 +224,8 @@ def resolve(
     core = resolved.pop("exporter")
     if core["host_proc_path"] == AUTO_HOST_PROC:
         core["host_proc_path"] = "/host/proc" if Path("/host/proc/1/mounts").exists() else "/proc"
-        sources["exporter.host_proc_path"] = "auto-detected"
+        origin = sources["exporter.host_proc_path"]
+        sources["exporter.host_proc_path"] = "auto-detected" if origin == "default" else f"{origin}, auto-detected"
     targets = resolved.pop("targets")
     if targets["nfs_enable_volume_id"]:
         # Checked here, not when a plugin starts, so a pattern without its

@@ -1,0 +1,90 @@
+"""The command line as a user meets it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+from helpers.server import CLI
+
+BUILTINS = {"disk_latency", "disk_stats", "disk_usage", "nfs_latency", "nfs_stats", "objstore", "probes"}
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [({"PORT": "abc"}, "PORT"), ({"NFS_TARGET_PORTS": "2049,x"}, "NFS_TARGET_PORTS"),
+     ({"PROBE_INTERVAL": "soon"}, "PROBE_INTERVAL"), ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL")],
+)
+def test_bad_environment_exits_non_zero_with_one_line(env: dict[str, str], name: str) -> None:
+    result = run(env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0] and "expected" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_plugins_lists_the_seven_builtins_with_state_and_reason() -> None:
+    result = run("plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    plugins = {p["name"]: p for p in json.loads(result.stdout)}
+    assert BUILTINS <= set(plugins)
+    for name in BUILTINS:
+        p = plugins[name]
+        assert p["distribution"] == "crusoe-metrics-exporter"
+        assert p["state"] in ("active", "unsupported", "disabled", "failed")
+        if p["state"] != "active":
+            assert p["reason"], f"{name} is {p['state']} without a reason"
+    table = run("plugins").stdout
+    assert all(name in table for name in BUILTINS)
+
+
+def test_config_init_then_show_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "etc" / "exporter.toml"
+    assert run("config", "init", str(path)).returncode == 0
+    text = path.read_text()
+    assert "# HTTP port" in text or "# TCP port" in text
+    document = tomllib.loads(text)
+    assert {"exporter", "targets", "plugins"} <= set(document)
+    assert BUILTINS <= set(document["plugins"]) | {n for n in BUILTINS if n not in document["plugins"]}
+
+    again = run("config", "init", str(path))
+    assert again.returncode == 1 and "--force" in again.stderr
+    assert run("config", "init", "--force", str(path)).returncode == 0
+
+    shown = run("--config", str(path), "config", "show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    effective = json.loads(shown.stdout)
+    for section, options in effective.items():
+        for key, entry in options.items():
+            assert entry["source"].startswith("config file"), (section, key, entry)
+            file_section = document
+            for part in section.split("."):
+                file_section = file_section[part]
+            if file_section[key] != "auto":
+                assert entry["value"] == file_section[key]
+
+    human = run("--config", str(path), "config", "show", env={"PORT": "9123"}).stdout
+    assert "port = 9123  # environment PORT" in human
+
+
+def test_collect_rejects_an_unknown_plugin() -> None:
+    result = run("collect", "--plugin", "nope")
+    assert result.returncode == 2 and "invalid --plugin='nope'" in result.stderr
+
+
+def test_unknown_set_is_refused() -> None:
+    result = run("--set", "plugins.disk_stats.colour=red", "plugins")
+    assert result.returncode == 2 and "unknown setting 'plugins.disk_stats.colour'" in result.stderr
+
+
+def test_version() -> None:
+    assert run("--version").stdout.startswith("crusoe-metrics-exporter, version ")

@@ -1,0 +1,89 @@
+"""The real server process, scraped over HTTP."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from helpers.server import CLI, running_exporter
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def test_metrics_health_and_index() -> None:
+    with running_exporter() as exporter:
+        status, ctype, body = exporter.get("/metrics")
+        assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
+        families = {f.name: f for f in text_string_to_metric_families(body)}
+        assert "crusoe_vm_exporter_build_info" in families
+        states = {s.labels["plugin"] for s in families["crusoe_vm_exporter_plugin_state"].samples}
+        assert {"disk_latency", "disk_stats", "disk_usage", "nfs_latency", "nfs_stats", "objstore",
+                "probes"} <= states
+        assert exporter.get("/health")[2] == "OK"
+        status, ctype, page = exporter.get("/")
+        assert ctype.startswith("text/html") and "disk_stats" in page and "/metrics" in page
+
+
+def test_openmetrics_is_negotiated() -> None:
+    with running_exporter() as exporter:
+        status, ctype, body = exporter.get("/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert ctype.startswith("application/openmetrics-text")
+    assert body.endswith("# EOF\n")
+    assert "crusoe_vm_exporter_plugin_errors_total{" in body
+
+
+def test_concurrent_scrapes_all_succeed() -> None:
+    with running_exporter() as exporter, ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: exporter.get("/metrics"), range(24)))
+    assert all(status == 200 and "crusoe_vm_exporter_build_info" in body for status, _, body in results)
+
+
+def test_broken_third_party_plugin_leaves_metrics_serving(tmp_path: Path) -> None:
+    # A real installed distribution (dist-info + entry point) whose module
+    # raises on import, found through the normal entry-point machinery.
+    (tmp_path / "broken_collector.py").write_text("raise RuntimeError('this plugin is broken')\n")
+    dist = tmp_path / "broken_collector-0.3.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-collector\nVersion: 0.3\n")
+    (dist / "entry_points.txt").write_text("[crusoe_metrics_exporter]\nbroken = broken_collector\n")
+    env = {"PYTHONPATH": str(tmp_path)}
+    with running_exporter(env) as exporter:
+        _, _, body = exporter.get("/metrics")
+        _, _, plugins = exporter.get("/plugins.json")
+    assert 'crusoe_vm_exporter_plugin_state{plugin="broken",state="failed"} 1.0' in body
+    assert 'crusoe_vm_exporter_plugin_up{plugin="disk_stats"}' in body
+    assert "this plugin is broken" in plugins
+
+    listing = subprocess.run([CLI, "plugins"], env={**env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert "broken" in listing.stdout and "RuntimeError: this plugin is broken" in listing.stdout
+
+    strict = subprocess.run([CLI, "--strict", "collect", "--plugin", "disk_stats"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert strict.returncode == 1
+    assert "strict mode" in strict.stderr and "Traceback" not in strict.stderr
+
+
+def test_sigterm_stops_the_server_cleanly() -> None:
+    with running_exporter() as exporter:
+        exporter.proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert exporter.proc.wait(timeout=15) == 0
+        assert time.monotonic() - started < 10
+
+
+def test_port_in_use_is_one_line() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = subprocess.run([CLI, "--listen-address", "127.0.0.1", "--port", str(port), "--disable",
+                                 "disk_latency,nfs_latency,objstore,probes"], capture_output=True, text=True,
+                                timeout=60)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("crusoe-metrics-exporter: cannot listen on port") and "Traceback" not in result.stderr
+
