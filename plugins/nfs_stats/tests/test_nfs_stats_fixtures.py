@@ -436,6 +436,9 @@ def test_node_exporter_fixture_matches_node_exporter_output() -> None:
 
 def test_volume_ids_disabled_label_every_nfs_mount_by_export() -> None:
     s, _ = run("xprt_volume_id_extraction.mountstats", unmatched="export", enable_ids=False)
-    assert volumes_of(s) == {"some.nfs.server:/exports/random", "nfs.example.com:/volumes/eeeeeeee-1111-2222-3333-444444444444"}
+    assert volumes_of(s) == {
+        "some.nfs.server:/exports/random",
+        "nfs.example.com:/volumes/eeeeeeee-1111-2222-3333-444444444444",
+    }
     s, _ = run("xprt_volume_id_extraction.mountstats", unmatched="skip", enable_ids=False)
     assert s == {}

@@ -97,7 +97,8 @@ def test_mountstats_path_env_overrides_host_proc(exporters: list[Exporter], proc
     shutil.copy(DATA / "xprt_single_xprt.mountstats", other)
     ex = start(exporters, proc, {"MOUNTSTATS_PATH": str(other)})
     s = scrape(ex)
-    assert value(s, "crusoe_vm_nfs_xprt_sends_total", volume_id="aaaaaaaa-1111-2222-3333-444444444444", xprt_idx="0") == 200830
+    lane = {"volume_id": "aaaaaaaa-1111-2222-3333-444444444444", "xprt_idx": "0"}
+    assert value(s, "crusoe_vm_nfs_xprt_sends_total", **lane) == 200830
     assert not any(dict(labels).get("volume_id") == GOLDEN_VOL for _, labels in s)
 
 
