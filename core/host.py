@@ -69,6 +69,7 @@ class PluginRecord:
             "version": self.version,
             "state": self.state,
             "reason": self.reason,
+            "failed_phase": self.failed_phase,
             "details": dict(self.details),
         }
 

@@ -1,0 +1,38 @@
+"""promtool's linter over what we expose: clean, except for names the seed fixed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+from helpers.fake_plugins import FakePlugin, make_exporter
+from helpers.server import CLI
+
+from crusoe_metrics_exporter.exposition import render
+from crusoe_metrics_exporter.naming import PREFIX, SEED_NON_BASE_UNIT_NAMES
+
+
+def promtool(text: bytes) -> list[str]:
+    tool = shutil.which("promtool")
+    assert tool, "promtool missing: `make test` installs Debian's prometheus package"
+    result = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True, timeout=60)
+    return [line for line in (result.stdout + result.stderr).decode().splitlines() if line.strip()]
+
+
+def test_core_meta_metrics_are_lint_clean() -> None:
+    exporter = make_exporter([FakePlugin("good").entry(), FakePlugin("bad", produce=lambda: 1 / 0).entry()])
+    exporter.start()
+    try:
+        problems = promtool(render(exporter.collect()))
+    finally:
+        exporter.stop()
+    assert problems == []
+
+
+def test_full_collection_is_lint_clean_but_for_seed_names() -> None:
+    result = subprocess.run([CLI, "collect"], capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"crusoe_vm_exporter_build_info" in result.stdout
+    allowed = {PREFIX + n for n in SEED_NON_BASE_UNIT_NAMES}
+    unexpected = [p for p in promtool(result.stdout) if p.split()[0] not in allowed]
+    assert unexpected == []

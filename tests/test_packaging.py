@@ -1,0 +1,51 @@
+"""The wheel installs into a fresh virtualenv with the documented layout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BUILTINS = {"disk_latency", "disk_stats", "disk_usage", "nfs_latency", "nfs_stats", "objstore", "probes"}
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
+                    str(REPO)], check=True, cwd=out)
+    [whl] = out.glob("crusoe_metrics_exporter-*.whl")
+    return whl
+
+
+def test_wheel_has_one_namespace_and_bundles_c_sources(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == {"crusoe_metrics_exporter"}
+    assert not any("/tests/" in n for n in names), "plugin tests must not ship in the wheel"
+    sources = [n for n in names if n.endswith(".c")]
+    assert any("plugins/disk_latency/" in n for n in sources), sources
+    assert "crusoe_metrics_exporter/py.typed" in names
+
+
+@pytest.mark.slow
+def test_wheel_works_in_a_fresh_virtualenv(wheel: Path, tmp_path: Path) -> None:
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    py = env_dir / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)], check=True)
+    out = subprocess.run([str(env_dir / "bin" / "crusoe-metrics-exporter"), "plugins", "--json"], check=True,
+                         capture_output=True, text=True, cwd=tmp_path).stdout
+    plugins = {p["name"]: p for p in json.loads(out)}
+    assert set(plugins) == BUILTINS
+    for p in plugins.values():
+        assert p["failed_phase"] not in ("load", "validate"), p
+    for bare in ("core", "plugins"):
+        probe = subprocess.run([str(py), "-c", f"import {bare}"], capture_output=True, cwd=tmp_path)
+        assert probe.returncode != 0, f"a bare '{bare}' package is importable"
