@@ -16,6 +16,7 @@ from pathlib import Path
 
 from crusoe_metrics_exporter.ebpf.environment import DoctorCheck, check_environment, doctor_checks
 from crusoe_metrics_exporter.ebpf.kernel import bpf_stats_enabled
+from crusoe_metrics_exporter.ebpf.options import EBPF_OPTIONS
 from crusoe_metrics_exporter.ebpf.runtime import BpfMap, LoadedBpf, default_state_dir, load, want_macro
 from crusoe_metrics_exporter.ebpf.spec import (
     AttachCandidate,
@@ -38,6 +39,7 @@ def verify_only(spec: BpfSpec, state_dir: Path | None = None) -> LoadedBpf:
 
 
 __all__ = [
+    "EBPF_OPTIONS",
     "EBPF_SERVICE",
     "AttachCandidate",
     "AttachMethod",

@@ -1,0 +1,78 @@
+"""disk_latency: per-disk block I/O latency histograms, bytes and errors from eBPF.
+
+Importing this module is cheap: bcc is never imported by the exporter, and
+the collector (with the eBPF runtime) is only imported when the plugin starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crusoe_metrics_exporter.contract import Collector, MetricSpec, PluginContext, PluginSpec, Support
+from crusoe_metrics_exporter.devices import DEVICE_OPTIONS
+from crusoe_metrics_exporter.ebpf.options import EBPF_OPTIONS
+from crusoe_metrics_exporter.hookspecs import hookimpl
+from crusoe_metrics_exporter.plugins.disk_latency.parser import BOUNDS_SECONDS
+
+__version__ = "1.0.0"
+
+_DEVICE = ("device",)
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("disk_read_bytes_total", "counter", "Total bytes read from disk", _DEVICE),
+    MetricSpec("disk_write_bytes_total", "counter", "Total bytes written to disk", _DEVICE),
+    MetricSpec(
+        "disk_read_latency_seconds_total", "counter", "Total time spent reading from disk in seconds", _DEVICE
+    ),
+    MetricSpec(
+        "disk_write_latency_seconds_total", "counter", "Total time spent writing to disk in seconds", _DEVICE
+    ),
+    MetricSpec(
+        "disk_read_latency_seconds",
+        "histogram",
+        "Histogram of disk read latency in seconds",
+        _DEVICE,
+        buckets=BOUNDS_SECONDS,
+    ),
+    MetricSpec(
+        "disk_write_latency_seconds",
+        "histogram",
+        "Histogram of disk write latency in seconds",
+        _DEVICE,
+        buckets=BOUNDS_SECONDS,
+    ),
+    MetricSpec("disk_read_errors_total", "counter", "Total number of disk read errors", _DEVICE),
+    MetricSpec("disk_write_errors_total", "counter", "Total number of disk write errors", _DEVICE),
+    MetricSpec.errors("disk_collection_errors_total", "Total number of errors during disk stats collection"),
+)
+
+
+def _check_support(ctx: PluginContext) -> Support:
+    from crusoe_metrics_exporter.ebpf.environment import check_environment
+
+    return check_environment(bool(ctx.options.get("ebpf_mount_tracefs", True)), _state_dir(ctx))
+
+
+def _state_dir(ctx: PluginContext) -> Path | None:
+    value = ctx.options.get("ebpf_state_dir")
+    return Path(str(value)) if value else None
+
+
+def _factory(ctx: PluginContext) -> Collector:
+    from crusoe_metrics_exporter.plugins.disk_latency.collector import DiskLatencyCollector
+
+    return DiskLatencyCollector(ctx)
+
+
+@hookimpl
+def crusoe_metrics_exporter_plugin() -> PluginSpec:
+    return PluginSpec(
+        name="disk_latency",
+        version=__version__,
+        description="Per-disk block I/O latency (issue to completion), bytes and errors, traced with eBPF",
+        metrics=METRICS,
+        factory=_factory,
+        check_support=_check_support,
+        options=DEVICE_OPTIONS + EBPF_OPTIONS,
+        uses_ebpf=True,
+    )
