@@ -133,7 +133,8 @@ class NfsStatsCollector:
         return self._path
 
     def start(self) -> None:
-        self._ctx.details["mountstats_path"] = str(self._path)
+        # Nothing to set up: the file is read fresh on every scrape.
+        pass
 
     def stop(self) -> None:
         pass
