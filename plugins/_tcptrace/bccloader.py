@@ -101,9 +101,13 @@ class LoadedTcpProgram:
         self._bpf = bpf
         self.statuses = statuses
         self._closed = False
+        self._tables: dict[str, Any] = {}
 
     def _table(self, name: str) -> Any:
-        return self._bpf.get_table(name)
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = self._bpf.get_table(name.encode())
+        return table
 
     def map_items(self, name: str) -> list[tuple[bytes, bytes]]:
         table = self._table(name)
@@ -148,7 +152,7 @@ def load(source: str, cflags: Sequence[str], tracepoint_roles: Sequence[str], kp
         if headers is not None:
             os.environ["BCC_KERNEL_SOURCE"] = headers
         try:
-            bpf = bcc.BPF(text=source, cflags=list(cflags))
+            bpf = bcc.BPF(text=source.encode(), cflags=list(cflags))
         except Exception as exc:  # noqa: BLE001 - bcc raises bare Exception on compile/load failure
             raise BpfLoadError(f"compiling or loading the eBPF program failed: {exc}") from None
     statuses: list[ProgramState] = []

@@ -1,0 +1,71 @@
+"""Drive the exporter in-process and read one scrape as {(name, labels): value}."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from crusoe_metrics_exporter.app import Exporter
+from crusoe_metrics_exporter.exposition import render
+
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def ebpf_unavailable() -> str | None:
+    """Why eBPF tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "eBPF tests need root"
+    try:
+        from crusoe_metrics_exporter.plugins._tcptrace.bccloader import BpfLoadError, import_bcc
+
+        import_bcc()
+    except BpfLoadError as exc:
+        return str(exc)
+    if not Path("/sys/kernel/tracing/events").is_dir() and not Path("/sys/kernel/debug/tracing/events").is_dir():
+        return "tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)"
+    return None
+
+
+def fake_proc(root: Path, mounts: str = "") -> Path:
+    """A HOST_PROC_PATH whose 1/mounts holds ``mounts`` (isolates tests from the host's NFS mounts)."""
+    (root / "1").mkdir(parents=True, exist_ok=True)
+    (root / "1" / "mounts").write_text(mounts)
+    return root
+
+
+@contextmanager
+def running(env: Mapping[str, str], plugins: Sequence[str]) -> Iterator[Exporter]:
+    exporter = Exporter.from_environment(environ=dict(env))
+    try:
+        exporter.start(only=list(plugins))
+        for rec in exporter.records:
+            if rec.name in plugins:
+                assert rec.state == "active", f"{rec.name} is {rec.state}: {rec.reason}"
+        yield exporter
+    finally:
+        exporter.stop()
+
+
+def scrape(exporter: Exporter, plugins: Sequence[str] | None = None) -> Series:
+    text = render(exporter.collect(only=plugins)).decode()
+    out: Series = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = float(sample.value)
+    return out
+
+
+def value(series: Series, name: str, **labels: str) -> float:
+    key = (name, frozenset(labels.items()))
+    if key not in series:
+        known = sorted({dict(k[1]).__repr__() for k in series if k[0] == name})
+        raise AssertionError(f"no series {name}{labels}; present: {known}")
+    return series[key]
+
+
+def labelsets(series: Series, name: str) -> list[dict[str, str]]:
+    return [dict(k[1]) for k in series if k[0] == name]
