@@ -141,6 +141,8 @@ def bench_tree(tree: Path, scrapes: int, with_node: bool) -> tuple[Measured, Mea
 
 def breakdown(tree: Path, repeats: int = 5) -> dict[str, float]:
     """In-process split of one scrape: each plugin's collect, validation, exposition."""
+    from procfs_render_prototype import render_text, same_series
+
     from crusoe_metrics_exporter.app import Exporter
     from crusoe_metrics_exporter.exposition import family, render
     from crusoe_metrics_exporter.runner import validate
@@ -157,6 +159,7 @@ def breakdown(tree: Path, repeats: int = 5) -> dict[str, float]:
 
         for _ in range(repeats):
             families = []
+            groups = []
             for rec in ex.records:
                 if rec.name not in PLUGINS or rec.collector is None or rec.spec is None:
                     continue
@@ -169,10 +172,16 @@ def breakdown(tree: Path, repeats: int = 5) -> dict[str, float]:
                 for spec in rec.spec.metrics:
                     if grouped.get(spec.name):
                         families.append(family(spec, grouped[spec.name]))
+                        groups.append((spec, grouped[spec.name]))
                 note("core: build families", t)
             t = time.perf_counter()
-            render(families)
+            text = render(families)
             note("core: render text", t)
+            t = time.perf_counter()
+            direct = render_text(groups)
+            note("proposal: direct text (replaces build+render)", t)
+            if not same_series(text, direct):
+                raise RuntimeError("the direct renderer disagrees with the core's exposition")
         totals: dict[str, float] = {}
         for name, values in parts.items():
             # Several calls per scrape (validate per plugin): sum per scrape.
@@ -233,11 +242,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             o, n = results[mounts]
             extra = f"  node_exporter {n.median_ms:8.1f}  ratio {o.median_ms / n.median_ms:.2f}" if n else ""
             print(f"  {mounts:5d} mounts: ours {o.median_ms:8.1f}{extra}")
-        ok, detail = linear_enough([(m, results[m][0].median_ms) for m in sizes])
-        print(f"  linear: {'yes' if ok else 'NO'} ({detail})")
+        if len(sizes) >= 3:
+            ok, detail = linear_enough([(m, results[m][0].median_ms) for m in sizes])
+            print(f"  linear: {'yes' if ok else 'NO'} ({detail})")
+        else:
+            print("  linear: not checked (give at least three --sizes)")
         print(f"where our time goes at {args.mounts} mounts (in-process, median ms per scrape):")
         for name, ms in breakdown(base / f"m{args.mounts}").items():
-            print(f"  {name:28s} {ms:8.1f}")
+            print(f"  {name:46s} {ms:8.1f}")
     finally:
         if args.keep is None:
             shutil.rmtree(base, ignore_errors=True)
