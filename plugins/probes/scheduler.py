@@ -11,16 +11,53 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import random
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from crusoe_metrics_exporter.plugins.probes.results import INTERNAL, Outcome, ProbeKey, ProbeResult, ResultStore
 
 log = logging.getLogger(__name__)
+
+
+class _WorkerPool:
+    """A fixed set of daemon worker threads.
+
+    Not ThreadPoolExecutor: its workers are joined at interpreter exit, so a
+    probe stuck in a socket call would hold up the exporter's shutdown for
+    as long as its timeout.
+    """
+
+    def __init__(self, workers: int, work: Callable[[ProbeJob], None]) -> None:
+        self._queue: queue.SimpleQueue[ProbeJob | None] = queue.SimpleQueue()
+        self._work = work
+        self._stopped = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"probe-{i}", daemon=True) for i in range(workers)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, job: ProbeJob) -> bool:
+        if self._stopped.is_set():
+            return False
+        self._queue.put(job)
+        return True
+
+    def shutdown(self) -> None:
+        self._stopped.set()
+        for _ in self._threads:
+            self._queue.put(None)
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None or self._stopped.is_set():
+                return
+            self._work(job)
 
 
 @dataclass(frozen=True)
@@ -51,7 +88,7 @@ class ProbeScheduler:
         self.jitter = min(max(jitter, 0.0), interval / 2)
         self._on_error = on_error
         self._rng = rng or random.Random()
-        self._pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="probe")
+        self._pool = _WorkerPool(max(1, concurrency), self._execute)
         self._in_flight: set[ProbeKey] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -67,7 +104,7 @@ class ProbeScheduler:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         # Running probes end at their own timeout; queued ones are dropped.
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
 
     def _loop(self) -> None:
         base = time.monotonic()
@@ -101,9 +138,7 @@ class ProbeScheduler:
                     self._on_error()
                     continue
                 self._in_flight.add(job.key)
-            try:
-                self._pool.submit(self._execute, job)
-            except RuntimeError:  # pool shut down: we are stopping
+            if not self._pool.submit(job):  # stopping
                 with self._lock:
                     self._in_flight.discard(job.key)
                 return submitted

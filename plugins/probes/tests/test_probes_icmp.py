@@ -1,0 +1,117 @@
+"""ICMP echo against loopback and a silent peer in a network namespace of our own."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from icmplib import ICMPRequest, ICMPv4Socket
+
+from crusoe_metrics_exporter.plugins.probes import icmp
+
+
+@pytest.mark.parametrize(("address", "family"), [("127.0.0.1", 4), ("::1", 6)])
+def test_loopback_answers(address: str, family: int) -> None:
+    mode = icmp.detect_mode(family)
+    assert mode is not None, "neither datagram nor raw ICMP sockets are available"
+    outcome = icmp.ping(address, family, 2.0, mode)
+    assert outcome.success, outcome
+    rtt = dict(outcome.phases)["rtt"]
+    assert 0 < rtt <= outcome.duration < 1.0
+
+
+def _silent_peer(netns: Callable[[], Any]) -> tuple[Any, str, str]:
+    """A client namespace linked by veth to a server namespace that ignores echo requests."""
+    client, server = netns(), netns()
+    tag = f"{os.getpid() % 10000}{client.name[-1]}"
+    a, b = f"cpa{tag}", f"cpb{tag}"
+    client.exec("ip", "link", "add", a, "type", "veth", "peer", "name", b, "netns", server.name)
+    client.exec("ip", "addr", "add", "10.213.7.1/24", "dev", a)
+    client.exec("ip", "addr", "add", "fd00:213:7::1/64", "dev", a, "nodad")
+    client.exec("ip", "link", "set", a, "up")
+    server.exec("ip", "addr", "add", "10.213.7.2/24", "dev", b)
+    server.exec("ip", "addr", "add", "fd00:213:7::2/64", "dev", b, "nodad")
+    server.exec("ip", "link", "set", b, "up")
+    # Control: the peer is reachable and answers until told to stay silent,
+    # so the timeouts below come from silence, not from a broken link.
+    assert client.call(icmp.ping, "10.213.7.2", 4, 2.0, icmp.MODE_RAW).success
+    assert client.call(icmp.ping, "fd00:213:7::2", 6, 2.0, icmp.MODE_RAW).success
+    server.sysctl("net.ipv4.icmp_echo_ignore_all", "1")
+    server.sysctl("net.ipv6.icmp.echo_ignore_all", "1")
+    return client, "10.213.7.2", "fd00:213:7::2"
+
+
+def test_silent_peer_times_out(netns: Callable[[], Any]) -> None:
+    client, v4, v6 = _silent_peer(netns)
+    for address, family in ((v4, 4), (v6, 6)):
+        outcome = client.call(icmp.ping, address, family, 0.5, icmp.MODE_RAW)
+        assert (outcome.success, outcome.reason) == (False, "timeout"), outcome
+        assert 0.5 <= outcome.duration < 1.5
+        assert outcome.phases == ()
+
+
+def _echo_reply(identifier: int, sequence: int, payload: bytes) -> bytes:
+    header = struct.pack("!BBHHH", 0, 0, 0, identifier, sequence)
+    data = header + payload + (b"\x00" if len(payload) % 2 else b"")
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return struct.pack("!BBHHH", 0, 0, ~total & 0xFFFF, identifier, sequence) + payload
+
+
+def _forge_replies(stop: threading.Event, identifier: int, sequence: int) -> None:
+    # An echo reply from 127.0.0.1 carrying the probe's identifier and sequence:
+    # a raw ICMP socket sees it like any other reply on the host.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    try:
+        while not stop.is_set():
+            sock.sendto(_echo_reply(identifier, sequence, icmp.PAYLOAD), ("127.0.0.1", 0))
+            stop.wait(0.05)
+    finally:
+        sock.close()
+
+
+def test_reply_from_another_peer_is_not_accepted(netns: Callable[[], Any]) -> None:
+    client, silent, _ = _silent_peer(netns)
+    identifier, sequence = 0x4242, 7
+    stop = threading.Event()
+    forger = threading.Thread(target=client.call, args=(_forge_replies, stop, identifier, sequence))
+    forger.start()
+    try:
+        time.sleep(0.1)
+
+        def plain_icmplib() -> Any:
+            # Control: icmplib's own matching (id and sequence only) takes the forged reply.
+            with ICMPv4Socket(privileged=True) as sock:
+                request = ICMPRequest(silent, identifier, sequence, payload=icmp.PAYLOAD)
+                sock.send(request)
+                return sock.receive(request, 1.0)
+
+        forged = client.call(plain_icmplib)
+        assert forged.source == "127.0.0.1" and forged.id == identifier
+
+        outcome = client.call(icmp.ping, silent, 4, 0.5, icmp.MODE_RAW, identifier=identifier, sequence=sequence)
+        assert (outcome.success, outcome.reason) == (False, "timeout"), outcome
+    finally:
+        stop.set()
+        forger.join()
+
+
+def test_unprivileged_datagram_sockets_where_ping_group_range_allows(netns: Callable[[], Any]) -> None:
+    allowed, denied = netns(), netns()
+    allowed.sysctl("net.ipv4.ping_group_range", "0 2147483647")
+    denied.sysctl("net.ipv4.ping_group_range", "1 0")
+    assert allowed.call(icmp.detect_mode, 4) == icmp.MODE_UNPRIVILEGED
+    assert allowed.call(icmp.detect_mode, 6) == icmp.MODE_UNPRIVILEGED
+    assert denied.call(icmp.detect_mode, 4) == icmp.MODE_RAW  # we are root: raw is the fallback
+    for address, family in (("127.0.0.1", 4), ("::1", 6)):
+        outcome = allowed.call(icmp.ping, address, family, 2.0, icmp.MODE_UNPRIVILEGED)
+        assert outcome.success, outcome
+    refused = denied.call(icmp.ping, "127.0.0.1", 4, 1.0, icmp.MODE_UNPRIVILEGED)
+    assert (refused.success, refused.reason) == (False, "permission")

@@ -1,0 +1,121 @@
+"""Scheduling and reporting through the real exporter: background rounds, no probe in a scrape."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.server import running_exporter
+
+from crusoe_metrics_exporter.app import Exporter
+from crusoe_metrics_exporter.exposition import render
+
+
+@pytest.fixture
+def exporter_for(tmp_path: Path) -> Iterator[Callable[..., Exporter]]:
+    made: list[Exporter] = []
+
+    def make(**env: str) -> Exporter:
+        proc = tmp_path / "proc"
+        (proc / "1").mkdir(parents=True, exist_ok=True)
+        (proc / "1" / "mounts").write_text("")
+        exporter = Exporter.from_environment(environ={"HOST_PROC_PATH": str(proc), "PROBE_JITTER": "0s", **env})
+        exporter.start(only=["probes"])
+        made.append(exporter)
+        rec = next(r for r in exporter.records if r.name == "probes")
+        assert rec.state == "active", rec.reason
+        return exporter
+
+    yield make
+    for e in made:
+        e.stop()
+
+
+def scrape(exporter: Exporter) -> str:
+    return render(exporter.collect(only=["probes"])).decode()
+
+
+def test_rounds_repeat_at_the_interval_and_results_update(
+    rpc_server: Callable[..., Any], exporter_for: Callable[..., Exporter], wait: Callable[..., Any],
+    metric: Callable[..., float | None],
+) -> None:
+    server = rpc_server("ok")
+    exporter = exporter_for(NFS_SERVER_IPS="127.0.0.1", NFS_TARGET_PORTS=str(server.port), PROBE_INTERVAL="300ms")
+    rpc = {"probe": "nfs_rpc", "target": "nfs", "endpoint": "127.0.0.1", "port": str(server.port)}
+    assert wait(lambda: metric(scrape(exporter), "crusoe_vm_probe_success", **rpc) == 1.0, 2.0)
+    first = metric(scrape(exporter), "crusoe_vm_probe_last_run_timestamp_seconds", **rpc)
+    assert wait(lambda: len(server.calls) >= 4, 2.0), server.calls
+    text = scrape(exporter)
+    assert (metric(text, "crusoe_vm_probe_last_run_timestamp_seconds", **rpc) or 0) > (first or 0)
+    assert metric(text, "crusoe_vm_probe_success", probe="icmp", target="nfs", endpoint="127.0.0.1", port="") == 1.0
+    assert 0 < (metric(text, "crusoe_vm_nfs_rpc_probe_latency_seconds", endpoint="127.0.0.1") or 0) < 1.0
+    assert 0 < (metric(text, "crusoe_vm_nfs_ping_latency_seconds", endpoint="127.0.0.1") or 0) < 1.0
+    assert metric(text, "crusoe_vm_probe_phase_duration_seconds", phase="rpc", **rpc) is not None
+    assert metric(text, "crusoe_vm_probe_phase_duration_seconds", phase="connect", **rpc) is not None
+
+    # The responder turns bad: failure is reported as failure, not as a latency.
+    server.mode = "bad_xid"
+    assert wait(lambda: metric(scrape(exporter), "crusoe_vm_probe_success", **rpc) == 0.0, 2.0)
+    text = scrape(exporter)
+    assert metric(text, "crusoe_vm_nfs_rpc_probe_latency_seconds", endpoint="127.0.0.1") == 1.0
+    assert (metric(text, "crusoe_vm_probe_duration_seconds", **rpc) or 1.0) < 0.5
+    assert (metric(text, "crusoe_vm_probe_failures_total", reason="bad_xid", **rpc) or 0) >= 1
+    assert metric(text, "crusoe_vm_probe_phase_duration_seconds", phase="rpc", **rpc) is None
+
+
+def test_scrapes_never_trigger_probes(
+    rpc_server: Callable[..., Any], exporter_for: Callable[..., Exporter], wait: Callable[..., Any]
+) -> None:
+    server = rpc_server("ok")
+    exporter = exporter_for(NFS_SERVER_IPS="127.0.0.1", NFS_TARGET_PORTS=str(server.port), PROBE_INTERVAL="1m")
+    assert wait(lambda: len(server.calls) == 1, 2.0)
+    for _ in range(20):
+        scrape(exporter)
+    time.sleep(0.2)
+    assert len(server.calls) == 1
+
+
+def test_probe_of_a_removed_target_disappears(
+    tmp_path: Path, rpc_server: Callable[..., Any], exporter_for: Callable[..., Exporter],
+    wait: Callable[..., Any], metric: Callable[..., float | None],
+) -> None:
+    server = rpc_server("ok")
+    exporter = exporter_for(NFS_TARGET_PORTS=str(server.port), PROBE_INTERVAL="200ms",
+                            NFS_MOUNT_REFRESH_INTERVAL="100ms")
+    mounts = tmp_path / "proc" / "1" / "mounts"
+    mounts.write_text("127.0.0.1:/volumes/v1 /mnt/v1 nfs4 rw,addr=127.0.0.1 0 0\n")
+    rpc = {"probe": "nfs_rpc", "endpoint": "127.0.0.1", "port": str(server.port)}
+    assert wait(lambda: metric(scrape(exporter), "crusoe_vm_probe_success", **rpc) == 1.0, 3.0)
+    mounts.write_text("")
+    assert wait(lambda: metric(scrape(exporter), "crusoe_vm_probe_success", **rpc) is None, 3.0)
+
+
+def test_exporter_keeps_serving_while_a_probe_hangs(
+    rpc_server: Callable[..., Any], tmp_path: Path, wait: Callable[..., Any], metric: Callable[..., float | None]
+) -> None:
+    server = rpc_server("hang")
+    (tmp_path / "proc" / "1").mkdir(parents=True)
+    (tmp_path / "proc" / "1" / "mounts").write_text("")
+    env = {
+        "HOST_PROC_PATH": str(tmp_path / "proc"),
+        "CRUSOE_EXPORTER_ENABLE": "probes",
+        "NFS_SERVER_IPS": "127.0.0.1",
+        "NFS_TARGET_PORTS": str(server.port),
+        "PROBE_INTERVAL": "30s",
+        "PROBE_JITTER": "0s",
+        "PROBE_TIMEOUT": "30s",
+    }
+    with running_exporter(env) as exporter:
+        assert wait(lambda: len(server.calls) == 1, 5.0), "the RPC probe never reached the responder"
+        for _ in range(5):
+            started = time.monotonic()
+            status, _, text = exporter.get("/metrics", timeout=5)
+            assert status == 200 and time.monotonic() - started < 1.0
+            # ICMP finished; the hanging RPC probe has no result yet, and nothing pretends it has.
+            assert metric(text, "crusoe_vm_probe_success", probe="icmp", endpoint="127.0.0.1") == 1.0
+            assert metric(text, "crusoe_vm_probe_success", probe="nfs_rpc") is None
+            assert metric(text, "crusoe_vm_exporter_plugin_up", plugin="probes") == 1.0
+            time.sleep(0.2)
