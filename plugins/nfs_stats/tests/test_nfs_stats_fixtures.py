@@ -442,3 +442,89 @@ def test_volume_ids_disabled_label_every_nfs_mount_by_export() -> None:
     }
     s, _ = run("xprt_volume_id_extraction.mountstats", unmatched="skip", enable_ids=False)
     assert s == {}
+
+
+# -- format variants no fixture covers (constructed from the kernel's formats) --
+
+
+def _parse_text(text: str) -> tuple[Series, ParseResult]:
+    options = ParseOptions(SEED_PATTERN, operation_keys(["READ", "WRITE"]), False)
+    result = parse(text, options)
+    return {(s.metric, s.labels): float(s.value) for s in to_samples(result)}, result
+
+
+def _block(statvers: str, *xprt: str) -> str:
+    lines = [f"device srv:/volumes/v1 mounted on /mnt with fstype nfs statvers={statvers}"]
+    lines += [f"\txprt:\t{x}" for x in xprt]
+    return "\n".join(lines) + "\n"
+
+
+def test_statvers_10_tcp_and_udp_field_counts() -> None:
+    s, result = _parse_text(_block("1.0", "tcp 1 2 3 4 5 6 7 8 9 10", "udp 1 2 3 4 5 6 7"))
+    assert no_errors(result)
+    assert s["nfs_xprt_sends_total", ("v1", "0")] == 6
+    assert s["nfs_xprt_backlog_utilization", ("v1", "0")] == 10
+    # statvers 1.0 has no slot high-water mark; UDP has no connection fields.
+    assert ("nfs_xprt_max_slots", ("v1", "0")) not in s
+    assert s["nfs_xprt_sends_total", ("v1", "1")] == 3
+    assert s["nfs_xprt_backlog_utilization", ("v1", "1")] == 7
+    assert ("nfs_xprt_connect_count_total", ("v1", "1")) not in s
+    assert s["nfs_rpc_backlog", ("v1",)] == 17
+
+
+def test_statvers_11_udp_has_max_slots() -> None:
+    s, result = _parse_text(_block("1.1", "udp 1 2 3 4 5 6 7 8 9 10"))
+    assert no_errors(result)
+    assert s["nfs_xprt_max_slots", ("v1", "0")] == 8
+    assert s["nfs_xprt_recvs_total", ("v1", "0")] == 4
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "tcp 1 2 3 4 5 6 7 8 9 10 11 12",  # 1.1 tcp needs 13
+        "udp 1 2 3 4 5 6 7 8 9",  # 1.1 udp needs 10
+        "rdma " + " ".join(["1"] * 19),  # rdma needs 20
+        "tcpx 1 2 3 4 5 6 7 8 9 10 11 12 13",  # unknown transport
+        "tcp",
+    ],
+)
+def test_short_or_unknown_xprt_lines_are_errors(line: str) -> None:
+    s, result = _parse_text(_block("1.1", line, "tcp 1 2 3 4 5 6 7 8 9 10 11 12 13"))
+    assert result.errors == {STATS: 0, XPRT: 1, EVENTS: 0}
+    # The good lane keeps index 1: indexes follow line positions.
+    assert s["nfs_xprt_sends_total", ("v1", "1")] == 6
+    assert ("nfs_xprt_sends_total", ("v1", "0")) not in s
+
+
+def test_future_statvers_and_extra_fields_are_accepted() -> None:
+    s, result = _parse_text(_block("1.2", "tcp 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15"))
+    assert no_errors(result)
+    assert s["nfs_xprt_max_slots", ("v1", "0")] == 11
+
+
+def test_counters_at_the_u64_limit() -> None:
+    top = 2**64 - 1
+    text = _block("1.1", f"tcp 1 2 3 4 5 {top} {top} 0 0 {top} 2 0 0") + f"\t        READ: {top} 1 0 1 1 1 1 1 0\n"
+    s, result = _parse_text(text)
+    assert no_errors(result)
+    assert s["nfs_xprt_sends_total", ("v1", "0")] == float(top)
+    assert s["nfs_rpc_count_total", ("v1", "read")] == float(top)
+    _, result = _parse_text(text.replace(str(top), str(top + 1), 1))
+    assert result.errors[XPRT] == 1
+
+
+def test_malformed_device_line_skips_only_that_block() -> None:
+    text = "device srv:/volumes/bad mounted at /x with fstype nfs\n\tage:\t5\n" + _block(
+        "1.1", "tcp 1 2 3 4 5 6 7 8 9 10 11 12 13"
+    )
+    s, result = _parse_text(text)
+    assert result.errors == {STATS: 1, XPRT: 0, EVENTS: 0}
+    assert {labels[0] for _, labels in s} == {"v1"}
+
+
+def test_huge_volume_id_is_refused() -> None:
+    text = _block("1.1", "tcp 1 2 3 4 5 6 7 8 9 10 11 12 13").replace("v1", "v" * 600)
+    s, result = _parse_text(text)
+    assert s == {}
+    assert result.errors[STATS] == 1
