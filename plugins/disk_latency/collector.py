@@ -38,7 +38,8 @@ MAX_DEVICES = 1024
 #: In-flight requests remembered between issue and completion (LRU); well above
 #: the sum of queue depths of a VM's disks.
 MAX_INFLIGHT = 16384
-#: An unknown dev_t makes us re-read the device table, at most this often.
+#: How often the device table (/proc/diskstats names) is re-read during
+#: scrapes, so hot-plugged disks get their names and removed ones vanish.
 TABLE_REFRESH_SECONDS = 5.0
 
 _EMPTY_SIDE = SideStats(0, 0, 0, (0,) * NBUCKETS)
@@ -82,6 +83,7 @@ class DiskLatencyCollector:
         self.loaded: LoadedBpf | None = None
         self._names: dict[tuple[int, int], str] = {}
         self._names_at = 0.0
+        self.table_refresh_seconds = TABLE_REFRESH_SECONDS
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -124,10 +126,9 @@ class DiskLatencyCollector:
                     decoded[decode_key(key)] = decode_value(value)
                 except ValueError:
                     self.ctx.errors.inc(ERRORS)
-            unknown = [dev for dev in decoded if dev not in self._names]
-            if unknown and time.monotonic() - self._names_at >= TABLE_REFRESH_SECONDS:
+            if time.monotonic() - self._names_at >= self.table_refresh_seconds:
                 self._refresh_names()
-                self._forget_vanished([dev for dev in unknown if dev not in self._names])
+                self._forget_vanished([dev for dev in decoded if dev not in self._names])
             samples: list[Sample] = []
             # Every selected disk gets series from the first scrape on, so
             # rate() works from its first I/O rather than its second.
@@ -144,7 +145,8 @@ class DiskLatencyCollector:
         A later disk reusing the major:minor must start from zero rather than
         inherit a removed disk's counters under a new name. Only called right
         after a refresh, so a disk that just appeared is never mistaken for one
-        that left.
+        that left; I/O still completing on a removed disk may recreate its
+        entry, which the next refresh drops again.
         """
         if not self._names or self.loaded is None:
             return

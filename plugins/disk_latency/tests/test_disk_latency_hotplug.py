@@ -1,0 +1,86 @@
+"""Disks that appear and disappear while the exporter runs (the seed deadlocked on the first)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from crusoe_metrics_exporter.app import Exporter
+from crusoe_metrics_exporter.contract import HistogramValue
+from crusoe_metrics_exporter.plugins.disk_latency.collector import STATS_MAP, DiskLatencyCollector
+from crusoe_metrics_exporter.plugins.disk_latency.parser import decode_key
+
+pytestmark = pytest.mark.ebpf
+
+LOOP_CTL_ADD = 0x4C80
+LOOP_CTL_REMOVE = 0x4C81
+LOOP_MAJOR = 7
+
+
+@pytest.fixture
+def collector(require_ebpf: None, state_dir: Path) -> Iterator[DiskLatencyCollector]:
+    ex = Exporter.from_environment(environ={})
+    ex.settings.plugins.setdefault("disk_latency", {})["device_include"] = r"^loop\d+$"
+    ex.settings.plugins["disk_latency"]["ebpf_state_dir"] = str(state_dir)
+    ex.start(only=["disk_latency"])
+    try:
+        rec = next(r for r in ex.records if r.name == "disk_latency")
+        assert isinstance(rec.collector, DiskLatencyCollector), rec.reason
+        rec.collector.table_refresh_seconds = 0.0
+        yield rec.collector
+    finally:
+        ex.stop()
+
+
+def _free_loop_number() -> int:
+    used = {int(p.name[4:]) for p in Path("/sys/block").glob("loop*") if p.name[4:].isdigit()}
+    return next(n for n in range(900, 2000) if n not in used)
+
+
+def test_disk_added_after_start_is_named_then_forgotten_when_removed(
+    collector: DiskLatencyCollector, diskstats: Callable[[str], list[int]]
+) -> None:
+    number = _free_loop_number()
+    name = f"loop{number}"
+    control = os.open("/dev/loop-control", os.O_RDWR)
+    backing = tempfile.NamedTemporaryFile(dir="/var/tmp", suffix=".img")  # noqa: SIM115 - closed below
+    added = False
+    try:
+        backing.truncate(16 * 1024 * 1024)
+        fcntl.ioctl(control, LOOP_CTL_ADD, number)
+        added = True
+        subprocess.run(["losetup", f"/dev/{name}", backing.name], check=True)
+        subprocess.run(
+            ["dd", "if=/dev/zero", f"of=/dev/{name}", "bs=4k", "count=200", "oflag=direct", "status=none"],
+            check=True,
+            timeout=60,
+        )
+        writes = diskstats(name)[4]
+        samples = {(s.metric, s.labels[0]): s.value for s in collector.collect()}
+        hist = samples[("disk_write_latency_seconds", name)]
+        assert isinstance(hist, HistogramValue) and sum(hist.counts) == writes >= 200
+        # Never a synthetic "vdMAJ:MIN" label: every device label is a kernel name.
+        assert all(":" not in dev for _, dev in samples)
+
+        subprocess.run(["losetup", "-d", f"/dev/{name}"], check=True)
+        fcntl.ioctl(control, LOOP_CTL_REMOVE, number)
+        added = False
+        samples_after = {(s.metric, s.labels[0]) for s in collector.collect()}
+        assert not any(dev == name for _, dev in samples_after)
+        assert collector.loaded is not None
+        keys = [decode_key(k) for k in collector.loaded.map(STATS_MAP).keys()]  # noqa: SIM118 - a BPF map, not a dict
+        assert (LOOP_MAJOR, number) not in keys, "a removed disk's counters must not wait for the next disk"
+    finally:
+        if added:
+            subprocess.run(["losetup", "-d", f"/dev/{name}"], check=False, capture_output=True)
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(control, LOOP_CTL_REMOVE, number)
+        os.close(control)
+        backing.close()
