@@ -29,6 +29,10 @@ SEED_COUNTERS_WITHOUT_TOTAL = frozenset(
     }
 )
 
+#: Seed gauges whose names end in ``_total`` (the disk_usage "total size"
+#: gauges). Exposed verbatim as gauges, for the same dashboards.
+SEED_GAUGES_ENDING_IN_TOTAL = frozenset({"disk_bytes_total", "disk_inodes_total"})
+
 #: Seed names in non-base units; kept for compatibility, listed so the
 #: promtool lint test can tell a known exception from a new mistake.
 SEED_NON_BASE_UNIT_NAMES = frozenset(
@@ -62,7 +66,7 @@ def validate_metric_spec(spec: MetricSpec) -> None:
         raise InvalidDeclaration(f"metric {name!r}: unknown type {spec.type!r}")
     if spec.type == "counter" and not name.endswith("_total") and name not in SEED_COUNTERS_WITHOUT_TOTAL:
         raise InvalidDeclaration(f"metric {name!r}: counter names must end in _total")
-    if spec.type != "counter" and name.endswith("_total"):
+    if spec.type != "counter" and name.endswith("_total") and name not in SEED_GAUGES_ENDING_IN_TOTAL:
         raise InvalidDeclaration(f"metric {name!r}: only counters may end in _total")
     if name.endswith(_RESERVED_SUFFIXES):
         raise InvalidDeclaration(f"metric {name!r}: suffix is reserved for histogram/summary series")

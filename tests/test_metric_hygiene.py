@@ -9,7 +9,7 @@ from helpers.fake_plugins import FakePlugin, make_exporter
 from helpers.server import CLI
 
 from crusoe_metrics_exporter.exposition import render
-from crusoe_metrics_exporter.naming import PREFIX, SEED_NON_BASE_UNIT_NAMES
+from crusoe_metrics_exporter.naming import PREFIX, SEED_GAUGES_ENDING_IN_TOTAL, SEED_NON_BASE_UNIT_NAMES
 
 
 def promtool(text: bytes) -> list[str]:
@@ -33,6 +33,6 @@ def test_full_collection_is_lint_clean_but_for_seed_names() -> None:
     result = subprocess.run([CLI, "collect"], capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr.decode()
     assert b"crusoe_vm_exporter_build_info" in result.stdout
-    allowed = {PREFIX + n for n in SEED_NON_BASE_UNIT_NAMES}
+    allowed = {PREFIX + n for n in SEED_NON_BASE_UNIT_NAMES | SEED_GAUGES_ENDING_IN_TOTAL}
     unexpected = [p for p in promtool(result.stdout) if p.split()[0] not in allowed]
     assert unexpected == []
