@@ -1,0 +1,86 @@
+"""disk_usage: space and inodes of the host's disk filesystems, via statfs.
+
+The mount table is the host's PID 1's (``HOST_PROC_PATH/1/mounts``) and
+statfs goes through ``HOST_PROC_PATH/1/root``, so a containerised exporter
+sees the host's filesystems. statfs runs on a small thread pool with a
+per-mount timeout: a hung filesystem is reported stuck, never blocks a scrape.
+"""
+
+from __future__ import annotations
+
+from crusoe_metrics_exporter import hookimpl
+from crusoe_metrics_exporter.contract import (
+    Collector,
+    ConfigOption,
+    MetricSpec,
+    PluginContext,
+    PluginSpec,
+    Support,
+)
+
+VERSION = "1.0.0"
+
+_LABELS = ("device", "mount_point")
+
+METRICS: tuple[MetricSpec, ...] = (
+    # Names, labels and help texts of the first four are the seed's.
+    MetricSpec("disk_bytes_used", "gauge", "Bytes currently used on disk filesystem", _LABELS),
+    MetricSpec("disk_bytes_total", "gauge", "Total bytes on disk filesystem", _LABELS),
+    MetricSpec("disk_inodes_used", "gauge", "Inodes currently used on disk filesystem", _LABELS),
+    MetricSpec("disk_inodes_total", "gauge", "Total inodes on disk filesystem", _LABELS),
+    MetricSpec("disk_bytes_available", "gauge",
+               "Bytes available to unprivileged users on disk filesystem (df's Avail; excludes root-reserved blocks)",
+               _LABELS),
+    MetricSpec("disk_filesystem_readonly", "gauge", "1 if the disk filesystem is mounted read-only, else 0", _LABELS),
+    MetricSpec("disk_mount_stuck", "gauge",
+               "1 while a statfs on this mount has been blocked longer than mount_timeout (the mount is skipped "
+               "until the call returns), else 0", _LABELS),
+    MetricSpec.errors("disk_usage_collection_errors_total", "Total number of errors during disk usage collection"),
+)
+
+OPTIONS: tuple[ConfigOption, ...] = (
+    ConfigOption(
+        "device_include",
+        "regex",
+        r"^/dev/(vd[a-z]+\d*)$",
+        "Regular expression searched in a mount's source; only matching mounts are reported. Its named group "
+        "'device', else its first group, else the source without /dev/ is the device label. Empty means every "
+        "mount. The default is the seed's: virtio disks and their partitions.",
+    ),
+    ConfigOption("device_exclude", "regex", "", "Regular expression of mount sources never reported."),
+    ConfigOption("mount_point_exclude", "regex", "", "Regular expression of mount points never reported."),
+    ConfigOption(
+        "mount_timeout",
+        "duration",
+        1.5,
+        "How long one statfs may take before its mount is marked stuck and skipped until the call returns "
+        "(node_exporter's mount-timeout). Capped so that 2.5 x mount_timeout fits in 80% of the collect timeout.",
+    ),
+    ConfigOption("stat_workers", "int", 4, "Threads running statfs in parallel."),
+)
+
+
+def _check_support(ctx: PluginContext) -> Support:
+    mounts = ctx.host_proc / "1" / "mounts"
+    if not mounts.is_file():
+        return Support.unsupported(f"{mounts} does not exist: HOST_PROC_PATH must be the host's /proc")
+    return Support.ok(mounts=str(mounts))
+
+
+def _factory(ctx: PluginContext) -> Collector:
+    from crusoe_metrics_exporter.plugins.disk_usage.collector import DiskUsageCollector
+
+    return DiskUsageCollector(ctx)
+
+
+@hookimpl
+def crusoe_metrics_exporter_plugin() -> PluginSpec:
+    return PluginSpec(
+        name="disk_usage",
+        version=VERSION,
+        description="Filesystem space and inodes of the host's disks (statfs with hung-mount protection).",
+        metrics=METRICS,
+        factory=_factory,
+        check_support=_check_support,
+        options=OPTIONS,
+    )

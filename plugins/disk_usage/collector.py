@@ -1,0 +1,152 @@
+"""disk_usage collector: statfs of the selected mounts of the host's PID 1."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from crusoe_metrics_exporter.contract import PluginContext, Sample
+from crusoe_metrics_exporter.plugins.disk_usage.parser import MountSelector, SelectedMount, parse_mounts
+from crusoe_metrics_exporter.plugins.disk_usage.procfile import DEFAULT_READ_LIMIT, read_limited
+from crusoe_metrics_exporter.plugins.disk_usage.statfs import MAX_WAIT, StatfsFunction, StatfsOutcome, StatfsPool
+
+ERRORS_METRIC = "disk_usage_collection_errors_total"
+#: Threads allowed to stay blocked in statfs on top of the workers.
+MAX_BLOCKED_THREADS = 32
+#: Share of the core's collect timeout the statfs phase may use, so a hung
+#: mount costs its own series only, never the whole plugin's scrape.
+_SHARE_OF_COLLECT_TIMEOUT = 0.8
+
+
+def mounts_path(ctx: PluginContext) -> Path:
+    return ctx.host_proc / "1" / "mounts"
+
+
+def resolve_statfs_root(host_proc: Path) -> tuple[bytes, str]:
+    """The prefix statfs paths get, and how it was chosen (shown in details).
+
+    PID 1's root is the right one: it is the host's view even from a
+    container. Reading it needs ptrace-level access to PID 1, which a
+    sandbox may deny even to root. Then, if this process demonstrably shares
+    PID 1's mount table (the same mounts text), the mount points are the same
+    paths here and are used as they are; otherwise PID 1's root is kept and
+    each statfs failure is counted.
+    """
+    root = host_proc / "1" / "root"
+    try:
+        os.stat(root)
+        return os.fsencode(root), str(root)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    try:
+        same = (host_proc / "1" / "mounts").read_bytes() == (host_proc / "self" / "mounts").read_bytes()
+    except OSError:
+        same = False
+    if same:
+        return b"", f"/ ({root}: {reason}; this process shares PID 1's mount table)"
+    return os.fsencode(root), f"{root} (not accessible: {reason})"
+
+
+def effective_mount_timeout(ctx: PluginContext) -> float:
+    wanted = float(ctx.options.get("mount_timeout", 1.5))
+    ceiling = float(ctx.settings.core.get("collect_timeout", 5.0)) * _SHARE_OF_COLLECT_TIMEOUT / MAX_WAIT
+    if wanted > ceiling > 0:
+        ctx.log.warning("mount_timeout %.1fs lowered to %.1fs to fit the collect timeout", wanted, ceiling)
+        return ceiling
+    return wanted if wanted > 0 else 1.5
+
+
+class DiskUsageCollector:
+    def __init__(self, ctx: PluginContext, statfs: StatfsFunction = os.statvfs,
+                 read_limit: int = DEFAULT_READ_LIMIT) -> None:
+        self._ctx = ctx
+        self._mounts = mounts_path(ctx)
+        self._root, self._root_note = resolve_statfs_root(ctx.host_proc)
+        opts = ctx.options
+        self._selector = MountSelector(
+            str(opts.get("device_include", r"^/dev/(vd[a-z]+\d*)$")),
+            str(opts.get("device_exclude", "")),
+            str(opts.get("mount_point_exclude", "")),
+        )
+        self._pool = StatfsPool(
+            timeout=effective_mount_timeout(ctx),
+            workers=max(1, int(opts.get("stat_workers", 4))),
+            max_blocked=MAX_BLOCKED_THREADS,
+            statfs=statfs,
+            name=f"{ctx.plugin}-statfs",
+        )
+        self._read_limit = read_limit
+        self._reported_problem = ""
+
+    @property
+    def pool(self) -> StatfsPool:
+        return self._pool
+
+    def start(self) -> None:
+        self._pool.start()
+        self._ctx.details["mounts"] = str(self._mounts)
+        self._ctx.details["statfs_root"] = self._root_note
+        if "not accessible" in self._root_note:
+            self._ctx.log.warning("statfs root %s: every statfs will fail", self._root_note)
+        self._ctx.details["mount_timeout"] = f"{self._pool.timeout:g}s"
+
+    def stop(self) -> None:
+        self._pool.stop()
+
+    def collect(self) -> list[Sample]:
+        errors = self._ctx.errors
+        try:
+            content = read_limited(self._mounts, self._read_limit)
+        except OSError as exc:
+            errors.inc(ERRORS_METRIC)
+            self._report(f"cannot read {self._mounts}: {exc.strerror or exc}")
+            return []
+        if content.truncated:
+            errors.inc(ERRORS_METRIC)
+            self._report(f"{self._mounts} is larger than {self._read_limit} bytes; only its beginning was read")
+        else:
+            self._report("")
+        parsed = parse_mounts(content.data)
+        if parsed.errors:
+            errors.inc(ERRORS_METRIC, parsed.errors)
+        mounts = self._selector.select(parsed.entries)
+        outcomes = self._pool.stat_all(self._root + m.path for m in mounts)
+        samples: list[Sample] = []
+        for mount in mounts:
+            outcome = outcomes[self._root + mount.path]
+            samples.extend(self._samples(mount, outcome))
+        return samples
+
+    def _samples(self, mount: SelectedMount, outcome: StatfsOutcome) -> list[Sample]:
+        labels = (mount.device, mount.mount_point)
+        stuck = Sample("disk_mount_stuck", labels, 1.0 if outcome.kind in ("timeout", "stuck") else 0.0)
+        if outcome.kind != "ok" or outcome.result is None:
+            # A hung mount counts once, when its call overruns; while it stays
+            # stuck it is skipped and the stuck gauge carries the state.
+            if outcome.kind != "stuck":
+                self._ctx.errors.inc(ERRORS_METRIC)
+            self._ctx.log.debug("statfs %s (%s): %s: %s", mount.mount_point, mount.device, outcome.kind,
+                                outcome.error)
+            return [stuck]
+        st = outcome.result
+        # f_frsize is the unit of f_blocks (POSIX); it equals f_bsize, the seed's
+        # choice, on ext4 and xfs, and is the right one where they differ (NFS).
+        unit = st.f_frsize or st.f_bsize
+        return [
+            # A filesystem that reports more free than total (a buggy FUSE
+            # server) gets 0 used rather than a negative size.
+            Sample("disk_bytes_used", labels, float(max(0, st.f_blocks - st.f_bfree) * unit)),
+            Sample("disk_bytes_total", labels, float(st.f_blocks * unit)),
+            Sample("disk_inodes_used", labels, float(max(0, st.f_files - st.f_ffree))),
+            Sample("disk_inodes_total", labels, float(st.f_files)),
+            Sample("disk_bytes_available", labels, float(st.f_bavail * unit)),
+            Sample("disk_filesystem_readonly", labels, 1.0 if st.f_flag & os.ST_RDONLY else 0.0),
+            stuck,
+        ]
+
+    def _report(self, problem: str) -> None:
+        if problem and problem != self._reported_problem:
+            self._ctx.log.warning("%s", problem)
+        elif not problem and self._reported_problem:
+            self._ctx.log.info("%s is readable again", self._mounts)
+        self._reported_problem = problem
