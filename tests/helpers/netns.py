@@ -52,16 +52,20 @@ class VethPair:
     def drop_incoming(self, ns: str, percent: int, tcp_dport: int | None = None,
                       tcp_sport: int | None = None) -> None:
         """Drop ``percent`` % of matching incoming TCP packets in ``ns`` (nftables numgen random)."""
+        if not 0 < percent <= 100:
+            raise ValueError("percent must be in 1..100")
         match = ""
         if tcp_dport is not None:
             match += f" tcp dport {tcp_dport}"
         if tcp_sport is not None:
             match += f" tcp sport {tcp_sport}"
+        sample = "" if percent == 100 else f" numgen random mod 100 < {percent}"
+        table = f"loss{uuid.uuid4().hex[:6]}"
         rules = (
-            "table inet loss {\n"
+            f"table inet {table} {{\n"
             "  chain input {\n"
             "    type filter hook input priority 0; policy accept;\n"
-            f"    meta l4proto tcp{match} numgen random mod 100 < {percent} drop\n"
+            f"    meta l4proto tcp{match}{sample} drop\n"
             "  }\n"
             "}\n"
         )
@@ -88,6 +92,9 @@ def veth_pair(prefix: str = "cme") -> Iterator[VethPair]:
             _run("ip", "-n", ns, "link", "set", "lo", "up")
             _run("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", link)
             _run("ip", "-n", ns, "addr", "add", f"{addr6}/64", "dev", link, "nodad")
+            # Without GSO every segment is its own packet, so a loss rate means
+            # what it says (veth otherwise passes 64 KiB super-packets).
+            _run("ip", "-n", ns, "link", "set", link, "gso_max_size", "1500", "gro_max_size", "1500", check=False)
             _run("ip", "-n", ns, "link", "set", link, "up")
         yield pair
     finally:
