@@ -40,8 +40,13 @@ def _silent_peer(netns: Callable[[], Any]) -> tuple[Any, str, str]:
     server.exec("ip", "link", "set", b, "up")
     # Control: the peer is reachable and answers until told to stay silent,
     # so the timeouts below come from silence, not from a broken link.
-    assert client.call(icmp.ping, "10.213.7.2", 4, 2.0, icmp.MODE_RAW).success
-    assert client.call(icmp.ping, "fd00:213:7::2", 6, 2.0, icmp.MODE_RAW).success
+    # A fresh veth may need a moment (carrier, neighbour discovery) before
+    # the first echo gets through, hence a few attempts.
+    for address, family in (("10.213.7.2", 4), ("fd00:213:7::2", 6)):
+        attempts = [client.call(icmp.ping, address, family, 1.0, icmp.MODE_RAW)]
+        while not attempts[-1].success and len(attempts) < 5:
+            attempts.append(client.call(icmp.ping, address, family, 1.0, icmp.MODE_RAW))
+        assert attempts[-1].success, attempts
     server.sysctl("net.ipv4.icmp_echo_ignore_all", "1")
     server.sysctl("net.ipv6.icmp.echo_ignore_all", "1")
     return client, "10.213.7.2", "fd00:213:7::2"
