@@ -164,16 +164,16 @@ def load(source: str, cflags: Sequence[str], tracepoint_roles: Sequence[str], kp
         for role in kprobe_roles:
             for variant in by_role[role].kprobes:
                 kind = bcc.BPF.KPROBE
-                fn = bpf.load_func(variant.fn, kind)
+                fn = bpf.load_func(variant.fn.encode(), kind)
                 target = f"{'kretprobe' if variant.ret else 'kprobe'}:{variant.function}"
                 if not attach:
                     statuses.append(ProgramState(role, "kprobe", target, False))
                     continue
                 try:
                     if variant.ret:
-                        bpf.attach_kretprobe(event=variant.function, fn_name=fn.name)
+                        bpf.attach_kretprobe(event=variant.function.encode(), fn_name=fn.name)
                     else:
-                        bpf.attach_kprobe(event=variant.function, fn_name=fn.name)
+                        bpf.attach_kprobe(event=variant.function.encode(), fn_name=fn.name)
                 except Exception as exc:  # noqa: BLE001 - bcc raises bare Exception
                     raise BpfLoadError(f"attaching {target} failed: {exc}") from None
                 statuses.append(ProgramState(role, "kprobe", target, True))

@@ -54,7 +54,8 @@ def check_counts(series: dict, endpoint: str, requests: int, overhead: int) -> N
     assert DOWNLOAD_OF <= received <= DOWNLOAD_OF + overhead, received
     phases = value(series, "crusoe_vm_objectstore_connections_total", endpoint=endpoint)
     assert phases >= requests
-    assert value(series, "crusoe_vm_objectstore_connection_latency_histogram_seconds_count", endpoint=endpoint) == phases
+    count = value(series, "crusoe_vm_objectstore_connection_latency_histogram_seconds_count", endpoint=endpoint)
+    assert count == phases
     latency = value(series, "crusoe_vm_objectstore_connection_latency_seconds", endpoint=endpoint)
     assert 0 < latency < 30
     assert value(series, "crusoe_vm_objectstore_tcp_retransmits_total", endpoint=endpoint) == 0

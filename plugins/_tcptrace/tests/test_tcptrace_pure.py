@@ -1,0 +1,153 @@
+"""Pure pieces of the shared TCP tracing: addresses, bucket generator, BTF reader, accumulation."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crusoe_metrics_exporter.plugins._tcptrace.accumulate import Accumulator
+from crusoe_metrics_exporter.plugins._tcptrace.addresses import address_key, address_text, normalize, port_bitmap
+from crusoe_metrics_exporter.plugins._tcptrace.btf import (
+    BTF_VMLINUX,
+    BtfError,
+    sock_common_offsets,
+    struct_member_offsets,
+)
+from crusoe_metrics_exporter.plugins._tcptrace.buckets import bounds_ns, bucket_function_c, bucket_of
+from crusoe_metrics_exporter.plugins._tcptrace.program import build_cflags, choose_methods
+
+
+def test_ipv4_keys_are_ipv4_mapped_and_round_trip() -> None:
+    key = address_key("10.1.2.3")
+    assert key == bytes(10) + b"\xff\xff" + bytes([10, 1, 2, 3])
+    assert address_text(key) == "10.1.2.3"
+    assert address_key("::ffff:10.1.2.3") == key
+    assert normalize("2001:DB8::0:1") == "2001:db8::1"
+    assert normalize("fe80::1%eth0") == "fe80::1"
+    with pytest.raises(ValueError):
+        address_key("nfs.example.com")
+    with pytest.raises(ValueError):
+        address_text(b"\x00" * 4)
+
+
+def test_port_bitmap_words() -> None:
+    words = port_bitmap([2049, 2050, 443, 80])
+    assert words == {32: (1 << 1) | (1 << 2), 6: 1 << (443 & 63), 1: 1 << (80 & 63)}
+    with pytest.raises(ValueError):
+        port_bitmap([0])
+    with pytest.raises(ValueError):
+        port_bitmap([70000])
+
+
+def _run_generated_c(bounds: tuple[float, ...], ns: int) -> int:
+    """Evaluate the generated C (a nest of ifs) by translating it to Python."""
+    src = bucket_function_c(bounds)
+    body = src.split("{", 1)[1].rsplit("}", 1)[0]
+    lines = []
+    for line in body.splitlines():
+        stripped = line.strip()
+        indent = line[: len(line) - len(line.lstrip())]
+        if stripped.startswith("if ("):
+            cond = stripped[4:].split(")")[0].replace("ULL", "")
+            lines.append(f"{indent}if {cond}:")
+        elif stripped.startswith("return"):
+            lines.append(f"{indent}{stripped.rstrip(';')}")
+    code = "def f(ns):\n" + "\n".join(lines) + "\n"
+    scope: dict[str, object] = {}
+    exec(code, scope)  # the generated text is ours, built just above
+    return scope["f"](ns)  # type: ignore[operator, no-any-return]
+
+
+BOUNDS = (0.0005, 0.000637, 0.000812, 0.001035, 0.05)
+
+
+@given(st.integers(min_value=0, max_value=10**11))
+def test_generated_bucket_tree_matches_le_semantics(ns: int) -> None:
+    assert _run_generated_c(BOUNDS, ns) == bucket_of(BOUNDS, ns)
+
+
+def test_bucket_bounds_are_inclusive() -> None:
+    edges = bounds_ns(BOUNDS)
+    for i, edge in enumerate(edges):
+        assert _run_generated_c(BOUNDS, edge) == i
+        assert _run_generated_c(BOUNDS, edge + 1) == i + 1
+    with pytest.raises(ValueError):
+        bounds_ns((0.002, 0.001))
+
+
+def test_btf_offsets_of_the_running_kernel() -> None:
+    if not BTF_VMLINUX.exists():
+        pytest.skip("!!! no /sys/kernel/btf/vmlinux on this kernel !!!")
+    offsets = struct_member_offsets(BTF_VMLINUX.read_bytes(), "sock_common")
+    # skc_daddr/skc_dport sit in the fixed addrpair/portpair words; v6 after them.
+    assert offsets["skc_daddr"] == 0 and offsets["skc_rcv_saddr"] == 4
+    assert offsets["skc_dport"] == 12 and offsets["skc_num"] == 14
+    assert offsets["skc_v6_daddr"] > offsets["skc_family"]
+    assert sock_common_offsets()[1] == "btf"
+
+
+def test_btf_reader_rejects_garbage(tmp_path: Path) -> None:
+    with pytest.raises(BtfError):
+        struct_member_offsets(b"\x00" * 40, "sock_common")
+    with pytest.raises(BtfError):
+        struct_member_offsets(b"short", "sock_common")
+    header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, 0, 0, 1) + b"\x00"
+    with pytest.raises(BtfError):
+        struct_member_offsets(header, "sock_common")
+    missing = tmp_path / "vmlinux"
+    missing.write_bytes(b"junk")
+    offsets, origin = sock_common_offsets(missing)
+    assert origin.startswith("defaults") and offsets["skc_v6_daddr"] == 56
+
+
+def test_methods_per_hook() -> None:
+    have = {("sock", "sock_send_length"): False, ("sock", "sock_recv_length"): False,
+            ("tcp", "tcp_retransmit_skb"): True, ("sock", "inet_sock_set_state"): True}
+    tps, kps = choose_methods(have)
+    assert tps == ["retransmit", "close"] and kps == ["send", "recv"]
+    flags = build_cflags({"X": 3}, ("-DSKC_DADDR_OFF=0",), tps, kps)
+    assert flags == ("-DX=3", "-DSKC_DADDR_OFF=0", "-DTT_TP_RETRANSMIT", "-DTT_TP_CLOSE", "-DTT_KP_SEND",
+                     "-DTT_KP_RECV")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_accumulator_folds_increases_into_the_current_label() -> None:
+    clock = Clock()
+    acc = Accumulator(2, clock=clock)
+    mapping = {"10.0.0.1": "a"}
+    assert acc.fold({"10.0.0.1": (5, 1)}, mapping.__getitem__) == 0
+    mapping["10.0.0.1"] = "a+b"
+    acc.fold({"10.0.0.1": (8, 1)}, mapping.__getitem__)
+    assert acc.totals({"a+b"}, 3600) == {"a": (5, 1), "a+b": (3, 0)}
+    # A kernel entry that went backwards was recreated: count it from zero, report it.
+    assert acc.fold({"10.0.0.1": (2, 0)}, mapping.__getitem__) == 1
+    assert acc.totals({"a+b"}, 3600)["a+b"] == (5, 0)
+    # Retired addresses start from zero when they come back.
+    acc.forget(["10.0.0.1"])
+    acc.fold({"10.0.0.1": (1, 0)}, mapping.__getitem__)
+    assert acc.totals({"a+b"}, 3600)["a+b"] == (6, 0)
+    # Keys neither current nor recently changed leave the output, values kept.
+    clock.now += 7200
+    assert acc.totals({"a+b"}, 3600) == {"a+b": (6, 0)}
+    mapping["10.0.0.1"] = "a"
+    acc.fold({"10.0.0.1": (2, 0)}, mapping.__getitem__)
+    assert acc.totals(set(), 3600) == {"a": (6, 1)}
+    with pytest.raises(ValueError):
+        acc.fold({"10.0.0.1": (1,)}, mapping.__getitem__)
+
+
+def test_accumulator_ensure_shows_idle_targets() -> None:
+    acc = Accumulator(3)
+    acc.ensure(["x"])
+    assert acc.totals({"x"}, 0) == {"x": (0, 0, 0)}
