@@ -17,6 +17,8 @@ from crusoe_metrics_exporter.contract import (
     PluginSpec,
     Support,
 )
+from crusoe_metrics_exporter.plugins.disk_usage.parser import DEFAULT_DEVICE_INCLUDE
+from crusoe_metrics_exporter.plugins.disk_usage.statfs import DEFAULT_MOUNT_TIMEOUT, DEFAULT_STAT_WORKERS
 
 VERSION = "1.0.0"
 
@@ -42,7 +44,7 @@ OPTIONS: tuple[ConfigOption, ...] = (
     ConfigOption(
         "device_include",
         "regex",
-        r"^/dev/(vd[a-z]+\d*)$",
+        DEFAULT_DEVICE_INCLUDE,
         "Regular expression searched in a mount's source; only matching mounts are reported. Its named group "
         "'device', else its first group, else the source without /dev/ is the device label. Empty means every "
         "mount. The default is the seed's: virtio disks and their partitions.",
@@ -52,11 +54,12 @@ OPTIONS: tuple[ConfigOption, ...] = (
     ConfigOption(
         "mount_timeout",
         "duration",
-        1.5,
+        DEFAULT_MOUNT_TIMEOUT,
         "How long one statfs may take before its mount is marked stuck and skipped until the call returns "
-        "(node_exporter's mount-timeout). Capped so that 2.5 x mount_timeout fits in 80% of the collect timeout.",
+        "(node_exporter's mount-timeout); 0 means the default. Capped so that 2.5 x mount_timeout fits in 80% "
+        "of the collect timeout.",
     ),
-    ConfigOption("stat_workers", "int", 4, "Threads running statfs in parallel."),
+    ConfigOption("stat_workers", "int", DEFAULT_STAT_WORKERS, "Threads running statfs in parallel (1 to 64)."),
 )
 
 

@@ -6,11 +6,25 @@ import os
 from pathlib import Path
 
 from crusoe_metrics_exporter.contract import PluginContext, Sample
-from crusoe_metrics_exporter.plugins.disk_usage.parser import MountSelector, SelectedMount, parse_mounts
+from crusoe_metrics_exporter.plugins.disk_usage.parser import (
+    DEFAULT_DEVICE_INCLUDE,
+    MountSelector,
+    SelectedMount,
+    parse_mounts,
+)
 from crusoe_metrics_exporter.plugins.disk_usage.procfile import DEFAULT_READ_LIMIT, read_limited
-from crusoe_metrics_exporter.plugins.disk_usage.statfs import MAX_WAIT, StatfsFunction, StatfsOutcome, StatfsPool
+from crusoe_metrics_exporter.plugins.disk_usage.statfs import (
+    DEFAULT_MOUNT_TIMEOUT,
+    DEFAULT_STAT_WORKERS,
+    MAX_WAIT,
+    StatfsFunction,
+    StatfsOutcome,
+    StatfsPool,
+)
 
 ERRORS_METRIC = "disk_usage_collection_errors_total"
+#: statfs is cheap; more workers than this only multiplies threads.
+MAX_STAT_WORKERS = 64
 #: Threads allowed to stay blocked in statfs on top of the workers.
 MAX_BLOCKED_THREADS = 32
 #: Share of the core's collect timeout the statfs phase may use, so a hung
@@ -48,12 +62,12 @@ def resolve_statfs_root(host_proc: Path) -> tuple[bytes, str]:
 
 
 def effective_mount_timeout(ctx: PluginContext) -> float:
-    wanted = float(ctx.options.get("mount_timeout", 1.5))
+    wanted = float(ctx.options.get("mount_timeout", DEFAULT_MOUNT_TIMEOUT))
     ceiling = float(ctx.settings.core.get("collect_timeout", 5.0)) * _SHARE_OF_COLLECT_TIMEOUT / MAX_WAIT
     if wanted > ceiling > 0:
         ctx.log.warning("mount_timeout %.1fs lowered to %.1fs to fit the collect timeout", wanted, ceiling)
         return ceiling
-    return wanted if wanted > 0 else 1.5
+    return wanted if wanted > 0 else DEFAULT_MOUNT_TIMEOUT
 
 
 class DiskUsageCollector:
@@ -64,13 +78,13 @@ class DiskUsageCollector:
         self._root, self._root_note = resolve_statfs_root(ctx.host_proc)
         opts = ctx.options
         self._selector = MountSelector(
-            str(opts.get("device_include", r"^/dev/(vd[a-z]+\d*)$")),
+            str(opts.get("device_include", DEFAULT_DEVICE_INCLUDE)),
             str(opts.get("device_exclude", "")),
             str(opts.get("mount_point_exclude", "")),
         )
         self._pool = StatfsPool(
             timeout=effective_mount_timeout(ctx),
-            workers=max(1, int(opts.get("stat_workers", 4))),
+            workers=min(MAX_STAT_WORKERS, max(1, int(opts.get("stat_workers", DEFAULT_STAT_WORKERS)))),
             max_blocked=MAX_BLOCKED_THREADS,
             statfs=statfs,
             name=f"{ctx.plugin}-statfs",

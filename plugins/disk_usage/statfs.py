@@ -32,6 +32,8 @@ from typing import Literal, NamedTuple
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MOUNT_TIMEOUT = 1.5
+DEFAULT_STAT_WORKERS = 4
 #: How long (in timeouts) a queued call may wait for a worker.
 START_GRACE = 1.5
 #: The longest stat_all waits, in timeouts.
@@ -65,8 +67,8 @@ class _Job:
 class StatfsPool:
     def __init__(
         self,
-        timeout: float,
-        workers: int = 4,
+        timeout: float = DEFAULT_MOUNT_TIMEOUT,
+        workers: int = DEFAULT_STAT_WORKERS,
         max_blocked: int = 32,
         statfs: StatfsFunction = os.statvfs,
         name: str = "statfs",

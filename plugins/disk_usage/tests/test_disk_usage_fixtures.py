@@ -12,7 +12,11 @@ import pytest
 
 from crusoe_metrics_exporter.host import validate_spec
 from crusoe_metrics_exporter.plugins.disk_usage import crusoe_metrics_exporter_plugin
-from crusoe_metrics_exporter.plugins.disk_usage.collector import DiskUsageCollector, resolve_statfs_root
+from crusoe_metrics_exporter.plugins.disk_usage.collector import (
+    DiskUsageCollector,
+    effective_mount_timeout,
+    resolve_statfs_root,
+)
 from crusoe_metrics_exporter.plugins.disk_usage.parser import MountSelector, parse_mounts, unescape
 
 ERRORS = "disk_usage_collection_errors_total"
@@ -205,3 +209,12 @@ def test_parse_mounts_counts_non_records() -> None:
     result = parse_mounts(b"/dev/vda / ext4 rw 0 0\nlonely\n\n  \n/dev/vdb relative ext4 rw 0 0\n/dev/vdc /x\n")
     assert [(e.source, e.mount_point) for e in result.entries] == [("/dev/vda", b"/"), ("/dev/vdc", b"/x")]
     assert result.errors == 2
+
+
+def test_mount_timeout_fits_the_collect_timeout(make_ctx: Any, tmp_path: Path) -> None:
+    assert effective_mount_timeout(make_ctx(tmp_path, {"mount_timeout": 1.5}, collect_timeout=5.0)) == 1.5
+    assert effective_mount_timeout(make_ctx(tmp_path, {"mount_timeout": 10.0}, collect_timeout=5.0)) == 1.6
+    assert effective_mount_timeout(make_ctx(tmp_path, {"mount_timeout": 0.0}, collect_timeout=5.0)) == 1.5
+    assert effective_mount_timeout(make_ctx(tmp_path, {}, collect_timeout=1.0)) == pytest.approx(0.32)
+    collector = DiskUsageCollector(make_ctx(tmp_path, {"stat_workers": 10_000}))
+    assert collector.pool.workers == 64
