@@ -44,7 +44,9 @@ class NetNs:
         return subprocess.run(["ip", "netns", "exec", self.name, *cmd], check=True, capture_output=True, text=True)
 
     def sysctl(self, key: str, value: str) -> None:
-        self.exec("sysctl", "-q", "-w", f"{key}={value}")
+        # Written through /proc/sys (per namespace) so procps is not needed.
+        path = "/proc/sys/" + key.replace(".", "/")
+        self.exec("sh", "-c", f'printf "%s\\n" "$1" > {path}', "sh", value)
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` on a thread that joined this namespace (sockets it creates live here)."""
