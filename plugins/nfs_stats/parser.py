@@ -107,7 +107,7 @@ class ParseResult:
     volumes: dict[str, VolumeStats] = field(default_factory=dict)
     #: Malformed lines/blocks per kind (STATS, XPRT, EVENTS).
     errors: dict[str, int] = field(default_factory=lambda: {STATS: 0, XPRT: 0, EVENTS: 0})
-    #: Short descriptions of the first few problems, for a debug log line.
+    #: Short descriptions of the first few problems, for the log.
     problems: list[str] = field(default_factory=list)
 
     def error(self, kind: str, message: str) -> None:
