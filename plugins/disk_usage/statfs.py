@@ -60,6 +60,8 @@ class _Job:
     done: bool = False
     #: Given up by the scrape that submitted it (stuck or never started).
     abandoned: bool = False
+    #: Overran the timeout; its thread counts as blocked until it returns.
+    stuck: bool = False
     result: os.statvfs_result | None = None
     error: str = ""
 
@@ -165,7 +167,7 @@ class StatfsPool:
         return outcomes
 
     def _declare_stuck(self, job: _Job) -> None:
-        job.abandoned = True
+        job.abandoned = job.stuck = True
         assert job.started is not None
         self._stuck[job.path] = job.started
         self._blocked += 1
@@ -195,15 +197,18 @@ class StatfsPool:
                 error = ""
             except OSError as exc:
                 result, error = None, exc.strerror or str(exc)
-            except Exception as exc:  # noqa: BLE001 - a statfs stand-in must not kill the worker
+            except Exception as exc:  # noqa: BLE001 - e.g. ValueError for a NUL in the path; a worker must survive
                 result, error = None, f"{type(exc).__name__}: {exc}"
             with self._cond:
                 job.result, job.error, job.done = result, error, True
-                if job.abandoned and self._stuck.get(job.path) == job.started:
-                    del self._stuck[job.path]
+                if job.stuck:
                     self._blocked -= 1
-                    log.info("statfs on %s returned after %.1fs; it will be measured again",
-                             os.fsdecode(job.path), time.monotonic() - job.started)
+                    # Concurrent scrapes may each have a blocked call on one
+                    # path; the path is free again when the latest returns.
+                    if self._stuck.get(job.path) == job.started:
+                        del self._stuck[job.path]
+                        log.info("statfs on %s returned after %.1fs; it will be measured again",
+                                 os.fsdecode(job.path), time.monotonic() - job.started)
                     if self._threads - self._blocked > self.workers:
                         self._threads -= 1
                         self._cond.notify_all()

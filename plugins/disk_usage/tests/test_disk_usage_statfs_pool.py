@@ -107,3 +107,26 @@ def _wait(predicate: object, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+def test_concurrent_scrapes_blocked_on_one_path_release_cleanly() -> None:
+    fake = BlockingStatfs({b"/h"})
+    pool = StatfsPool(timeout=0.1, workers=2, statfs=fake)
+    pool.start()
+    kinds: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def scrape() -> None:
+        barrier.wait()
+        kinds.append(pool.stat_all([b"/h"])[b"/h"].kind)
+
+    threads = [threading.Thread(target=scrape) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert sorted(kinds) in (["stuck", "timeout"], ["timeout", "timeout"])
+    fake.release.set()
+    assert _wait(lambda: not pool.stuck() and pool.thread_count() == 2)
+    assert pool.stat_all([b"/h"])[b"/h"].kind == "ok"
+    pool.stop()
