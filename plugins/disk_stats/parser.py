@@ -96,10 +96,12 @@ def parse_diskstats(data: bytes, selected: Callable[[str], bool]) -> ParseResult
         try:
             name = name_raw.decode("ascii")
         except UnicodeDecodeError:
+            name = ""
+        if not name.isprintable() or not name:
             errors += 1
-            problems.add("device name is not ASCII")
+            problems.add("device name is not printable ASCII")
             continue
-        if not name.isprintable() or not selected(name):
+        if not selected(name):
             continue
         raw_counters = parts[3 : 3 + _usable_counters(len(parts) - 3)]
         # 20 digits hold any 64-bit value; longer strings are damage and

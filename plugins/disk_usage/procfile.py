@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,7 +27,17 @@ def read_limited(path: Path, limit: int = DEFAULT_READ_LIMIT) -> FileContent:
     between two of those reads can at worst be missed or repeated once
     (a repeated mount is reported once).
     """
-    with path.open("rb") as f:
+    # O_NONBLOCK: a FIFO put where a kernel file belongs must not hang the
+    # open; procfs and regular files ignore the flag.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
         data = f.read(limit + 1)
     if len(data) <= limit:
         return FileContent(data, False)

@@ -156,13 +156,14 @@ def test_counter_overflow_and_huge_numbers(make_ctx: Any, tmp_path: Path) -> Non
         " 254 64 vde \u0661 0 0 0 0 0 0 0 0 0 0",  # an Arabic-Indic digit one
         " 254 80 vdf 1 0 0 0 0 0 0 0 0 0 0",
         " 254 80 vdf 2 0 0 0 0 0 0 0 0 0 0",  # a repeated device: the first line wins
+        " 254 96 vd\x07g 1 0 0 0 0 0 0 0 0 0 0",  # a control character in the name
     ]
     (tmp_path / "diskstats").write_bytes("\n".join(lines).encode())
     ctx = make_ctx(tmp_path)
     samples = DiskStatsCollector(ctx).collect()
     reads = {s.labels[0]: s.value for s in samples if s.metric == "disk_reads_completed_total"}
     assert reads == {"vda": float(2**64 - 1), "vdf": 1.0}
-    assert ctx.errors.metric_totals()[ERRORS] == 5
+    assert ctx.errors.metric_totals()[ERRORS] == 6
 
 
 def test_hundred_megabyte_file(make_ctx: Any, tmp_path: Path) -> None:
@@ -274,3 +275,20 @@ def test_file_rewritten_in_place_while_scraping(make_ctx: Any, tmp_path: Path) -
     finally:
         stop.set()
         t.join()
+
+
+def test_not_a_regular_file_fails_fast(make_ctx: Any, tmp_path: Path) -> None:
+    """A FIFO (which would block open and read) or a device node in place of the file is an error, at once."""
+    os.mkfifo(tmp_path / "diskstats")
+    ctx = make_ctx(tmp_path)
+    started = time.monotonic()
+    assert DiskStatsCollector(ctx).collect() == []
+    assert time.monotonic() - started < 1
+    (tmp_path / "diskstats").unlink()
+    (tmp_path / "diskstats").symlink_to("/dev/zero")
+    assert DiskStatsCollector(ctx).collect() == []
+    assert ctx.errors.metric_totals()[ERRORS] == 2
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        DiskStatsCollector(ctx).collect()
+    assert len(os.listdir("/proc/self/fd")) == fds_before, "no descriptor leaks on the error path"
