@@ -36,7 +36,9 @@ from crusoe_metrics_exporter.targets.volumes import volume_id, volume_pattern
 
 log = logging.getLogger(__name__)
 
-Snapshot = tuple[tuple[NfsServer, ...], tuple[NfsMount, ...], tuple[ObjstoreEndpoint, ...]]
+def _hostname(text: str) -> str:
+    """One spelling per name, so one server is one DNS label value and one lookup."""
+    return text.strip().lower().rstrip(".")
 
 
 class _ServerBuilder:
@@ -103,7 +105,7 @@ class TargetDirectory:
     @property
     def objstore_fqdn(self) -> str:
         """The configured object-store host name ("" when unset or an IP literal)."""
-        fqdn = str(self._targets.get("objstore_endpoint_fqdn", "")).strip()
+        fqdn = _hostname(str(self._targets.get("objstore_endpoint_fqdn", "")))
         return "" if normalize(fqdn) is not None else fqdn
 
     @property
@@ -258,7 +260,7 @@ class TargetDirectory:
             if norm is not None:
                 servers.add(norm[0])
                 continue
-            name = entry.strip().lower()
+            name = _hostname(entry)
             for address in lookup(name):
                 servers.add(address, name=name)
 
@@ -266,9 +268,11 @@ class TargetDirectory:
         for line in nfs_lines(self._read_mount_lines()):
             mount = self._mount_targets(line, lookup, pattern)
             mounts.append(mount)
-            name = None if normalize(mount.server) is not None else mount.server
+            # Every address of a mount made by host name (resolved, addr=,
+            # remoteports=) is reached under that name.
+            mount_name = None if normalize(mount.server) is not None else mount.server
             for address in mount.addresses:
-                servers.add(address, name=name, volume=mount.volume_id)
+                servers.add(address, name=mount_name, volume=mount.volume_id)
 
         new_servers = servers.build(ports)
         new_mounts = tuple(mounts)
@@ -288,7 +292,7 @@ class TargetDirectory:
             host = norm[0]
             addresses.append(host)
         elif host:
-            host = host.lower()
+            host = _hostname(host)
             addresses.extend(lookup(host))
         else:
             self._warn_once(f"device:{line.device}", "target discovery: NFS mount %s has no server in device %r",
@@ -325,7 +329,7 @@ class TargetDirectory:
             if literal is not None:
                 endpoints.append(ObjstoreEndpoint(literal[0], literal[1], ports, ""))
             else:
-                fqdn = fqdn_setting.lower().rstrip(".")
+                fqdn = _hostname(fqdn_setting)
                 addresses, error = self._resolver.resolve("objectstore", fqdn)
                 if error is not None:
                     log.warning("target discovery: cannot resolve object store %r (%s)%s", fqdn, error,

@@ -119,10 +119,19 @@ class ProbesCollector:
             on_error=lambda: self._ctx.errors.inc(ERRORS),
         )
         self.scheduler.start()
+        self._directory.subscribe(self._targets_changed)
 
     def stop(self) -> None:
+        if self._directory is not None:
+            self._directory.unsubscribe(self._targets_changed)
         if self.scheduler is not None:
             self.scheduler.stop()
+
+    def _targets_changed(self) -> None:
+        # New endpoints get their first result now rather than up to an
+        # interval later; vanished ones lose their series at once.
+        if self.scheduler is not None:
+            self.scheduler.run_new()
 
     # -- what to probe -------------------------------------------------------
     def jobs(self) -> list[ProbeJob]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 from collections.abc import Iterable
@@ -73,7 +74,7 @@ def socket_error_reason(exc: OSError) -> str:
         return CLOSED
     if isinstance(exc, PermissionError):
         return PERMISSION
-    if exc.errno in (101, 113, 65):  # ENETUNREACH, EHOSTUNREACH, (BSD) EHOSTUNREACH
+    if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL):
         return UNREACHABLE
     return CONNECT_ERROR
 
@@ -86,12 +87,19 @@ class ResultStore:
         self._latest: dict[ProbeKey, ProbeResult] = {}
         self._failures: dict[tuple[ProbeKey, str], int] = {}
 
-    def record(self, key: ProbeKey, result: ProbeResult) -> None:
+    def record(self, key: ProbeKey, result: ProbeResult) -> ProbeResult | None:
+        """Store a result; returns the one it replaces."""
         with self._lock:
+            previous = self._latest.get(key)
             self._latest[key] = result
             if not result.outcome.success:
                 fkey = (key, result.outcome.reason)
                 self._failures[fkey] = self._failures.get(fkey, 0) + 1
+            return previous
+
+    def has_result(self, key: ProbeKey) -> bool:
+        with self._lock:
+            return key in self._latest
 
     def retain(self, keys: set[ProbeKey]) -> None:
         """Forget endpoints that are no longer targets, so their series disappear."""

@@ -89,7 +89,8 @@ class ProbeScheduler:
         self._on_error = on_error
         self._rng = rng or random.Random()
         self._pool = _WorkerPool(max(1, concurrency), self._execute)
-        self._in_flight: set[ProbeKey] = set()
+        #: Probes submitted and not finished, with when they were submitted.
+        self._in_flight: dict[ProbeKey, float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -120,7 +121,11 @@ class ProbeScheduler:
             behind = math.floor((time.monotonic() - base) / self.interval)
             slot = max(slot, behind)
 
-    def run_round(self) -> int:
+    def run_new(self) -> int:
+        """Probe targets that have no result yet, now (called when discovery finds new ones)."""
+        return self.run_round(only_new=True)
+
+    def run_round(self, only_new: bool = False) -> int:
         """Submit every current probe not already running; returns how many were submitted."""
         try:
             jobs = self._jobs()
@@ -131,19 +136,26 @@ class ProbeScheduler:
         self._store.retain({job.key for job in jobs})
         submitted = 0
         for job in jobs:
+            if only_new and self._store.has_result(job.key):
+                continue
             with self._lock:
-                if job.key in self._in_flight:
-                    log.warning("probes: %s %s still running from the previous round; skipped",
-                                job.key.probe, job.key.endpoint)
-                    self._on_error()
+                since = self._in_flight.get(job.key)
+                if since is not None:
+                    # Still queued or running. Longer than a whole interval means
+                    # it overran its timeout (or the pool is starved): our fault.
+                    if not only_new and time.monotonic() - since > self.interval:
+                        log.warning("probes: %s probe of %s still running after a whole interval; skipped",
+                                    job.key.probe, job.key.endpoint)
+                        self._on_error()
                     continue
-                self._in_flight.add(job.key)
+                self._in_flight[job.key] = time.monotonic()
             if not self._pool.submit(job):  # stopping
                 with self._lock:
-                    self._in_flight.discard(job.key)
+                    self._in_flight.pop(job.key, None)
                 return submitted
             submitted += 1
-        self.rounds += 1
+        if not only_new:
+            self.rounds += 1
         return submitted
 
     def _execute(self, job: ProbeJob) -> None:
@@ -155,8 +167,15 @@ class ProbeScheduler:
             outcome = Outcome.failed(INTERNAL, 0.0, detail=f"{type(exc).__name__}: {exc}")
         finally:
             with self._lock:
-                self._in_flight.discard(job.key)
-        if not outcome.success:
-            log.debug("probes: %s %s:%s failed: %s %s", job.key.probe, job.key.endpoint, job.key.port,
-                      outcome.reason, outcome.detail)
-        self._store.record(job.key, ProbeResult(outcome, time.time()))
+                self._in_flight.pop(job.key, None)
+        previous = self._store.record(job.key, ProbeResult(outcome, time.time()))
+        _log_transition(job.key, outcome, previous.outcome if previous is not None else None)
+
+
+def _log_transition(key: ProbeKey, outcome: Outcome, previous: Outcome | None) -> None:
+    # Log changes, not every run: a dead endpoint must not flood the log.
+    where = f"{key.probe} probe of {key.endpoint}" + (f":{key.port}" if key.port else "")
+    if not outcome.success and (previous is None or previous.success or previous.reason != outcome.reason):
+        log.warning("probes: %s failed: %s%s", where, outcome.reason, f" ({outcome.detail})" if outcome.detail else "")
+    elif outcome.success and previous is not None and not previous.success:
+        log.info("probes: %s succeeds again", where)

@@ -193,6 +193,9 @@ def test_name_never_resolved_gives_no_targets(tmp_path: Path, directories: list[
     assert d.nfs_servers() == ()
     assert d.objstore_endpoints() == ()
     assert d.objstore_configured and d.objstore_fqdn == "nowhere.test"
+    assert TargetDirectory(make_settings(tmp_path, "", OBJSTORE_ENDPOINT_FQDN=" Object.TEST. ")).objstore_fqdn == (
+        "object.test"
+    )
 
 
 def test_objstore_fqdn_a_and_aaaa_with_ports(tmp_path: Path, directories: list[TargetDirectory]) -> None:

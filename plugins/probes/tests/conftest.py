@@ -235,7 +235,7 @@ def rpc_server() -> Iterator[Callable[..., RpcResponder]]:
 
 # -- a test CA and an HTTPS server -------------------------------------------
 class CertAuthority:
-    """A CA and one server certificate for ``object.test`` (plus 127.0.0.1, ::1)."""
+    """A CA and one server certificate for ``object.test`` (plus localhost, 127.0.0.1, ::1)."""
 
     def __init__(self, directory: Path, name: str = "object.test") -> None:
         from cryptography import x509
@@ -272,6 +272,7 @@ class CertAuthority:
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.SubjectAlternativeName([
                 x509.DNSName(name),
+                x509.DNSName("localhost"),
                 x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                 x509.IPAddress(ipaddress.ip_address("::1")),
             ]), critical=False)

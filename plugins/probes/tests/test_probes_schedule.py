@@ -12,6 +12,7 @@ from helpers.server import running_exporter
 
 from crusoe_metrics_exporter.app import Exporter
 from crusoe_metrics_exporter.exposition import render
+from crusoe_metrics_exporter.settings import Overrides
 
 
 @pytest.fixture
@@ -119,3 +120,106 @@ def test_exporter_keeps_serving_while_a_probe_hangs(
             assert metric(text, "crusoe_vm_probe_success", probe="nfs_rpc") is None
             assert metric(text, "crusoe_vm_exporter_plugin_up", plugin="probes") == 1.0
             time.sleep(0.2)
+
+
+def test_new_mount_is_probed_without_waiting_for_the_interval(
+    tmp_path: Path, rpc_server: Callable[..., Any], exporter_for: Callable[..., Exporter],
+    wait: Callable[..., Any], metric: Callable[..., float | None],
+) -> None:
+    server = rpc_server("ok")
+    exporter = exporter_for(NFS_TARGET_PORTS=str(server.port), PROBE_INTERVAL="10m",
+                            NFS_MOUNT_REFRESH_INTERVAL="100ms")
+    time.sleep(0.2)
+    assert server.calls == []
+    (tmp_path / "proc" / "1" / "mounts").write_text("127.0.0.1:/volumes/v9 /mnt/v9 nfs4 rw,addr=127.0.0.1 0 0\n")
+    rpc = {"probe": "nfs_rpc", "endpoint": "127.0.0.1", "port": str(server.port)}
+    assert wait(lambda: metric(scrape(exporter), "crusoe_vm_probe_success", **rpc) == 1.0, 2.0)
+    assert len(server.calls) == 1
+
+
+def test_objectstore_https_and_http_through_the_exporter(
+    test_ca: Any, http_server: Callable[..., Any], tmp_path: Path, wait: Callable[..., Any],
+    metric: Callable[..., float | None],
+) -> None:
+    tls_server = http_server(test_ca)
+    plain = http_server(None, response=b"HTTP/1.1 404 Not Found\r\n\r\n")
+    proc = tmp_path / "proc"
+    (proc / "1").mkdir(parents=True)
+    (proc / "1" / "mounts").write_text("")
+    env = {
+        "HOST_PROC_PATH": str(proc),
+        "PROBE_JITTER": "0s",
+        "PROBE_INTERVAL": "1m",
+        "OBJSTORE_ENDPOINT_FQDN": "localhost",  # resolved by the real system resolver
+        "OBJSTORE_ENDPOINT_PORT": f"{tls_server.port},{plain.port}",
+        "PROBE_CA_BUNDLE": str(test_ca.ca_path),
+    }
+    exporter = Exporter.from_environment(
+        environ=env, overrides=Overrides({"plugins.probes.https_ports": str(tls_server.port)})
+    )
+    exporter.start(only=["probes"])
+    try:
+        https = {"probe": "https", "target": "objectstore", "endpoint": "127.0.0.1", "port": str(tls_server.port)}
+        http = {"probe": "http", "target": "objectstore", "endpoint": "127.0.0.1", "port": str(plain.port)}
+
+        def done() -> str | None:
+            text = scrape(exporter)
+            both = metric(text, "crusoe_vm_probe_success", **https) and metric(text, "crusoe_vm_probe_success", **http)
+            return text if both else None
+
+        text = wait(done, 5.0)
+        assert text, scrape(exporter)
+        assert tls_server.snis == ["localhost"] and plain.hosts == [f"localhost:{plain.port}"]
+        for phase in ("connect", "tls", "first_byte"):
+            assert metric(text, "crusoe_vm_probe_phase_duration_seconds", phase=phase, **https) is not None
+        assert 0 < (metric(text, "crusoe_vm_objectstore_https_probe_latency_seconds", endpoint="127.0.0.1") or 0) < 1
+        assert 0 < (metric(text, "crusoe_vm_objectstore_ping_latency_seconds", endpoint="127.0.0.1") or 0) < 1
+        assert metric(text, "crusoe_vm_dns_resolve_successes_total", type="objectstore", host="localhost") == 1.0
+    finally:
+        exporter.stop()
+
+
+def test_unreadable_ca_bundle_fails_https_only(
+    tmp_path: Path, test_ca: Any, http_server: Callable[..., Any], exporter_for: Callable[..., Exporter],
+    wait: Callable[..., Any], metric: Callable[..., float | None],
+) -> None:
+    tls_server = http_server(test_ca)
+    exporter = exporter_for(OBJSTORE_ENDPOINT_FQDN="localhost", OBJSTORE_ENDPOINT_PORT="443",
+                            PROBE_CA_BUNDLE=str(tmp_path / "missing.pem"), PROBE_INTERVAL="1m")
+    assert tls_server.port  # the server exists; the probe must not even get that far
+    https = {"probe": "https", "endpoint": "127.0.0.1", "port": "443"}
+    assert wait(lambda: metric(scrape(exporter), "crusoe_vm_probe_success", **https) == 0.0, 3.0)
+    text = scrape(exporter)
+    assert metric(text, "crusoe_vm_probe_failures_total", reason="tls_config", **https) == 1.0
+    assert metric(text, "crusoe_vm_probes_collection_errors_total") == 1.0
+    assert metric(text, "crusoe_vm_probe_success", probe="icmp", endpoint="127.0.0.1") == 1.0
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PROBE_INTERVAL": "0s"}, "interval (PROBE_INTERVAL) must be greater than zero"),
+        ({"PROBE_TIMEOUT": "0s"}, "timeout must be greater than zero"),
+    ],
+)
+def test_bad_options_fail_the_plugin_with_a_clear_reason(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    (tmp_path / "1").mkdir()
+    exporter = Exporter.from_environment(environ={"HOST_PROC_PATH": str(tmp_path), **env})
+    exporter.start(only=["probes"])
+    try:
+        rec = next(r for r in exporter.records if r.name == "probes")
+        assert rec.state == "failed" and message in rec.reason
+    finally:
+        exporter.stop()
+
+
+def test_bad_rpc_version_fails_the_plugin(tmp_path: Path) -> None:
+    (tmp_path / "1").mkdir()
+    exporter = Exporter.from_environment(environ={"HOST_PROC_PATH": str(tmp_path)},
+                                         overrides=Overrides({"plugins.probes.nfs_rpc_version": "2"}))
+    exporter.start(only=["probes"])
+    try:
+        rec = next(r for r in exporter.records if r.name == "probes")
+        assert rec.state == "failed" and "nfs_rpc_version must be 3 or 4" in rec.reason
+    finally:
+        exporter.stop()

@@ -1,0 +1,159 @@
+"""ProbeScheduler on its own: timing, overruns, exceptions, shutdown."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from crusoe_metrics_exporter.plugins.probes.results import Outcome, ProbeKey, ResultStore
+from crusoe_metrics_exporter.plugins.probes.scheduler import ProbeJob, ProbeScheduler
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.n = 0
+        self.times: list[float] = []
+        self.lock = threading.Lock()
+
+    def __call__(self) -> Outcome:
+        with self.lock:
+            self.n += 1
+            self.times.append(time.monotonic())
+        return Outcome(True, 0.001)
+
+
+def make(jobs: Callable[[], list[ProbeJob]], errors: list[int], **kwargs: Any) -> tuple[ProbeScheduler, ResultStore]:
+    store = ResultStore()
+    options: dict[str, Any] = {"interval": 0.2, "jitter": 0.0, "concurrency": 2, **kwargs}
+    scheduler = ProbeScheduler(jobs, store, on_error=lambda: errors.append(1), **options)
+    return scheduler, store
+
+
+def test_fixed_rate_rounds_with_bounded_jitter(wait: Callable[..., Any]) -> None:
+    probe = Counter()
+    key = ProbeKey("icmp", "nfs", "127.0.0.1")
+    errors: list[int] = []
+    scheduler, store = make(lambda: [ProbeJob(key, probe)], errors, interval=0.2, jitter=5.0,
+                            rng=random.Random(7))
+    assert scheduler.jitter == pytest.approx(0.1)  # capped at half the interval
+    started = time.monotonic()
+    scheduler.start()
+    try:
+        assert wait(lambda: probe.n >= 6, 3.0)
+    finally:
+        scheduler.stop()
+    offsets = [t - started for t in probe.times[:6]]
+    for slot, offset in enumerate(offsets):
+        # Round k runs in [k*interval, k*interval + jitter] (plus scheduling slack).
+        assert slot * 0.2 - 0.01 <= offset <= slot * 0.2 + 0.1 + 0.08, offsets
+    assert store.has_result(key) and errors == []
+
+
+def test_a_probe_that_raises_is_counted_and_reported_as_internal(wait: Callable[..., Any]) -> None:
+    def broken() -> Outcome:
+        raise RuntimeError("bug")
+
+    key = ProbeKey("nfs_rpc", "nfs", "10.0.0.1", 2049)
+    errors: list[int] = []
+    scheduler, store = make(lambda: [ProbeJob(key, broken)], errors)
+    assert scheduler.run_round() == 1
+    assert wait(lambda: store.has_result(key), 2.0)
+    scheduler.stop()
+    result = store.snapshot()[0][key]
+    assert (result.outcome.success, result.outcome.reason) == (False, "internal")
+    assert errors == [1]
+
+
+def test_overrunning_probe_is_not_started_twice() -> None:
+    release = threading.Event()
+    calls: list[int] = []
+
+    def stuck() -> Outcome:
+        calls.append(1)
+        release.wait(5)
+        return Outcome(True, 0.0)
+
+    key = ProbeKey("icmp", "nfs", "10.0.0.1")
+    errors: list[int] = []
+    scheduler, _ = make(lambda: [ProbeJob(key, stuck)], errors, interval=0.1)
+    try:
+        assert scheduler.run_round() == 1
+        assert scheduler.run_round() == 0  # still running, within its interval: quietly skipped
+        assert errors == []
+        time.sleep(0.15)
+        assert scheduler.run_round() == 0  # running longer than an interval: an overrun
+        assert errors == [1]
+        assert calls == [1]
+    finally:
+        release.set()
+        scheduler.stop()
+
+
+def test_concurrency_is_bounded(wait: Callable[..., Any]) -> None:
+    running = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def slow() -> Outcome:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return Outcome(True, 0.05)
+
+    keys = [ProbeKey("icmp", "nfs", f"10.0.0.{i}") for i in range(12)]
+    errors: list[int] = []
+    scheduler, store = make(lambda: [ProbeJob(k, slow) for k in keys], errors, concurrency=3)
+    scheduler.run_round()
+    assert wait(lambda: len(store.snapshot()[0]) == 12, 3.0)
+    scheduler.stop()
+    assert peak == 3
+
+
+def test_run_new_probes_only_targets_without_results(wait: Callable[..., Any]) -> None:
+    old, new = ProbeKey("icmp", "nfs", "10.0.0.1"), ProbeKey("icmp", "nfs", "10.0.0.2")
+    targets = [old]
+    ran: list[ProbeKey] = []
+
+    def job(key: ProbeKey) -> ProbeJob:
+        return ProbeJob(key, lambda: ran.append(key) or Outcome(True, 0.0))
+
+    errors: list[int] = []
+    scheduler, store = make(lambda: [job(k) for k in targets], errors)
+    scheduler.run_round()
+    assert wait(lambda: store.has_result(old), 2.0)
+    targets.append(new)
+    assert scheduler.run_new() == 1
+    assert wait(lambda: store.has_result(new), 2.0)
+    targets.remove(old)
+    assert scheduler.run_new() == 0
+    scheduler.stop()
+    assert ran == [old, new]
+    assert not store.has_result(old)  # vanished target: its result is dropped
+
+
+def test_stop_is_prompt_with_a_probe_stuck() -> None:
+    release = threading.Event()
+    key = ProbeKey("icmp", "nfs", "10.0.0.1")
+    errors: list[int] = []
+    scheduler, _ = make(lambda: [ProbeJob(key, lambda: release.wait(10) and Outcome(True, 0.0))], errors,
+                        interval=0.05)
+    scheduler.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    scheduler.stop()
+    assert time.monotonic() - started < 1.0
+    release.set()
+
+
+def test_interval_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="greater than zero"):
+        make(list, [], interval=0.0)
