@@ -67,7 +67,10 @@ def _check_support(ctx: PluginContext) -> Support:
     mounts = ctx.host_proc / "1" / "mounts"
     if not mounts.is_file():
         return Support.unsupported(f"{mounts} does not exist: HOST_PROC_PATH must be the host's /proc")
-    return Support.ok(mounts=str(mounts))
+    from crusoe_metrics_exporter.plugins.disk_usage.collector import resolve_statfs_root
+
+    _root, note = resolve_statfs_root(ctx.host_proc)
+    return Support.ok(mounts=str(mounts), statfs_root=note)
 
 
 def _factory(ctx: PluginContext) -> Collector:
