@@ -12,7 +12,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample as PromSample
 
 from crusoe_metrics_exporter import host
-from crusoe_metrics_exporter.exposition import family
+from crusoe_metrics_exporter.exposition import Scrape
 from crusoe_metrics_exporter.host import PluginRecord
 from crusoe_metrics_exporter.meta import meta_families
 from crusoe_metrics_exporter.naming import PREFIX
@@ -87,7 +87,7 @@ class Exporter:
         self.services.stop()
 
     # -- scraping --------------------------------------------------------
-    def collect(self, only: Iterable[str] | None = None) -> list[Metric]:
+    def collect(self, only: Iterable[str] | None = None) -> Scrape:
         """One scrape: every runner in parallel, each bounded by collect_timeout."""
         wanted = set(only) if only is not None else None
         runners = [r for name, r in self.runners.items() if wanted is None or name in wanted]
@@ -96,7 +96,8 @@ class Exporter:
         results: dict[str, CollectResult] = {}
         for runner, fut in futures:
             results[runner.record.name] = runner.wait(fut, deadline)
-        families: list[Metric] = []
+        scrape = Scrape()
+        families = scrape.families
         for rec in self.records:
             if wanted is not None and rec.name not in wanted:
                 continue
@@ -105,7 +106,7 @@ class Exporter:
                 for spec in rec.spec.metrics:
                     samples = result.by_metric.get(spec.name)
                     if samples:
-                        families.append(family(spec, samples))
+                        scrape.groups.append((spec, samples))
             if rec.spec is not None and rec.errors is not None and rec.state in ("active", "failed"):
                 totals = rec.errors.metric_totals()
                 for spec in rec.spec.metrics:
@@ -121,4 +122,4 @@ class Exporter:
                     families.extend(provider())
                 except Exception:
                     log.warning("service metrics failed", exc_info=True)
-        return families
+        return scrape

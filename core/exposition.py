@@ -7,7 +7,8 @@ conventions (see ``naming.SEED_COUNTERS_WITHOUT_TOTAL``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import cast
 
 from prometheus_client.exposition import generate_latest
@@ -19,6 +20,7 @@ from prometheus_client.samples import Sample as PromSample
 from crusoe_metrics_exporter.contract import HistogramValue, MetricSpec, Sample
 from crusoe_metrics_exporter.histogram import cumulative_buckets
 from crusoe_metrics_exporter.naming import PREFIX, SEED_COUNTERS_WITHOUT_TOTAL
+from crusoe_metrics_exporter.textformat import render_groups
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -55,6 +57,23 @@ def family(spec: MetricSpec, samples: Sequence[Sample]) -> Metric:
     return fam
 
 
+@dataclass
+class Scrape:
+    """What one scrape gathered: plugin samples by declaration, and core-built families.
+
+    Iterating yields everything as prometheus_client families (OpenMetrics,
+    tests); ``render`` writes the plugin samples directly in text format.
+    """
+
+    groups: list[tuple[MetricSpec, Sequence[Sample]]] = field(default_factory=list)
+    families: list[Metric] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Metric]:
+        for spec, samples in self.groups:
+            yield family(spec, samples)
+        yield from self.families
+
+
 class FamiliesCollector(PromCollector):
     """Adapts a fixed list of families to prometheus_client's generators."""
 
@@ -65,8 +84,11 @@ class FamiliesCollector(PromCollector):
         return self._families
 
 
-def render(families: Iterable[Metric], openmetrics: bool = False) -> bytes:
-    registry = FamiliesCollector(families)
+def render(scrape: Scrape | Iterable[Metric], openmetrics: bool = False) -> bytes:
+    if isinstance(scrape, Scrape) and not openmetrics:
+        head = render_groups(scrape.groups).encode()
+        return head + generate_latest(FamiliesCollector(scrape.families))
+    registry = FamiliesCollector(scrape)
     # Both generators only call .collect(); they are typed for a full registry.
     if openmetrics:
         return cast(bytes, generate_openmetrics(registry))  # type: ignore[no-untyped-call]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from prometheus_client.utils import floatToGoString
+
 from crusoe_metrics_exporter.contract import HistogramValue
 
 
@@ -50,5 +52,5 @@ def geometric_bounds(first: float, last: float, count: int, digits: int = 6) -> 
 
 
 def _format_bound(bound: float) -> str:
-    # repr gives the shortest round-tripping form, as prometheus_client does.
-    return repr(float(bound))
+    # The same spelling prometheus_client's own histograms use for "le".
+    return str(floatToGoString(float(bound)))  # type: ignore[no-untyped-call]
