@@ -99,7 +99,7 @@ def test_procfs_fixture_all_formats(make_ctx: Any, tmp_path: Path, data_dir: Pat
     assert values[("disk_flush_requests_total", "sdc")] == 127
     assert values[("disk_flush_time_seconds_total", "sdc")] == pytest.approx(0.182)
     assert values[("disk_flush_requests_total", "sdc2")] == 0
-    per_device = defaultdict(int)
+    per_device: defaultdict[str, int] = defaultdict(int)
     for (_, d) in values:
         per_device[d] += 1
     assert per_device["sda"] == 11 and per_device["sdb"] == 15 and per_device["sdc"] == 17
@@ -138,12 +138,12 @@ _NODE_EQUIVALENT = {
 
 
 def test_matches_node_exporter_golden_output(make_ctx: Any, tmp_path: Path, data_dir: Path) -> None:
-    expected: dict[tuple[str, str], float] = {}
+    expected: dict[tuple[str, str], tuple[str, float, float]] = {}
     for line in (data_dir / "node_exporter__e2e-output__diskstats_expected.prom").read_text().splitlines():
         m = _PROM_LINE.match(line)
         if m and m.group(1) in _NODE_EQUIVALENT:
             ours, factor = _NODE_EQUIVALENT[m.group(1)]
-            expected[(ours, m.group(2))] = (m.group(1), float(m.group(3)), factor)  # type: ignore[assignment]
+            expected[(ours, m.group(2))] = (m.group(1), float(m.group(3)), factor)
     assert len(expected) == 15 * 11 + 2 * 4 + 2  # 15 devices, 2 with discards, 1 with flushes
 
     values, errors, _ = run(
@@ -152,7 +152,7 @@ def test_matches_node_exporter_golden_output(make_ctx: Any, tmp_path: Path, data
     )
     assert errors == 0
     assert set(values) == set(expected), "same devices and same metrics per device as node_exporter"
-    for key, (theirs, value, factor) in expected.items():  # type: ignore[misc]
+    for key, (theirs, value, factor) in expected.items():
         assert math.isclose(values[key] * factor, value, rel_tol=1e-12), (key, theirs)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -100,10 +101,10 @@ def test_not_started_pool_refuses() -> None:
         StatfsPool(timeout=0)
 
 
-def _wait(predicate: object, timeout: float = 5.0) -> bool:
+def _wait(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return True
         time.sleep(0.01)
     return False
