@@ -157,7 +157,12 @@ class TargetDirectory:
             if self._started:
                 return
             self._started = True
-            self.refresh_now()
+            # Guarded: whatever goes wrong, the background thread must still
+            # start so a later refresh can succeed.
+            changed = self._guarded(self._refresh_nfs)
+            changed = self._guarded(self._refresh_objstore) or changed
+            if changed:
+                self._notify()
             self._thread = threading.Thread(target=self._run, name="targets-refresh", daemon=True)
             self._thread.start()
 

@@ -22,6 +22,10 @@ from crusoe_metrics_exporter.targets.addresses import normalize
 #: ICMP(v6) message types of an echo reply.
 _ECHO_REPLY = {4: 0, 6: 129}
 _DEST_UNREACHABLE = {4: 3, 6: 1}
+#: ICMP error messages that quote the request they are about: destination
+#: unreachable, source quench, time exceeded, parameter problem (v4);
+#: destination unreachable, packet too big, time exceeded, parameter problem (v6).
+_ERRORS = {4: frozenset({3, 4, 11, 12}), 6: frozenset({1, 2, 3, 4})}
 PAYLOAD = b"crusoe-metrics-exporter probe"
 
 MODE_UNPRIVILEGED = "unprivileged"
@@ -91,8 +95,12 @@ def ping(
                     continue  # someone else's reply that happens to carry our id/seq
                 rtt = now - sent
                 return Outcome(True, now - start, (("rtt", rtt),))
-            # An ICMP error quoting our request: destination/port unreachable,
-            # time exceeded, ... from a router on the way.
+            if reply.type not in _ERRORS[family]:
+                # Anything else a raw socket sees (our own echo request on
+                # loopback, other messages) that icmplib's quote parsing
+                # happened to match.
+                continue
+            # An ICMP error quoting our request, typically from a router on the way.
             return Outcome.failed(
                 "icmp_unreachable" if reply.type == _DEST_UNREACHABLE[family] else "icmp_error",
                 now - start,

@@ -120,3 +120,31 @@ def test_unprivileged_datagram_sockets_where_ping_group_range_allows(netns: Call
         assert outcome.success, outcome
     refused = denied.call(icmp.ping, "127.0.0.1", 4, 1.0, icmp.MODE_UNPRIVILEGED)
     assert (refused.success, refused.reason) == (False, "permission")
+
+
+def test_icmp_error_from_a_router_is_a_failure_not_a_timeout(netns: Callable[[], Any]) -> None:
+    # client --veth-- router; the router has no route to 10.77/16 and answers
+    # with ICMP destination unreachable quoting our echo request.
+    client, router = netns(), netns()
+    tag = f"{os.getpid() % 10000}{client.name[-1]}"
+    a, b = f"cra{tag}", f"crb{tag}"
+    client.exec("ip", "link", "add", a, "type", "veth", "peer", "name", b, "netns", router.name)
+    client.exec("ip", "addr", "add", "10.213.8.1/24", "dev", a)
+    client.exec("ip", "addr", "add", "fd00:213:8::1/64", "dev", a, "nodad")
+    client.exec("ip", "link", "set", a, "up")
+    client.exec("ip", "route", "add", "10.77.0.0/16", "via", "10.213.8.2")
+    client.exec("ip", "-6", "route", "add", "fd00:77::/32", "via", "fd00:213:8::2")
+    router.exec("ip", "addr", "add", "10.213.8.2/24", "dev", b)
+    router.exec("ip", "addr", "add", "fd00:213:8::2/64", "dev", b, "nodad")
+    router.exec("ip", "link", "set", b, "up")
+    router.sysctl("net.ipv4.ip_forward", "1")
+    router.sysctl("net.ipv6.conf.all.forwarding", "1")
+    router.exec("ip", "route", "add", "unreachable", "10.77.0.0/16")
+    router.exec("ip", "-6", "route", "add", "unreachable", "fd00:77::/32")
+    for address, family, router_address in (("10.77.1.1", 4, "10.213.8.2"), ("fd00:77::1", 6, "fd00:213:8::2")):
+        outcomes = [client.call(icmp.ping, address, family, 1.0, icmp.MODE_RAW) for _ in range(3)]
+        # The first attempt may time out while the fresh link resolves neighbours.
+        outcome = next((o for o in outcomes if o.reason != "timeout"), outcomes[-1])
+        assert (outcome.success, outcome.reason) == (False, "icmp_unreachable"), outcomes
+        assert router_address in outcome.detail
+        assert outcome.duration < 1.0
