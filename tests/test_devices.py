@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from crusoe_metrics_exporter.contract import PluginSpec, Support
 from crusoe_metrics_exporter.devices import (
     DEFAULT_DEVICE_INCLUDE,
