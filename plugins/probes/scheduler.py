@@ -174,7 +174,8 @@ class ProbeScheduler:
 
 def _log_transition(key: ProbeKey, outcome: Outcome, previous: Outcome | None) -> None:
     # Log changes, not every run: a dead endpoint must not flood the log.
-    where = f"{key.probe} probe of {key.endpoint}" + (f":{key.port}" if key.port else "")
+    host = f"[{key.endpoint}]" if ":" in key.endpoint and key.port else key.endpoint
+    where = f"{key.probe} probe of {host}" + (f":{key.port}" if key.port else "")
     if not outcome.success and (previous is None or previous.success or previous.reason != outcome.reason):
         log.warning("probes: %s failed: %s%s", where, outcome.reason, f" ({outcome.detail})" if outcome.detail else "")
     elif outcome.success and previous is not None and not previous.success:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -223,3 +225,21 @@ def test_bad_rpc_version_fails_the_plugin(tmp_path: Path) -> None:
         assert rec.state == "failed" and "nfs_rpc_version must be 3 or 4" in rec.reason
     finally:
         exporter.stop()
+
+
+def test_exposition_with_results_is_promtool_clean(
+    rpc_server: Callable[..., Any], exporter_for: Callable[..., Exporter], wait: Callable[..., Any],
+    metric: Callable[..., float | None],
+) -> None:
+    good, bad = rpc_server("ok"), rpc_server("prog_mismatch")
+    exporter = exporter_for(NFS_SERVER_IPS="127.0.0.1,::1", NFS_TARGET_PORTS=f"{good.port},{bad.port}",
+                            OBJSTORE_ENDPOINT_IPS="127.0.0.1", OBJSTORE_ENDPOINT_PORT="9", PROBE_INTERVAL="1m")
+    assert wait(lambda: scrape(exporter).count("crusoe_vm_probe_success{") == 8, 3.0), scrape(exporter)
+    text = scrape(exporter)
+    assert metric(text, "crusoe_vm_probe_failures_total", reason="prog_mismatch", endpoint="127.0.0.1") == 1.0
+    # The seed gauge follows the first configured NFS port.
+    assert (metric(text, "crusoe_vm_nfs_rpc_probe_latency_seconds", endpoint="127.0.0.1") or 1.0) < 1.0
+    tool = shutil.which("promtool")
+    assert tool, "promtool missing: `make test` installs Debian's prometheus package"
+    result = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
