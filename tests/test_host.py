@@ -112,7 +112,8 @@ def test_bad_option_default_is_a_validation_failure() -> None:
 def test_unsupported_plugin_keeps_its_reason() -> None:
     from helpers.fake_plugins import make_exporter
 
-    exporter = make_exporter([FakePlugin("nobpf", support=Support.unsupported("needs root", fix="run as root")).entry()])
+    plugin = FakePlugin("nobpf", support=Support.unsupported("needs root", fix="run as root"))
+    exporter = make_exporter([plugin.entry()])
     exporter.start()
     [rec] = exporter.records
     assert (rec.state, rec.reason) == ("unsupported", "needs root")

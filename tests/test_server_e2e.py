@@ -28,7 +28,7 @@ def test_metrics_health_and_index() -> None:
 
 def test_openmetrics_is_negotiated() -> None:
     with running_exporter() as exporter:
-        status, ctype, body = exporter.get("/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"})
+        _, ctype, body = exporter.get("/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"})
     assert ctype.startswith("application/openmetrics-text")
     assert body.endswith("# EOF\n")
     assert "crusoe_vm_exporter_plugin_errors_total{" in body

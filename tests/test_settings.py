@@ -127,7 +127,7 @@ def test_table_for_a_plugin_that_is_not_installed_only_warns(tmp_path: Path) -> 
 
 
 def test_unknown_command_line_setting_is_refused() -> None:
-    with pytest.raises(SettingError, match="unknown setting 'plugins.probes.intervall'"):
+    with pytest.raises(SettingError, match=r"unknown setting 'plugins\.probes\.intervall'"):
         _resolve({}, None, {"plugins.probes.intervall": "1s"})
 
 

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from crusoe_metrics_exporter.options import SettingError
 from crusoe_metrics_exporter.settings import resolve
 from crusoe_metrics_exporter.targets.volumes import compile_volume_pattern, volume_id, volume_pattern

@@ -1,5 +1,4 @@
 import pytest
-
 from crusoe_exporter_uptime.parser import parse_uptime
 
 
