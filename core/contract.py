@@ -90,6 +90,9 @@ class Support:
     details: Mapping[str, str] = field(default_factory=dict)
     #: What the operator can do about it; printed by ``doctor``.
     fix: str = ""
+    #: The host is fine; the plugin just has nothing to do until configured
+    #: (no endpoint given). ``doctor`` does not count it as a failure.
+    needs_configuration: bool = False
 
     @classmethod
     def ok(cls, **details: str) -> Support:
@@ -98,6 +101,10 @@ class Support:
     @classmethod
     def unsupported(cls, reason: str, fix: str = "", **details: str) -> Support:
         return cls(False, reason, details, fix)
+
+    @classmethod
+    def unconfigured(cls, reason: str, fix: str = "", **details: str) -> Support:
+        return cls(False, reason, details, fix, needs_configuration=True)
 
 
 OptionType = Literal["str", "int", "float", "bool", "duration", "str_list", "int_list", "port_list", "regex", "path"]

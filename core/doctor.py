@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,44 +23,15 @@ class Check:
 
 
 def run_checks(exporter: Exporter) -> Iterator[Check]:
-    yield from _privilege_checks()
     yield from _ebpf_checks()
     yield from _procfs_checks(Path(exporter.settings.core["host_proc_path"]))
     yield from _endpoint_checks(exporter)
     yield from _plugin_checks(exporter)
 
 
-def _privilege_checks() -> Iterator[Check]:
-    if os.geteuid() == 0:
-        yield Check("privileges", True, "running as root")
-        return
-    caps = _effective_caps()
-    have = {name for bit, name in ((38, "CAP_PERFMON"), (39, "CAP_BPF"), (21, "CAP_SYS_ADMIN")) if caps >> bit & 1}
-    ok = {"CAP_BPF", "CAP_PERFMON"} <= have or "CAP_SYS_ADMIN" in have
-    yield Check(
-        "privileges",
-        ok,
-        f"not root; effective capabilities: {', '.join(sorted(have)) or 'none of CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN'}",
-        "" if ok else "run as root, or grant CAP_BPF and CAP_PERFMON (eBPF plugins need them)",
-    )
-
-
-def _effective_caps() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
 def _ebpf_checks() -> Iterator[Check]:
-    try:
-        from crusoe_metrics_exporter.ebpf import doctor_checks  # type: ignore[attr-defined]
-    except ImportError:
-        yield Check("ebpf runtime", False, "the eBPF runtime is not available in this build")
-        return
+    from crusoe_metrics_exporter.ebpf import doctor_checks
+
     for name, ok, detail, fix in doctor_checks():
         yield Check(name, ok, detail, fix)
 
@@ -104,6 +74,8 @@ def _plugin_checks(exporter: Exporter) -> Iterator[Check]:
         elif rec.state == "failed":
             yield Check(f"plugin {rec.name}", False, f"failed to {rec.failed_phase}: {rec.reason}",
                         f"reinstall or remove the distribution {rec.distribution}")
+        elif support is not None and not support.supported and support.needs_configuration:
+            yield Check(f"plugin {rec.name}", True, f"not configured: {support.reason}")
         elif support is not None and not support.supported:
             yield Check(f"plugin {rec.name}", False, f"unsupported: {support.reason}", support.fix)
         else:

@@ -85,7 +85,9 @@ OPTIONS = (
 def _check(ctx: PluginContext) -> Support:
     targets = ctx.services.get("targets")
     if not targets.objstore_configured:
-        return Support.unsupported("no endpoint configured (set OBJSTORE_ENDPOINT_FQDN or OBJSTORE_ENDPOINT_IPS)")
+        return Support.unconfigured(
+            "no endpoint configured", fix="set OBJSTORE_ENDPOINT_FQDN or OBJSTORE_ENDPOINT_IPS"
+        )
     from crusoe_metrics_exporter.plugins._tcptrace.collector import ebpf_support
 
     problem = ebpf_support(ctx)
