@@ -12,7 +12,6 @@ from crusoe_metrics_exporter.plugins.disk_usage.parser import (
     SelectedMount,
     parse_mounts,
 )
-from crusoe_metrics_exporter.plugins.disk_usage.procfile import DEFAULT_READ_LIMIT, read_limited
 from crusoe_metrics_exporter.plugins.disk_usage.statfs import (
     DEFAULT_MOUNT_TIMEOUT,
     DEFAULT_STAT_WORKERS,
@@ -21,6 +20,7 @@ from crusoe_metrics_exporter.plugins.disk_usage.statfs import (
     StatfsOutcome,
     StatfsPool,
 )
+from crusoe_metrics_exporter.procfs import DEFAULT_READ_LIMIT, read_limited
 
 ERRORS_METRIC = "disk_usage_collection_errors_total"
 #: statfs is cheap; more workers than this only multiplies threads.

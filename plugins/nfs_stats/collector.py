@@ -30,6 +30,7 @@ from crusoe_metrics_exporter.plugins.nfs_stats.parser import (
     operation_keys,
     parse,
 )
+from crusoe_metrics_exporter.procfs import read_limited
 from crusoe_metrics_exporter.targets.volumes import volume_pattern
 
 ERROR_METRIC = {STATS: m.STATS_ERRORS, XPRT: m.XPRT_ERRORS, EVENTS: m.EVENTS_ERRORS}
@@ -67,24 +68,13 @@ class ReadFailed(Exception):
     """The file could not be read at all."""
 
 
-def read_limited(path: Path, limit: int) -> tuple[str, bool]:
-    """The text of ``path`` cut to whole blocks within ``limit`` bytes.
-
-    Returns (text, truncated). One ``read`` call of the whole buffer: a
-    seq_file under /proc then renders as many whole records as fit, which is
-    as close to a consistent snapshot as procfs offers.
-    """
+def read_mountstats(path: Path, limit: int) -> tuple[str, bool]:
+    """The text of ``path`` cut to whole mount blocks within ``limit`` bytes; (text, truncated)."""
     try:
-        with path.open("rb") as fh:
-            data = fh.read(limit + 1)
+        content = read_limited(path, limit, record_start=b"\ndevice ")
     except OSError as exc:
         raise ReadFailed(f"{path}: {exc.strerror or type(exc).__name__}") from None
-    truncated = len(data) > limit
-    if truncated:
-        # The cut lands inside some block; drop that partial block rather
-        # than report half of it.
-        data = data[: data.rfind(b"\ndevice ", 0, limit) + 1]
-    return data.decode("utf-8", "replace"), truncated
+    return content.data.decode("utf-8", "replace"), content.truncated
 
 
 def to_samples(result: ParseResult) -> list[Sample]:
@@ -141,7 +131,7 @@ class NfsStatsCollector:
 
     def collect(self) -> Iterable[Sample]:
         try:
-            text, truncated = read_limited(self._path, self._limit)
+            text, truncated = read_mountstats(self._path, self._limit)
         except ReadFailed as exc:
             # Each of the seed's three collectors reported an unreadable file
             # on its own counter; dashboards may watch any of them.
