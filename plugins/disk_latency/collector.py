@@ -1,4 +1,4 @@
-"""disk_latency collector: loads the programs at start, turns the kernel's per-disk map into samples."""
+"""disk_latency collector: loads the programs at start, turns the kernel's per-disk maps into samples."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from crusoe_metrics_exporter.contract import PluginContext, Sample
 from crusoe_metrics_exporter.devices import DeviceFilter, device_names
 from crusoe_metrics_exporter.ebpf import (
     EBPF_SERVICE,
+    BpfMap,
     BpfSpec,
     BpfUnavailable,
     Kprobe,
@@ -20,6 +21,7 @@ from crusoe_metrics_exporter.ebpf import (
     Tracepoint,
 )
 from crusoe_metrics_exporter.plugins.disk_latency.parser import (
+    DEVICE_SLOTS,
     NBUCKETS,
     VALUE_SIZE,
     DiskStats,
@@ -27,19 +29,24 @@ from crusoe_metrics_exporter.plugins.disk_latency.parser import (
     bucket_search_c,
     decode_key,
     decode_value,
-    encode_key,
+    dev_t,
+    device_slots,
+    empty_stats,
+    encode_slot_index,
+    encode_value,
+    merge,
 )
 
 ERRORS = "disk_collection_errors_total"
-STATS_MAP = "disk_stats"
-#: Distinct disks tracked in the kernel; a VM with more block devices than this
-#: loses only the extra ones.
+SLOTS_MAP = "disk_slots"
+OTHER_MAP = "disk_other"
+#: Distinct disks the overflow hash map tracks beyond the assigned slots.
 MAX_DEVICES = 1024
-#: In-flight requests remembered between issue and completion (LRU); well above
-#: the sum of queue depths of a VM's disks.
-MAX_INFLIGHT = 16384
+#: In-flight table size: 512 four-way sets (32 KiB). With 256 requests in flight
+#: about 0.2 % of them find their set full (the oldest is dropped); with 64, 1e-5.
+INFLIGHT_SLOTS = 2048
 #: How often the device table (/proc/diskstats names) is re-read during
-#: scrapes, so hot-plugged disks get their names and removed ones vanish.
+#: scrapes, so hot-plugged disks get names and slots and removed ones vanish.
 TABLE_REFRESH_SECONDS = 5.0
 
 _EMPTY_SIDE = SideStats(0, 0, 0, (0,) * NBUCKETS)
@@ -54,8 +61,9 @@ def bpf_spec() -> BpfSpec:
         source=source,
         cflags=(
             f"-DCME_NBUCKETS={NBUCKETS}",
+            f"-DCME_DEVICE_SLOTS={DEVICE_SLOTS}",
             f"-DCME_MAX_DEVICES={MAX_DEVICES}",
-            f"-DCME_MAX_INFLIGHT={MAX_INFLIGHT}",
+            f"-DCME_INFLIGHT_SLOTS={INFLIGHT_SLOTS}",
         ),
         programs=(
             ProgramSpec(
@@ -81,9 +89,12 @@ class DiskLatencyCollector:
         self.ctx = ctx
         self.filter = DeviceFilter.from_options(ctx.options)
         self.loaded: LoadedBpf | None = None
+        self.table_refresh_seconds = TABLE_REFRESH_SECONDS
+        #: (major, minor) -> kernel name, from /proc/diskstats.
         self._names: dict[tuple[int, int], str] = {}
         self._names_at = 0.0
-        self.table_refresh_seconds = TABLE_REFRESH_SECONDS
+        #: dev_t -> ARRAY slot it owns.
+        self._slots: dict[int, int] = {}
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -99,63 +110,101 @@ class DiskLatencyCollector:
         except BpfUnavailable as exc:
             # One line for the plugin's state; the host turns this into "failed".
             raise RuntimeError(str(exc)) from None
-        stats_map = self.loaded.map(STATS_MAP)
-        if stats_map.value_size != VALUE_SIZE:
-            raise RuntimeError(f"map {STATS_MAP} holds {stats_map.value_size}-byte values, expected {VALUE_SIZE}")
+        for name in (SLOTS_MAP, OTHER_MAP):
+            size = self.loaded.map(name).value_size
+            if size != VALUE_SIZE:
+                raise RuntimeError(f"map {name} holds {size}-byte values, expected {VALUE_SIZE}")
         self.ctx.details.update(self.loaded.details())
-        self._refresh_names()
+        with self._lock:
+            self._refresh()
 
-    def _refresh_names(self) -> None:
-        self._names = device_names(self.ctx.host_proc)
+    def _maps(self) -> tuple[BpfMap, BpfMap]:
+        assert self.loaded is not None
+        return self.loaded.map(SLOTS_MAP), self.loaded.map(OTHER_MAP)
+
+    def _refresh(self) -> None:
+        """Re-read device names, forget removed disks, give reported disks their slots."""
+        names = device_names(self.ctx.host_proc)
         self._names_at = time.monotonic()
+        if not names:
+            # Unreadable table: keep the old one rather than dropping every disk.
+            self.ctx.errors.inc(ERRORS)
+            return
+        self._names = names
+        present = {dev_t(*dev) for dev in names}
+        wanted = {dev_t(*dev) for dev, name in names.items() if self.filter.matches(name)}
+        slots_map, other_map = self._maps()
+        owners: dict[int, int] = {}
+        for index in range(DEVICE_SLOTS):
+            raw = slots_map.lookup(encode_slot_index(index))
+            owners[index] = decode_value(raw).owner if raw is not None else 0
+        for index, owner in owners.items():
+            if owner and owner not in present:
+                # A removed disk: free the slot so a later disk with the same
+                # major:minor starts from zero instead of inheriting counters.
+                slots_map.update(encode_slot_index(index), encode_value(empty_stats()))
+                owners[index] = 0
+        for key in other_map.keys():  # noqa: SIM118 - a BPF map, not a dict
+            if dev_t(*decode_key(key)) not in present:
+                other_map.delete(key)
+        owned = {owner: index for index, owner in owners.items() if owner}
+        for dev in sorted(wanted - owned.keys()):
+            for index in device_slots(dev):
+                if owners[index] == 0:
+                    slots_map.update(encode_slot_index(index), encode_value(empty_stats(dev)))
+                    owners[index] = dev
+                    owned[dev] = index
+                    break
+            # Both candidate slots taken: the disk is counted in the hash map.
+        self._slots = {dev: index for dev, index in owned.items() if dev in wanted}
 
     def collect(self) -> Iterable[Sample]:
         if self.loaded is None:
             return []
-        stats_map = self.loaded.map(STATS_MAP)
-        try:
-            entries = stats_map.items()
-        except OSError:
-            self.ctx.errors.inc(ERRORS)
-            self.ctx.log.warning("reading the %s map failed", STATS_MAP, exc_info=True)
-            return []
         with self._lock:
-            decoded: dict[tuple[int, int], DiskStats] = {}
-            for key, value in entries:
-                try:
-                    decoded[decode_key(key)] = decode_value(value)
-                except ValueError:
-                    self.ctx.errors.inc(ERRORS)
-            if time.monotonic() - self._names_at >= self.table_refresh_seconds:
-                self._refresh_names()
-                self._forget_vanished([dev for dev in decoded if dev not in self._names])
+            try:
+                if time.monotonic() - self._names_at >= self.table_refresh_seconds:
+                    self._refresh()
+                stats = self._read()
+            except OSError:
+                self.ctx.errors.inc(ERRORS)
+                self.ctx.log.warning("reading disk_latency's eBPF maps failed", exc_info=True)
+                return []
             samples: list[Sample] = []
             # Every selected disk gets series from the first scrape on, so
             # rate() works from its first I/O rather than its second.
             for dev, name in sorted(self._names.items(), key=lambda item: item[1]):
                 if not self.filter.matches(name):
                     continue
-                stats = decoded.get(dev)
-                samples += _samples(name, stats.read if stats else _EMPTY_SIDE, stats.write if stats else _EMPTY_SIDE)
+                record = stats.get(dev_t(*dev))
+                samples += _samples(
+                    name, record.read if record else _EMPTY_SIDE, record.write if record else _EMPTY_SIDE
+                )
         return samples
 
-    def _forget_vanished(self, devices: list[tuple[int, int]]) -> None:
-        """Drop kernel entries of disks missing from a freshly read device table (hot-unplug).
-
-        A later disk reusing the major:minor must start from zero rather than
-        inherit a removed disk's counters under a new name. Only called right
-        after a refresh, so a disk that just appeared is never mistaken for one
-        that left; I/O still completing on a removed disk may recreate its
-        entry, which the next refresh drops again.
-        """
-        if not self._names or self.loaded is None:
-            return
-        stats_map = self.loaded.map(STATS_MAP)
-        for dev in devices:
+    def _read(self) -> dict[int, DiskStats]:
+        slots_map, other_map = self._maps()
+        out: dict[int, DiskStats] = {}
+        for dev, index in self._slots.items():
+            raw = slots_map.lookup(encode_slot_index(index))
+            if raw is None:
+                continue
             try:
-                stats_map.delete(encode_key(*dev))
-            except OSError:
+                record = decode_value(raw)
+            except ValueError:
                 self.ctx.errors.inc(ERRORS)
+                continue
+            if record.owner == dev:
+                out[dev] = record
+        for key, raw in other_map.items():
+            try:
+                dev = dev_t(*decode_key(key))
+                record = decode_value(raw)
+            except ValueError:
+                self.ctx.errors.inc(ERRORS)
+                continue
+            out[dev] = merge(out[dev], record) if dev in out else record
+        return out
 
     def stop(self) -> None:
         if self.loaded is None:

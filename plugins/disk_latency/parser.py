@@ -18,10 +18,13 @@ OP_READ, OP_WRITE = 0, 1
 _U64 = 8
 #: struct side_stats: bytes, latency_ns, errors, buckets[NBUCKETS].
 SIDE_WORDS = 3 + NBUCKETS
-VALUE_SIZE = 2 * SIDE_WORDS * _U64
-_VALUE = struct.Struct(f"<{2 * SIDE_WORDS}Q")
+#: struct dev_stats: u32 dev (slot owner), u32 pad, then read and write sides.
+VALUE_SIZE = 8 + 2 * SIDE_WORDS * _U64
+_VALUE = struct.Struct(f"<II{2 * SIDE_WORDS}Q")
 _KEY = struct.Struct("<I")
 _MINOR_BITS = 20
+#: ARRAY slots for reported disks; a power of two (the C masks with it).
+DEVICE_SLOTS = 64
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class SideStats:
 
 @dataclass(frozen=True)
 class DiskStats:
+    #: dev_t owning the ARRAY slot this came from (0: a free slot).
+    owner: int
     read: SideStats
     write: SideStats
 
@@ -68,22 +73,41 @@ def bucket_search_c(bounds_ns: tuple[int, ...] = BOUNDS_NS) -> str:
     return "static __always_inline u32 bucket_of(u64 ns)\n{\n" + "\n".join(body) + "\n}\n"
 
 
+def dev_t(major: int, minor: int) -> int:
+    """The kernel-internal dev_t the block tracepoints report (major << 20 | minor)."""
+    return (major << _MINOR_BITS) | minor
+
+
+def split_dev_t(dev: int) -> tuple[int, int]:
+    return dev >> _MINOR_BITS, dev & ((1 << _MINOR_BITS) - 1)
+
+
+def device_slots(dev: int, slots: int = DEVICE_SLOTS) -> tuple[int, int]:
+    """The two ARRAY slots a disk may own; must match dev_slot() in disk_latency.c."""
+    first = (((dev * 2654435761) & 0xFFFFFFFF) >> 16) & (slots - 1)
+    return first, (first + 1) & (slots - 1)
+
+
 def decode_key(key: bytes) -> tuple[int, int]:
     """(major, minor) from the map key, a kernel-internal dev_t (major << 20 | minor)."""
     if len(key) != _KEY.size:
         raise ValueError(f"disk_stats key is {len(key)} bytes, expected {_KEY.size}")
     (dev,) = _KEY.unpack(key)
-    return dev >> _MINOR_BITS, dev & ((1 << _MINOR_BITS) - 1)
+    return split_dev_t(dev)
 
 
 def encode_key(major: int, minor: int) -> bytes:
-    return _KEY.pack((major << _MINOR_BITS) | minor)
+    return _KEY.pack(dev_t(major, minor))
+
+
+def encode_slot_index(index: int) -> bytes:
+    return _KEY.pack(index)
 
 
 def decode_value(value: bytes) -> DiskStats:
     if len(value) != VALUE_SIZE:
-        raise ValueError(f"disk_stats value is {len(value)} bytes, expected {VALUE_SIZE}")
-    words = _VALUE.unpack(value)
+        raise ValueError(f"disk stats value is {len(value)} bytes, expected {VALUE_SIZE}")
+    owner, _pad, *words = _VALUE.unpack(value)
 
     def side(offset: int) -> SideStats:
         return SideStats(
@@ -93,12 +117,31 @@ def decode_value(value: bytes) -> DiskStats:
             buckets=tuple(words[offset + 3 : offset + SIDE_WORDS]),
         )
 
-    return DiskStats(read=side(0), write=side(SIDE_WORDS))
+    return DiskStats(owner=owner, read=side(0), write=side(SIDE_WORDS))
 
 
 def encode_value(stats: DiskStats) -> bytes:
-    """The inverse of :func:`decode_value` (tests seed maps with it)."""
+    """The inverse of :func:`decode_value` (slot assignment and tests use it)."""
     words: list[int] = []
     for s in (stats.read, stats.write):
         words += [s.bytes, s.latency_ns, s.errors, *s.buckets]
-    return _VALUE.pack(*words)
+    return _VALUE.pack(stats.owner, 0, *words)
+
+
+def empty_stats(owner: int = 0) -> DiskStats:
+    side = SideStats(0, 0, 0, (0,) * NBUCKETS)
+    return DiskStats(owner, side, side)
+
+
+def merge(a: DiskStats, b: DiskStats) -> DiskStats:
+    """Sum two partial records of one disk (its ARRAY slot and its hash-map entry)."""
+
+    def add(x: SideStats, y: SideStats) -> SideStats:
+        return SideStats(
+            x.bytes + y.bytes,
+            x.latency_ns + y.latency_ns,
+            x.errors + y.errors,
+            tuple(p + q for p, q in zip(x.buckets, y.buckets, strict=True)),
+        )
+
+    return DiskStats(a.owner, add(a.read, b.read), add(a.write, b.write))

@@ -14,8 +14,14 @@ import pytest
 
 from crusoe_metrics_exporter.app import Exporter
 from crusoe_metrics_exporter.contract import HistogramValue
-from crusoe_metrics_exporter.plugins.disk_latency.collector import STATS_MAP, DiskLatencyCollector
-from crusoe_metrics_exporter.plugins.disk_latency.parser import decode_key
+from crusoe_metrics_exporter.plugins.disk_latency.collector import OTHER_MAP, SLOTS_MAP, DiskLatencyCollector
+from crusoe_metrics_exporter.plugins.disk_latency.parser import (
+    DEVICE_SLOTS,
+    decode_key,
+    decode_value,
+    dev_t,
+    encode_slot_index,
+)
 
 pytestmark = pytest.mark.ebpf
 
@@ -66,6 +72,11 @@ def test_disk_added_after_start_is_named_then_forgotten_when_removed(
         samples = {(s.metric, s.labels[0]): s.value for s in collector.collect()}
         hist = samples[("disk_write_latency_seconds", name)]
         assert isinstance(hist, HistogramValue) and sum(hist.counts) == writes >= 200
+        # The refresh gave the new disk one of its two ARRAY slots.
+        assert collector.loaded is not None
+        slots = collector.loaded.map(SLOTS_MAP)
+        owners = [decode_value(slots.lookup(encode_slot_index(i)) or b"").owner for i in range(DEVICE_SLOTS)]
+        assert dev_t(LOOP_MAJOR, number) in owners
         # Never a synthetic "vdMAJ:MIN" label: every device label is a kernel name.
         assert all(":" not in dev for _, dev in samples)
 
@@ -75,8 +86,12 @@ def test_disk_added_after_start_is_named_then_forgotten_when_removed(
         samples_after = {(s.metric, s.labels[0]) for s in collector.collect()}
         assert not any(dev == name for _, dev in samples_after)
         assert collector.loaded is not None
-        keys = [decode_key(k) for k in collector.loaded.map(STATS_MAP).keys()]  # noqa: SIM118 - a BPF map, not a dict
-        assert (LOOP_MAJOR, number) not in keys, "a removed disk's counters must not wait for the next disk"
+        # A removed disk's counters must not wait for the next disk with its major:minor.
+        keys = [decode_key(k) for k in collector.loaded.map(OTHER_MAP).keys()]  # noqa: SIM118 - a BPF map
+        assert (LOOP_MAJOR, number) not in keys
+        slots = collector.loaded.map(SLOTS_MAP)
+        owners = [decode_value(slots.lookup(encode_slot_index(i)) or b"").owner for i in range(DEVICE_SLOTS)]
+        assert dev_t(LOOP_MAJOR, number) not in owners
     finally:
         if added:
             subprocess.run(["losetup", "-d", f"/dev/{name}"], check=False, capture_output=True)

@@ -137,3 +137,27 @@ def test_kprobe_fallback_programs_pass_the_verifier(require_ebpf: None, state_di
         assert {p.method for p in loaded.programs} == {"tracepoint", "kprobe"}
     finally:
         loaded.close()
+
+
+def test_counts_match_diskstats_under_concurrent_io(
+    exporter: Exporter, loop_device: str, diskstats: Callable[[str], list[int]]
+) -> None:
+    """32 requests in flight at once (fio, installed by scripts/setup-system.sh --test)."""
+    before_ds = diskstats(loop_device)
+    before = _plugin_samples(exporter)
+    subprocess.run(
+        [
+            "fio", "--name=concurrent", f"--filename=/dev/{loop_device}", "--rw=randrw", "--bs=4k", "--direct=1",
+            "--ioengine=libaio", "--iodepth=32", "--size=32M", "--io_size=24M", "--output=/dev/null",
+        ],
+        check=True,
+        timeout=120,
+    )
+    after_ds = diskstats(loop_device)
+    after = _plugin_samples(exporter)
+    for side, completed in (("read", READS), ("write", WRITES)):
+        metric = f"disk_{side}_latency_seconds"
+        count = sum(_hist(after, metric, loop_device).counts) - sum(_hist(before, metric, loop_device).counts)
+        expected = after_ds[completed] - before_ds[completed]
+        assert expected > 1000
+        assert count == expected, f"{side}: plugin saw {count} completions, /proc/diskstats {expected}"

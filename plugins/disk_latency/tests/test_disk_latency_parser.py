@@ -21,8 +21,11 @@ from crusoe_metrics_exporter.plugins.disk_latency.parser import (
     bucket_search_c,
     decode_key,
     decode_value,
+    dev_t,
+    device_slots,
     encode_key,
     encode_value,
+    merge,
 )
 
 # The seed's disk bounds (seed-implementation §5.2), in seconds.
@@ -81,10 +84,12 @@ _BUCKET_OF = _generated_bucket_of()
 def test_value_round_trip_and_histogram() -> None:
     read = SideStats(4096, 2_000_000_000, 1, tuple(range(NBUCKETS)))
     write = SideStats(8192, 3, 0, (0,) * (NBUCKETS - 1) + (7,))
-    raw = encode_value(DiskStats(read, write))
+    raw = encode_value(DiskStats(dev_t(252, 16), read, write))
     assert len(raw) == VALUE_SIZE
     decoded = decode_value(raw)
-    assert decoded == DiskStats(read, write)
+    assert decoded == DiskStats(dev_t(252, 16), read, write)
+    assert merge(decoded, decoded).read.buckets == tuple(2 * n for n in range(NBUCKETS))
+    assert merge(decoded, decoded).owner == dev_t(252, 16)
     assert decoded.read.completions == sum(range(NBUCKETS))
     hist = decoded.write.histogram()
     assert hist == HistogramValue((0,) * (NBUCKETS - 1) + (7,), 3e-9)
@@ -106,3 +111,12 @@ def test_key_is_the_kernels_dev_t_encoding() -> None:
     assert decode_key(encode_key(252, 256)) == (252, 256)
     assert decode_key(encode_key(252, 0)) != decode_key(encode_key(252, 256))
     assert decode_key((254 << 20 | 3).to_bytes(4, "little")) == (254, 3)
+
+
+def test_device_slots_mirror_the_c_hash() -> None:
+    # dev_slot() in disk_latency.c: ((u32)(dev * 2654435761u) >> 16) & (slots - 1), second slot next to it.
+    dev = dev_t(252, 0)
+    first = ((dev * 2654435761) % 2**32 >> 16) % 64
+    assert device_slots(dev) == (first, (first + 1) % 64)
+    assert device_slots(dev_t(252, 16), 64)[1] == (device_slots(dev_t(252, 16), 64)[0] + 1) % 64
+    assert all(0 <= s < 64 for d in range(0, 1 << 24, 4099) for s in device_slots(d))
