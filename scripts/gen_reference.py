@@ -84,10 +84,10 @@ def generate() -> dict[str, str]:
 
 def splice(text: str, blocks: dict[str, str]) -> str:
     for name, body in blocks.items():
-        pattern = re.compile(rf"(<!-- BEGIN GENERATED: {name} -->\n).*?(\n<!-- END GENERATED: {name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- BEGIN GENERATED: {name} -->\n)(?:.*?\n)?(<!-- END GENERATED: {name} -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"README has no generated block {name!r}")
-        text = pattern.sub(lambda m, body=body: m.group(1) + body + m.group(2), text)
+        text = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
     return text
 
 
