@@ -209,8 +209,11 @@ class TargetDirectory:
     def _guarded(self, refresh: Callable[[], bool]) -> bool:
         try:
             return refresh()
-        except Exception:  # the refresh thread must survive anything
-            log.exception("target discovery: refresh failed; keeping the previous targets")
+        except Exception as exc:  # the refresh thread must survive anything
+            # One line for the operator; the traceback only at debug level.
+            log.error("target discovery: refresh failed (%s: %s); keeping the previous targets",
+                      type(exc).__name__, exc)
+            log.debug("target discovery: refresh failure", exc_info=True)
             return False
 
     def _notify(self) -> None:
@@ -219,8 +222,10 @@ class TargetDirectory:
         for callback in subscribers:
             try:
                 callback()
-            except Exception:  # one subscriber must not break the others
-                log.exception("target discovery: change callback %r raised", callback)
+            except Exception as exc:  # one subscriber must not break the others
+                log.error("target discovery: change callback %s raised %s: %s",
+                          getattr(callback, "__qualname__", callback), type(exc).__name__, exc)
+                log.debug("target discovery: callback failure", exc_info=True)
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         if key not in self._warned:

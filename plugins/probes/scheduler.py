@@ -129,8 +129,9 @@ class ProbeScheduler:
         """Submit every current probe not already running; returns how many were submitted."""
         try:
             jobs = self._jobs()
-        except Exception:  # a broken target snapshot must not stop the schedule
-            log.exception("probes: building the probe list failed")
+        except Exception as exc:  # a broken target snapshot must not stop the schedule
+            log.error("probes: building the probe list failed (%s: %s)", type(exc).__name__, exc)
+            log.debug("probes: probe list failure", exc_info=True)
             self._on_error()
             return 0
         self._store.retain({job.key for job in jobs})
@@ -162,7 +163,9 @@ class ProbeScheduler:
         try:
             outcome = job.run()
         except Exception as exc:  # a bug in a probe is ours to count, not the target's fault
-            log.exception("probes: %s probe of %s raised", job.key.probe, job.key.endpoint)
+            log.error("probes: %s probe of %s raised %s: %s", job.key.probe, job.key.endpoint,
+                      type(exc).__name__, exc)
+            log.debug("probes: probe failure", exc_info=True)
             self._on_error()
             outcome = Outcome.failed(INTERNAL, 0.0, detail=f"{type(exc).__name__}: {exc}")
         finally:

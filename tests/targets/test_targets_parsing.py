@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from crusoe_metrics_exporter.targets.addresses import expand_ipv4_range, normalize
 from crusoe_metrics_exporter.targets.mounts import (
@@ -94,3 +96,21 @@ def test_remoteports_multiple_ranges_and_invalid_parts() -> None:
     assert rp is not None
     assert rp.addresses == ("10.0.0.1", "10.0.0.2", "10.0.1.9")
     assert rp.invalid == ("bogus", "10.0.0.9-10.0.0.1")
+
+
+@given(st.text(max_size=400))
+def test_any_mounts_text_parses_without_raising(text: str) -> None:
+    lines, malformed = parse_mounts(text)
+    assert malformed >= 0
+    for line in nfs_lines(lines):
+        server_part(line.device)
+        addr_options(line.options)
+        remote_ports(line.options)
+
+
+@given(st.lists(st.sampled_from(["remoteports=", "dns", "10.0.0.1", "-", "~", "fd00::1", "x", "10.0.0.9", ","]),
+                max_size=12))
+def test_any_remoteports_value_is_classified(parts: list[str]) -> None:
+    rp = remote_ports(("".join(parts),))
+    if rp is not None:
+        assert all(normalize(a) is not None for a in rp.addresses)
