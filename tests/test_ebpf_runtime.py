@@ -90,6 +90,7 @@ def _direct_writes(count: int) -> None:
         target.unlink(missing_ok=True)
 
 
+@pytest.mark.ebpf
 def test_load_attach_and_map_operations(require_ebpf: None, state_dir: Path) -> None:
     with load(_counter_spec(), state_dir) as loaded:
         [status] = loaded.programs
@@ -115,6 +116,7 @@ def test_load_attach_and_map_operations(require_ebpf: None, state_dir: Path) -> 
     assert "bcc" not in sys.modules
 
 
+@pytest.mark.ebpf
 def test_close_detaches(require_ebpf: None, state_dir: Path) -> None:
     loaded = load(_counter_spec(), state_dir)
     counts = loaded.map("counts")
@@ -138,6 +140,7 @@ def _loaded_prog_ids() -> set[str]:
     return ids
 
 
+@pytest.mark.ebpf
 def test_compile_error_is_a_one_line_reason(require_ebpf: None, state_dir: Path) -> None:
     spec = BpfSpec(
         "broken",
@@ -151,6 +154,7 @@ def test_compile_error_is_a_one_line_reason(require_ebpf: None, state_dir: Path)
     assert "compiling broken failed" in message and "undefined_name" in message
 
 
+@pytest.mark.ebpf
 def test_verifier_rejection_names_the_program(require_ebpf: None, state_dir: Path) -> None:
     source = "int count_completions(void *ctx) { u64 *p = (u64 *)0x1234; return *p; }"
     spec = BpfSpec("rejected", source, programs=(
@@ -161,6 +165,7 @@ def test_verifier_rejection_names_the_program(require_ebpf: None, state_dir: Pat
     assert "count_completions" in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.ebpf
 def test_missing_tracepoint_falls_back_by_feature_detection(require_ebpf: None, state_dir: Path) -> None:
     spec = _counter_spec(
         (
@@ -180,6 +185,7 @@ def test_missing_tracepoint_falls_back_by_feature_detection(require_ebpf: None, 
             assert loaded.programs[0].method == "kprobe" and loaded.programs[0].attached
 
 
+@pytest.mark.ebpf
 def test_run_stats_and_service_metrics(require_ebpf: None, state_dir: Path) -> None:
     service = EbpfService(None, state_dir=state_dir)
     before = kernel.set_bpf_stats(True)
@@ -227,6 +233,7 @@ def _as_nobody(fn: Callable[[], object]) -> object:
     return json.loads(data)
 
 
+@pytest.mark.ebpf
 def test_non_root_is_unsupported_with_a_reason(require_ebpf: None, state_dir: Path) -> None:
     def check() -> object:
         support = check_environment(mount_tracefs=False, state_dir=state_dir)
@@ -239,6 +246,7 @@ def test_non_root_is_unsupported_with_a_reason(require_ebpf: None, state_dir: Pa
     }
 
 
+@pytest.mark.ebpf
 def test_exporter_as_non_root_serves_without_disk_latency(require_ebpf: None) -> None:
     def run() -> object:
         from crusoe_metrics_exporter.app import Exporter
@@ -340,6 +348,7 @@ def test_no_headers_is_a_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         headers_mod.resolve_headers(tmp_path / "state", release="9.9.9")
 
 
+@pytest.mark.ebpf
 def test_doctor_checks_cover_every_prerequisite(require_ebpf: None) -> None:
     checks = {c.name: c for c in doctor_checks()}
     assert set(checks) == {

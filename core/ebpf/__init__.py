@@ -17,7 +17,15 @@ from pathlib import Path
 from crusoe_metrics_exporter.ebpf.environment import DoctorCheck, check_environment, doctor_checks
 from crusoe_metrics_exporter.ebpf.kernel import bpf_stats_enabled
 from crusoe_metrics_exporter.ebpf.options import EBPF_OPTIONS
-from crusoe_metrics_exporter.ebpf.runtime import BpfMap, LoadedBpf, default_state_dir, load, want_macro
+from crusoe_metrics_exporter.ebpf.runtime import (
+    BpfMap,
+    LoadedBpf,
+    attach_plan,
+    default_state_dir,
+    load,
+    plan_details,
+    want_macro,
+)
 from crusoe_metrics_exporter.ebpf.spec import (
     AttachCandidate,
     AttachMethod,
@@ -53,11 +61,13 @@ __all__ = [
     "ProgramStats",
     "ProgramStatus",
     "Tracepoint",
+    "attach_plan",
     "bpf_stats_enabled",
     "check_environment",
     "default_state_dir",
     "doctor_checks",
     "load",
+    "plan_details",
     "verify_only",
     "want_macro",
 ]

@@ -191,6 +191,45 @@ def _viable(candidate: AttachCandidate, tracefs: Path, kprobe_functions: set[str
     return None
 
 
+def attach_plan(spec: BpfSpec) -> dict[str, AttachCandidate | str]:
+    """Per program role, the candidate :func:`load` would try first, or why none fits.
+
+    Feature detection only (no compiling, no privileges needed beyond reading
+    tracefs): what ``plugins`` shows before anything is loaded.
+    """
+    tracefs = kernel.tracefs_root()
+    if tracefs is None:
+        return {p.role: "tracefs is not mounted" for p in spec.programs}
+    kprobe_names = {c.function for p in spec.programs for c in p.candidates if isinstance(c, Kprobe)}
+    probeable = kernel.traceable_functions(kprobe_names, tracefs) if kprobe_names else set()
+    plan: dict[str, AttachCandidate | str] = {}
+    for program in spec.programs:
+        reasons = []
+        for candidate in program.candidates:
+            why_not = _viable(candidate, tracefs, probeable)
+            if why_not is None:
+                plan[program.role] = candidate
+                break
+            reasons.append(why_not)
+        else:
+            plan[program.role] = "; ".join(reasons)
+    return plan
+
+
+def plan_details(plan: dict[str, AttachCandidate | str]) -> dict[str, str]:
+    """``attach_method`` and ``attach.<role>`` facts for ``plugins``, from :func:`attach_plan`."""
+    out = {}
+    methods = set()
+    for role, choice in plan.items():
+        if isinstance(choice, str):
+            out[f"attach.{role}"] = f"none ({choice})"
+        else:
+            out[f"attach.{role}"] = f"{choice.method} {choice.target}"
+            methods.add(choice.method)
+    out["attach_method"] = "+".join(sorted(methods)) if methods else "none"
+    return out
+
+
 def _prog_type(candidate: AttachCandidate) -> int:
     return syscalls.BPF_PROG_TYPE_TRACEPOINT if isinstance(candidate, Tracepoint) else syscalls.BPF_PROG_TYPE_KPROBE
 

@@ -48,9 +48,18 @@ METRICS: tuple[MetricSpec, ...] = (
 
 
 def _check_support(ctx: PluginContext) -> Support:
-    from crusoe_metrics_exporter.ebpf.environment import check_environment
+    from crusoe_metrics_exporter.ebpf import attach_plan, check_environment, plan_details
+    from crusoe_metrics_exporter.plugins.disk_latency.collector import bpf_spec
 
-    return check_environment(bool(ctx.options.get("ebpf_mount_tracefs", True)), _state_dir(ctx))
+    support = check_environment(bool(ctx.options.get("ebpf_mount_tracefs", True)), _state_dir(ctx))
+    if not support.supported:
+        return support
+    plan = attach_plan(bpf_spec())
+    unattachable = {role: why for role, why in plan.items() if isinstance(why, str)}
+    if unattachable:
+        role, why = next(iter(unattachable.items()))
+        return Support.unsupported(f"nothing to attach the {role} program to: {why}")
+    return Support.ok(**plan_details(plan), **dict(support.details))
 
 
 def _state_dir(ctx: PluginContext) -> Path | None:

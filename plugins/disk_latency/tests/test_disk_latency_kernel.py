@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -161,3 +163,17 @@ def test_counts_match_diskstats_under_concurrent_io(
         expected = after_ds[completed] - before_ds[completed]
         assert expected > 1000
         assert count == expected, f"{side}: plugin saw {count} completions, /proc/diskstats {expected}"
+
+
+def test_plugins_command_shows_the_attach_method(require_ebpf: None, state_dir: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "from crusoe_metrics_exporter.cli import main; main()", "plugins"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "CRUSOE_EXPORTER_STATE_DIR": str(state_dir)},
+    )
+    assert out.returncode == 0, out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("disk_latency "))
+    assert " active " in line and "attach_method=tracepoint" in line
+    assert "Traceback" not in out.stderr
