@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -358,3 +359,34 @@ def test_doctor_checks_cover_every_prerequisite(require_ebpf: None) -> None:
     for name, ok, detail, fix in checks.values():
         assert detail, name
         assert ok or fix, f"{name} failed without a fix"
+
+
+@pytest.mark.ebpf
+def test_tracefs_is_mounted_when_absent(require_ebpf: None) -> None:
+    """In a private mount namespace (the host's mounts are untouched) tracefs is unmounted, then mounted back."""
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is required for this test")
+    script = (
+        "import json\n"
+        "from crusoe_metrics_exporter.ebpf import kernel\n"
+        "print(json.dumps([str(kernel.tracefs_root()), *map(str, kernel.ensure_tracefs(False)),"
+        " *map(str, kernel.ensure_tracefs(True)), str(kernel.tracepoint_id('block', 'block_rq_issue'))]))\n"
+    )
+    shell = (
+        "for m in /sys/kernel/debug/tracing /sys/kernel/tracing /sys/kernel/debug; do "
+        "while mountpoint -q $m; do umount $m || exit 3; done; done; "
+        f"exec {sys.executable} -c \"$0\""
+    )
+    out = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", shell, script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    before, absent, why, mounted, how, tp_id = json.loads(out.stdout)
+    assert before == "None" and absent == "None"
+    assert "mounting it is disabled" in why
+    assert mounted == "/sys/kernel/tracing" and "mounted by the exporter" in how
+    assert int(tp_id) > 0
+    assert kernel.tracefs_root() is not None  # our own namespace still has it
