@@ -145,8 +145,21 @@ def map_keys(map_fd: int, key_size: int, limit: int) -> list[bytes]:
     return keys
 
 
+def first_online_cpu() -> int:
+    """The lowest online CPU ("0-3,5" -> 0); CPU 0 can be offline on some hosts."""
+    try:
+        text = Path("/sys/devices/system/cpu/online").read_text().strip()
+        return int(text.split(",")[0].split("-")[0])
+    except (OSError, ValueError):
+        return 0
+
+
 def perf_event_open(event_type: int, config: int, config1: int = 0) -> int:
-    """A perf event on CPU 0 for all processes; BPF tracing programs fire on every CPU regardless."""
+    """A perf event on one online CPU for all processes.
+
+    A BPF program attached to a tracepoint or kprobe event runs on every CPU
+    whichever CPU the event was opened on, so one event per attach point is enough.
+    """
     attr = _PerfEventAttr()
     attr.type = event_type
     attr.size = ctypes.sizeof(_PerfEventAttr)
@@ -154,7 +167,7 @@ def perf_event_open(event_type: int, config: int, config1: int = 0) -> int:
     attr.sample_period = 1
     attr.wakeup_events = 1
     attr.config1 = config1
-    ret = _libc.syscall(_numbers()[1], ctypes.byref(attr), -1, 0, -1, PERF_FLAG_FD_CLOEXEC)
+    ret = _libc.syscall(_numbers()[1], ctypes.byref(attr), -1, first_online_cpu(), -1, PERF_FLAG_FD_CLOEXEC)
     if ret < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
