@@ -46,5 +46,23 @@ def port_bitmap(ports: Iterable[int]) -> dict[int, int]:
     return words
 
 
+def address_fold(key: bytes) -> int:
+    """The 16-bit fold the kernel's address pre-filter indexes by (tt_fold in tcptrace.h)."""
+    hi, lo = struct.unpack("<QQ", key)
+    x = int(hi) ^ int(lo)
+    x ^= x >> 32
+    x ^= x >> 16
+    return x & 0xFFFF
+
+
+def fold_bitmap(keys: Iterable[bytes]) -> dict[int, int]:
+    """Words of the 65536-bit address pre-filter with any bit set."""
+    words: dict[int, int] = {}
+    for key in keys:
+        fold = address_fold(key)
+        words[fold >> 6] = words.get(fold >> 6, 0) | (1 << (fold & 63))
+    return words
+
+
 def word_bytes(bits: int) -> bytes:
     return _WORD.pack(bits)

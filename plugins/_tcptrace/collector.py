@@ -10,29 +10,35 @@ maps.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from crusoe_metrics_exporter.contract import PluginContext, Sample, Support
-from crusoe_metrics_exporter.plugins._tcptrace import bccloader
 from crusoe_metrics_exporter.plugins._tcptrace.accumulate import Accumulator, Vector
-from crusoe_metrics_exporter.plugins._tcptrace.tracer import TcpTracer, kernel_methods, target_capacity
+from crusoe_metrics_exporter.plugins._tcptrace.tracer import TcpTracer, make_spec, plan_spec, target_capacity
 
 
-def ebpf_support(ctx: PluginContext) -> Support | None:
-    """An 'unsupported' answer when this host cannot run the programs, else None."""
-    if os.geteuid() != 0:
-        return Support.unsupported("eBPF needs root (or CAP_BPF + CAP_PERFMON)")
-    try:
-        bccloader.import_bcc()
-    except bccloader.BpfLoadError as exc:
-        return Support.unsupported(str(exc))
-    tps, kps = kernel_methods()
-    ctx.details["attach_plan"] = ",".join([f"{r}=tracepoint" for r in tps] + [f"{r}=kprobe" for r in kps])
-    return None
+def ebpf_support(ctx: PluginContext, name: str) -> Support:
+    """Whether this host can run the plugin's programs, with the attach plan as details."""
+    from crusoe_metrics_exporter.ebpf import attach_plan, check_environment, plan_details
+
+    support = check_environment(bool(ctx.options.get("ebpf_mount_tracefs", True)), state_dir(ctx))
+    if not support.supported:
+        return support
+    plan = attach_plan(plan_spec(name))
+    unattachable = {role: why for role, why in plan.items() if isinstance(why, str)}
+    if unattachable:
+        role, why = next(iter(unattachable.items()))
+        return Support.unsupported(f"nothing to attach the {role} program to: {why}")
+    return Support.ok(**plan_details(plan), **dict(support.details))
+
+
+def state_dir(ctx: PluginContext) -> Path | None:
+    value = ctx.options.get("ebpf_state_dir")
+    return Path(str(value)) if value else None
 
 
 class TcpTargetCollector(ABC):
@@ -51,6 +57,7 @@ class TcpTargetCollector(ABC):
         self._targets: Any = None
         self._key_of_address: dict[str, Hashable] = {}
         self._subscribed = False
+        self._ebpf: Any = None
 
     # -- what subclasses decide -------------------------------------------
     @abstractmethod
@@ -74,16 +81,26 @@ class TcpTargetCollector(ABC):
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> None:
+        from crusoe_metrics_exporter.ebpf import EBPF_SERVICE, BpfUnavailable
+
         self._targets = self.ctx.services.get("targets")
         mapping, ports = self.wanted()
         capacity = target_capacity(len(mapping))
+        spec = make_spec(self.ctx.plugin, self.body, self.bounds, defines=self.defines(capacity), max_targets=capacity)
+        self._ebpf = self.ctx.services.get(EBPF_SERVICE)
         try:
-            self._tracer = TcpTracer.load(self.body, self.bounds, self.defines(capacity), capacity)
-        except bccloader.BpfLoadError as exc:
+            self._tracer = TcpTracer.load(
+                self._ebpf, self.ctx.plugin, spec, capacity,
+                mount_tracefs=bool(self.ctx.options.get("ebpf_mount_tracefs", True)),
+                state_dir=state_dir(self.ctx),
+            )
+        except BpfUnavailable as exc:
+            # One line for the plugin's state; the host turns this into "failed".
             raise RuntimeError(str(exc)) from None
         with self._lock:
             self._apply(mapping, ports)
-        self.ctx.details["attach"] = self._tracer.attach_summary()
+        self.ctx.details.update(self._tracer.loaded.details())
+        self.ctx.details["target_capacity"] = str(capacity)
         self._targets.subscribe(self._on_targets_changed)
         self._subscribed = True
 
@@ -91,9 +108,10 @@ class TcpTargetCollector(ABC):
         if self._subscribed and self._targets is not None:
             self._targets.unsubscribe(self._on_targets_changed)
             self._subscribed = False
-        if self._tracer is not None:
-            self._tracer.close()
-            self._tracer = None
+        with self._lock:
+            tracer, self._tracer = self._tracer, None
+        if tracer is not None:
+            self._ebpf.release(self.ctx.plugin, tracer.loaded)
 
     def collect(self) -> list[Sample]:
         with self._lock:
@@ -130,8 +148,8 @@ class TcpTargetCollector(ABC):
             )
             self.ctx.errors.inc(self.error_metric, len(result.dropped))
         if result.removed:
-            # Folded just before; their counts live on in the label totals.
-            self._tracer.retire(result.removed)
+            # Folded just before the kernel dropped them; their counts live
+            # on in the label totals.
             self._acc.forget(result.removed)
         self._key_of_address = {a: mapping[a] for a in result.watched}
         self._acc.ensure(self._key_of_address.values())
@@ -149,10 +167,7 @@ class TcpTargetCollector(ABC):
             readings[address] = vector
         mapping = self._key_of_address
         bad += self._acc.fold(readings, lambda a: mapping.get(a) or self.fallback_key(a))
-        full, clamped = self._tracer.new_problems()
-        if full:
-            self.log.warning("the kernel stats map is full: %d updates lost", full)
-        bad += full
+        clamped = self._tracer.new_clamped()
         if clamped:
             self.log.info("%d latency samples exceeded the clamp and were recorded at the clamp", clamped)
         if bad:

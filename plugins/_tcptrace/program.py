@@ -1,107 +1,111 @@
-"""Assemble one TCP-tracing eBPF program: shared filter + plugin body + fallback.
+"""Assemble one TCP-tracing eBPF object for the shared runtime.
 
-Each of the four hooks (send, receive, retransmit, close) is compiled as a
-stable tracepoint where the running kernel has it and as kprobes otherwise,
+Each of the four hooks (send, receive, retransmit, close) attaches to a
+stable tracepoint where the running kernel has it and to kprobes otherwise,
 decided per hook: a 5.x kernel has the tcp/sock state tracepoints but not
-``sock_send_length``, and should still use the tracepoints it has.
+``sock_send_length``, and should still use the tracepoints it has. The
+runtime picks the first candidate that works; the send hook's kprobe
+fallback needs an entry and a return probe, so it becomes two programs and
+is only declared on kernels without the tracepoint.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from crusoe_metrics_exporter.ebpf.spec import AttachCandidate, BpfSpec, Kprobe, ProgramSpec, Tracepoint
 from crusoe_metrics_exporter.plugins._tcptrace.buckets import bucket_function_c
 
-_HERE = Path(__file__).resolve().parent
-
-
-@dataclass(frozen=True)
-class KprobeVariant:
-    function: str
-    fn: str
-    ret: bool = False
+#: Where the headers named by the programs' ``#include "tcptrace*.h"`` lines live.
+HEADER_DIR = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
 class Hook:
-    """One thing the programs must see, and the two ways of seeing it."""
+    """One thing the programs must see, and the ways of seeing it."""
 
     role: str
-    tracepoint: tuple[str, str]
-    tracepoint_fn: str
-    kprobes: tuple[KprobeVariant, ...]
-
-    @property
-    def tp_define(self) -> str:
-        return f"-DTT_TP_{self.role.upper()}"
-
-    @property
-    def kp_define(self) -> str:
-        return f"-DTT_KP_{self.role.upper()}"
+    tracepoint: Tracepoint
+    kprobes: tuple[Kprobe, ...]
 
 
 HOOKS: tuple[Hook, ...] = (
     Hook(
         "send",
-        ("sock", "sock_send_length"),
-        "tracepoint__sock__sock_send_length",
-        (KprobeVariant("tcp_sendmsg", "kp_tcp_sendmsg"), KprobeVariant("tcp_sendmsg", "kr_tcp_sendmsg", ret=True)),
+        Tracepoint("sock", "sock_send_length", "tracepoint__sock__sock_send_length"),
+        (Kprobe("tcp_sendmsg", "kp_tcp_sendmsg"), Kprobe("tcp_sendmsg", "kr_tcp_sendmsg", ret=True)),
     ),
     Hook(
         "recv",
-        ("sock", "sock_recv_length"),
-        "tracepoint__sock__sock_recv_length",
-        (KprobeVariant("tcp_cleanup_rbuf", "kp_tcp_cleanup_rbuf"),),
+        Tracepoint("sock", "sock_recv_length", "tracepoint__sock__sock_recv_length"),
+        (Kprobe("tcp_cleanup_rbuf", "kp_tcp_cleanup_rbuf"),),
     ),
     Hook(
         "retransmit",
-        ("tcp", "tcp_retransmit_skb"),
-        "tracepoint__tcp__tcp_retransmit_skb",
-        (KprobeVariant("tcp_retransmit_skb", "kp_tcp_retransmit_skb"),),
+        Tracepoint("tcp", "tcp_retransmit_skb", "tracepoint__tcp__tcp_retransmit_skb"),
+        (Kprobe("tcp_retransmit_skb", "kp_tcp_retransmit_skb"),),
     ),
     Hook(
         "close",
-        ("sock", "inet_sock_set_state"),
-        "tracepoint__sock__inet_sock_set_state",
-        (KprobeVariant("tcp_set_state", "kp_tcp_set_state"),),
+        Tracepoint("sock", "inet_sock_set_state", "tracepoint__sock__inet_sock_set_state"),
+        (Kprobe("tcp_set_state", "kp_tcp_set_state"),),
     ),
 )
 
-
-def read_source(name: str) -> str:
-    return (_HERE / name).read_text()
+_INCLUDE = re.compile(r'^#include "(tcptrace[a-z_]*\.h)"\s*$', re.MULTILINE)
 
 
 def build_source(body: str, bounds_seconds: Sequence[float]) -> str:
-    """Filter header, generated bucket function, the plugin's body, kprobe fallback."""
-    return "\n".join(
-        (
-            read_source("tcptrace.h"),
-            bucket_function_c(bounds_seconds),
-            body,
-            read_source("tcptrace_kprobes.h"),
-        )
-    )
+    """The generated bucket function, then the plugin's program with the shared headers pasted in.
+
+    The headers are pasted, not left to the compiler: bcc rewrites map calls
+    and generates TRACEPOINT_PROBE argument structs only in the main text.
+    """
+
+    def paste(match: re.Match[str]) -> str:
+        return (HEADER_DIR / match.group(1)).read_text()
+
+    return bucket_function_c(bounds_seconds) + "\n" + _INCLUDE.sub(paste, body)
 
 
-def build_cflags(
+def program_specs(send_tracepoint: bool, kprobes_only: bool = False) -> tuple[ProgramSpec, ...]:
+    """Programs per hook: tracepoint first, kprobe fallback second.
+
+    ``kprobes_only`` declares just the fallbacks (the verifier test on kernels
+    that cannot attach kprobes).
+    """
+    out: list[ProgramSpec] = []
+    for hook in HOOKS:
+        if hook.role == "send":
+            if send_tracepoint and not kprobes_only:
+                out.append(ProgramSpec("send", (hook.tracepoint,)))
+            else:
+                out.append(ProgramSpec("send", (hook.kprobes[0],)))
+                out.append(ProgramSpec("send_return", (hook.kprobes[1],)))
+            continue
+        candidates: tuple[AttachCandidate, ...] = hook.kprobes if kprobes_only else (hook.tracepoint, *hook.kprobes)
+        out.append(ProgramSpec(hook.role, candidates))
+    return tuple(out)
+
+
+def bpf_spec(
+    name: str,
+    body: str,
+    bounds_seconds: Sequence[float],
+    *,
     defines: Mapping[str, int],
-    offsets_cflags: Sequence[str],
-    tracepoint_roles: Sequence[str],
-    kprobe_roles: Sequence[str],
-) -> tuple[str, ...]:
-    flags = [f"-D{k}={int(v)}" for k, v in sorted(defines.items())]
-    flags.extend(offsets_cflags)
-    by_role = {h.role: h for h in HOOKS}
-    flags.extend(by_role[r].tp_define for r in tracepoint_roles)
-    flags.extend(by_role[r].kp_define for r in kprobe_roles)
-    return tuple(flags)
-
-
-def choose_methods(has_tracepoint: Mapping[tuple[str, str], bool]) -> tuple[list[str], list[str]]:
-    """Roles served by tracepoints and roles that need kprobes, for this kernel."""
-    tps = [h.role for h in HOOKS if has_tracepoint.get(h.tracepoint, False)]
-    kps = [h.role for h in HOOKS if h.role not in tps]
-    return tps, kps
+    offset_cflags: Sequence[str],
+    send_tracepoint: bool,
+    kprobes_only: bool = False,
+) -> BpfSpec:
+    cflags = [f"-D{k}={int(v)}" for k, v in sorted(defines.items())]
+    cflags.extend(offset_cflags)
+    return BpfSpec(
+        name=name,
+        source=build_source(body, bounds_seconds),
+        cflags=tuple(cflags),
+        programs=program_specs(send_tracepoint, kprobes_only),
+    )

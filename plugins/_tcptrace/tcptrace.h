@@ -2,18 +2,20 @@
  * a destination port set and address set, as cheaply as possible.
  *
  * Every socket send and receive on the host passes through these hooks, so the
- * order of the checks matters: tracepoint arguments first (no memory reads),
- * then one 2-byte read of the destination port and an inlined array lookup in
- * a port bitmap, and only for a configured port a read of the address and a
- * hash lookup.
+ * checks run cheapest first: tracepoint arguments (no memory reads), then one
+ * 16-byte read of the socket's address/port words and an inlined array lookup
+ * in a port bitmap; for a watched port, an inlined lookup in a 65536-bit
+ * address pre-filter (a fold of the address); only when that bit is set, the
+ * exact hash lookup, whose value is the address's counters themselves.
  *
  * Addresses are kept as 16 bytes in IPv6 form; IPv4 becomes ::ffff:a.b.c.d,
- * the same form an AF_INET6 socket uses for an IPv4-mapped peer, so one key
- * covers both.
+ * the form an AF_INET6 socket uses for an IPv4-mapped peer, so one key covers
+ * both.
  *
  * Offsets inside struct sock_common come from the running kernel's BTF (the
- * loader passes them with -D); the defaults are the values every 64-bit
- * kernel since 4.x has had.
+ * loader passes them with -D); the defaults are what every 64-bit kernel
+ * since 4.x has had. The program including this file defines struct tt_stats
+ * (the per-address counters) before including it.
  */
 #include <uapi/linux/ptrace.h>
 
@@ -22,6 +24,9 @@
 #endif
 #ifndef SKC_DPORT_OFF
 #define SKC_DPORT_OFF 12
+#endif
+#ifndef SKC_FAMILY_OFF
+#define SKC_FAMILY_OFF 16
 #endif
 #ifndef SKC_V6_DADDR_OFF
 #define SKC_V6_DADDR_OFF 56
@@ -40,29 +45,46 @@ struct addr16 {
 
 /* One bit per TCP port: 65536 bits in 1024 words. */
 BPF_ARRAY(port_bits, u64, 1024);
-/* Destination addresses to watch; the value is unused. */
-BPF_HASH(targets, struct addr16, u8, TT_MAX_TARGETS);
-/* Kernel-side problems userspace reports as collection errors:
- * 0 = a stats map was full, 1 = a latency sample was clamped. */
-BPF_ARRAY(problems, u64, 2);
+/* Address pre-filter: one bit per 16-bit fold of a watched address. */
+BPF_ARRAY(addr_bits, u64, 1024);
+/* Watched addresses -> their counters (entries created and removed by
+ * userspace, so the kernel never creates or resets one). */
+BPF_HASH(targets, struct addr16, struct tt_stats, TT_MAX_TARGETS);
+/* Samples recorded at the clamp (counted so the exporter can log them). */
+BPF_ARRAY(problems, u64, 1);
 
-static __always_inline void tt_problem(u32 which)
+static __always_inline void tt_clamped(void)
 {
-    u64 *n = problems.lookup(&which);
+    u32 zero = 0;
+    u64 *n = problems.lookup(&zero);
     if (n)
         __sync_fetch_and_add(n, 1);
 }
 
 static __always_inline int tt_port_watched(u16 port)
 {
-    u32 word = port >> 6;
-    u64 *bits = port_bits.lookup(&word);
-    return bits && (*bits & (1ULL << (port & 63)));
+    u32 w = port >> 6;
+    /* bcc rewrites map calls only in plain assignments, not as arguments. */
+    u64 *word = port_bits.lookup(&w);
+    return word && (*word & (1ULL << (port & 63)));
 }
 
-static __always_inline int tt_addr_watched(struct addr16 *a)
+static __always_inline u32 tt_fold(struct addr16 *a)
 {
-    return targets.lookup(a) != NULL;
+    u64 x = a->hi ^ a->lo;
+    x ^= x >> 32;
+    x ^= x >> 16;
+    return (u32)(x & 0xffff);
+}
+
+static __always_inline struct tt_stats *tt_lookup_addr(struct addr16 *a)
+{
+    u32 fold = tt_fold(a);
+    u32 w = fold >> 6;
+    u64 *word = addr_bits.lookup(&w);
+    if (!word || !(*word & (1ULL << (fold & 63))))
+        return NULL;
+    return targets.lookup(a);
 }
 
 /* 16-byte form of an IPv4 address as stored in the socket (network order). */
@@ -72,31 +94,46 @@ static __always_inline void tt_v4_to_addr16(u32 daddr, struct addr16 *a)
     a->lo = 0xffff0000ULL | ((u64)daddr << 32);
 }
 
-/* Fill *a with the socket's peer address if its port and address are watched. */
-static __always_inline int tt_match_sock(void *sk, u16 family, struct addr16 *a)
+#if SKC_DPORT_OFF >= SKC_DADDR_OFF && SKC_DPORT_OFF - SKC_DADDR_OFF <= 14
+/* The usual layout: daddr and dport within 16 bytes (skc_addrpair and
+ * skc_portpair), so one read serves both. */
+#define TT_ONE_READ 1
+#endif
+
+/* The counters of the socket's peer if its port and address are watched. */
+static __always_inline struct tt_stats *tt_match_sock(void *sk, u16 family, struct addr16 *a)
 {
     if (family != TT_AF_INET && family != TT_AF_INET6)
-        return 0;
+        return NULL;
     u16 dport_be = 0;
+    u32 daddr = 0;
+#ifdef TT_ONE_READ
+    /* Little-endian hosts (x86-64, arm64): byte k of the read is bits 8k.. */
+    u64 words[2] = {};
+    bpf_probe_read_kernel(words, sizeof(words), (char *)sk + SKC_DADDR_OFF);
+    const int k = SKC_DPORT_OFF - SKC_DADDR_OFF;
+    dport_be = (u16)((k < 8 ? words[0] >> (8 * k) : words[1] >> (8 * (k - 8))) & 0xffff);
+    daddr = (u32)words[0];
+#else
     bpf_probe_read_kernel(&dport_be, sizeof(dport_be), (char *)sk + SKC_DPORT_OFF);
-    if (!tt_port_watched(bpf_ntohs(dport_be)))
-        return 0;
-    if (family == TT_AF_INET) {
-        u32 daddr = 0;
+    if (family == TT_AF_INET)
         bpf_probe_read_kernel(&daddr, sizeof(daddr), (char *)sk + SKC_DADDR_OFF);
+#endif
+    if (!tt_port_watched(bpf_ntohs(dport_be)))
+        return NULL;
+    if (family == TT_AF_INET)
         tt_v4_to_addr16(daddr, a);
-    } else {
+    else
         bpf_probe_read_kernel(a, sizeof(*a), (char *)sk + SKC_V6_DADDR_OFF);
-    }
-    return tt_addr_watched(a);
+    return tt_lookup_addr(a);
 }
 
 /* The same match from tracepoint arguments that already carry the peer
- * (tcp_retransmit_skb, inet_sock_set_state): port in host order, address in
- * IPv6 form (IPv4-mapped for AF_INET sockets). */
-static __always_inline int tt_match_args(u16 dport, struct addr16 *a)
+ * (tcp_retransmit_skb): port in host order, address in IPv6 form
+ * (IPv4-mapped for AF_INET sockets). */
+static __always_inline struct tt_stats *tt_match_args(u16 dport, struct addr16 *a)
 {
     if (!tt_port_watched(dport))
-        return 0;
-    return tt_addr_watched(a);
+        return NULL;
+    return tt_lookup_addr(a);
 }

@@ -1,12 +1,9 @@
 /* Fallback for kernels without the sock:sock_send_length /
- * sock:sock_recv_length tracepoints (before 6.3): the same hooks, fed from
- * kprobes, one role at a time (TT_KP_SEND/RECV/RETRANSMIT/CLOSE). The program
- * before this defines on_send, on_recv,
- * on_retransmit and on_close.
+ * sock:sock_recv_length tracepoints (before 6.3) or the others: the same
+ * hooks fed from kprobes, each compiled only when the eBPF runtime chose it
+ * (CME_WANT_<function>). The including
+ * program defines on_send, on_recv, on_retransmit and on_close.
  */
-#ifndef SKC_FAMILY_OFF
-#define SKC_FAMILY_OFF 16
-#endif
 
 static __always_inline u16 tt_sock_family(void *sk)
 {
@@ -15,12 +12,18 @@ static __always_inline u16 tt_sock_family(void *sk)
     return family;
 }
 
-#ifdef TT_KP_SEND
-/* tcp_sendmsg's result is only known at return; the entry remembers the
- * socket of a matching call (and only of a matching call, so unrelated
- * sends cost one failed lookup at return). */
-BPF_HASH(tt_pending_send, u64, u64, 4096);
+static __always_inline u16 tt_sock_dport(void *sk)
+{
+    u16 dport_be = 0;
+    bpf_probe_read_kernel(&dport_be, sizeof(dport_be), (char *)sk + SKC_DPORT_OFF);
+    return bpf_ntohs(dport_be);
+}
 
+#if defined(CME_WANT_kp_tcp_sendmsg) || defined(CME_WANT_kr_tcp_sendmsg)
+/* tcp_sendmsg's result is only known at return; the entry remembers the
+ * socket of a matching call (only of a matching call, so unrelated sends
+ * cost one failed lookup at return). */
+BPF_HASH(tt_pending_send, u64, u64, 4096);
 
 int kp_tcp_sendmsg(struct pt_regs *ctx)
 {
@@ -47,10 +50,9 @@ int kr_tcp_sendmsg(struct pt_regs *ctx)
         on_send(sk, tt_sock_family(sk), ret);
     return 0;
 }
-
 #endif
 
-#ifdef TT_KP_RECV
+#ifdef CME_WANT_kp_tcp_cleanup_rbuf
 int kp_tcp_cleanup_rbuf(struct pt_regs *ctx)
 {
     void *sk = (void *)PT_REGS_PARM1(ctx);
@@ -59,17 +61,14 @@ int kp_tcp_cleanup_rbuf(struct pt_regs *ctx)
         on_recv(sk, tt_sock_family(sk), copied);
     return 0;
 }
-
 #endif
 
-#ifdef TT_KP_RETRANSMIT
+#ifdef CME_WANT_kp_tcp_retransmit_skb
 int kp_tcp_retransmit_skb(struct pt_regs *ctx)
 {
     void *sk = (void *)PT_REGS_PARM1(ctx);
     u16 family = tt_sock_family(sk);
-    u16 dport_be = 0;
     struct addr16 a = {};
-    bpf_probe_read_kernel(&dport_be, sizeof(dport_be), (char *)sk + SKC_DPORT_OFF);
     if (family == TT_AF_INET) {
         u32 daddr = 0;
         bpf_probe_read_kernel(&daddr, sizeof(daddr), (char *)sk + SKC_DADDR_OFF);
@@ -79,19 +78,18 @@ int kp_tcp_retransmit_skb(struct pt_regs *ctx)
     } else {
         return 0;
     }
-    on_retransmit(bpf_ntohs(dport_be), &a);
+    on_retransmit(tt_sock_dport(sk), &a);
     return 0;
 }
-
 #endif
 
-#ifdef TT_KP_CLOSE
+#ifdef CME_WANT_kp_tcp_set_state
 int kp_tcp_set_state(struct pt_regs *ctx)
 {
     void *sk = (void *)PT_REGS_PARM1(ctx);
     int state = (int)PT_REGS_PARM2(ctx);
     if (state == TT_TCP_CLOSE)
-        on_close(sk);
+        on_close(sk, tt_sock_dport(sk));
     return 0;
 }
 #endif

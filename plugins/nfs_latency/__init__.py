@@ -15,6 +15,7 @@ from crusoe_metrics_exporter.contract import (
     PluginSpec,
     Support,
 )
+from crusoe_metrics_exporter.ebpf.options import EBPF_OPTIONS
 from crusoe_metrics_exporter.hookspecs import hookimpl
 
 LABELS = ("protocol", "operation", "volume_id")
@@ -68,8 +69,10 @@ OPTIONS = (
 def _check(ctx: PluginContext) -> Support:
     from crusoe_metrics_exporter.plugins._tcptrace.collector import ebpf_support
 
-    problem = ebpf_support(ctx)
-    return problem if problem is not None else Support.ok(**{"ports": _ports(ctx)})
+    support = ebpf_support(ctx, "nfs_latency")
+    if not support.supported:
+        return support
+    return Support.ok(ports=_ports(ctx), **dict(support.details))
 
 
 def _ports(ctx: PluginContext) -> str:
@@ -91,6 +94,6 @@ def crusoe_metrics_exporter_plugin() -> PluginSpec:
         metrics=METRICS,
         factory=_factory,
         check_support=_check,
-        options=OPTIONS,
+        options=OPTIONS + EBPF_OPTIONS,
         uses_ebpf=True,
     )

@@ -53,7 +53,6 @@ class NfsLatencyCollector(TcpTargetCollector):
     def defines(self, capacity: int) -> dict[str, int]:
         return {
             "NFS_MAX_INFLIGHT": int(self.ctx.options.get("inflight_capacity", 16384)),
-            "NFS_MAX_STATS": capacity * 2,
             "NFS_CLAMP_NS": int(float(self.ctx.options.get("latency_clamp", 60.0)) * 1e9),
             "NFS_BUCKETS": SLOTS,
         }

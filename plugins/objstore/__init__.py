@@ -15,6 +15,7 @@ from crusoe_metrics_exporter.contract import (
     PluginSpec,
     Support,
 )
+from crusoe_metrics_exporter.ebpf.options import EBPF_OPTIONS
 from crusoe_metrics_exporter.hookspecs import hookimpl
 
 LABELS = ("endpoint",)
@@ -90,11 +91,11 @@ def _check(ctx: PluginContext) -> Support:
         )
     from crusoe_metrics_exporter.plugins._tcptrace.collector import ebpf_support
 
-    problem = ebpf_support(ctx)
-    if problem is not None:
-        return problem
+    support = ebpf_support(ctx, "objstore")
+    if not support.supported:
+        return support
     ports = ",".join(str(p) for p in targets.objstore_ports)
-    return Support.ok(ports=ports)
+    return Support.ok(ports=ports, **dict(support.details))
 
 
 def _factory(ctx: PluginContext) -> Collector:
@@ -112,6 +113,6 @@ def crusoe_metrics_exporter_plugin() -> PluginSpec:
         metrics=METRICS,
         factory=_factory,
         check_support=_check,
-        options=OPTIONS,
+        options=OPTIONS + EBPF_OPTIONS,
         uses_ebpf=True,
     )

@@ -42,7 +42,6 @@ class ObjstoreCollector(TcpTargetCollector):
     def defines(self, capacity: int) -> dict[str, int]:
         return {
             "OBJ_MAX_INFLIGHT": int(self.ctx.options.get("inflight_capacity", 65536)),
-            "OBJ_MAX_STATS": capacity * 2,
             "OBJ_CLAMP_NS": int(float(self.ctx.options.get("latency_clamp", 600.0)) * 1e9),
             "OBJ_BUCKETS": SLOTS,
         }

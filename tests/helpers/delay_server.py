@@ -8,8 +8,11 @@ address family and port, including 2049 on loopback.
 
 from __future__ import annotations
 
+import errno
+import random
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,7 +47,18 @@ class DelayServer:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
+        # Other test suites on a shared machine may hold a fixed port such as
+        # 127.0.0.1:2049 for a moment; wait for it rather than fail.
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                sock.bind((self.host, self.port))
+                break
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    sock.close()
+                    raise
+                time.sleep(0.2)
         sock.listen(16)
         sock.settimeout(0.2)
         self._sock = sock
@@ -96,6 +110,11 @@ def delay_server(host: str, port: int, delay: float) -> Iterator[DelayServer]:
         yield server
     finally:
         server.stop()
+
+
+def private_loopback() -> str:
+    """A random 127.x.y.z address: every one is local, and unlikely to be used by another test."""
+    return f"127.{random.randint(64, 250)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
 
 
 def run_client(host: str, port: int, requests: int, request_size: int = REQUEST_SIZE,

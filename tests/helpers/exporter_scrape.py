@@ -19,15 +19,10 @@ def ebpf_unavailable() -> str | None:
     """Why eBPF tests cannot run here, or None."""
     if os.geteuid() != 0:
         return "eBPF tests need root"
-    try:
-        from crusoe_metrics_exporter.plugins._tcptrace.bccloader import BpfLoadError, import_bcc
+    from crusoe_metrics_exporter.ebpf import check_environment
 
-        import_bcc()
-    except BpfLoadError as exc:
-        return str(exc)
-    if not Path("/sys/kernel/tracing/events").is_dir() and not Path("/sys/kernel/debug/tracing/events").is_dir():
-        return "tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)"
-    return None
+    support = check_environment()
+    return None if support.supported else support.reason
 
 
 def fake_proc(root: Path, mounts: str = "") -> Path:

@@ -18,7 +18,7 @@ from crusoe_metrics_exporter.plugins._tcptrace.btf import (
     struct_member_offsets,
 )
 from crusoe_metrics_exporter.plugins._tcptrace.buckets import bounds_ns, bucket_function_c, bucket_of
-from crusoe_metrics_exporter.plugins._tcptrace.program import build_cflags, choose_methods
+from crusoe_metrics_exporter.plugins._tcptrace.program import HEADER_DIR, build_source, program_specs
 
 
 def test_ipv4_keys_are_ipv4_mapped_and_round_trip() -> None:
@@ -104,14 +104,26 @@ def test_btf_reader_rejects_garbage(tmp_path: Path) -> None:
     assert origin.startswith("defaults") and offsets["skc_v6_daddr"] == 56
 
 
-def test_methods_per_hook() -> None:
-    have = {("sock", "sock_send_length"): False, ("sock", "sock_recv_length"): False,
-            ("tcp", "tcp_retransmit_skb"): True, ("sock", "inet_sock_set_state"): True}
-    tps, kps = choose_methods(have)
-    assert tps == ["retransmit", "close"] and kps == ["send", "recv"]
-    flags = build_cflags({"X": 3}, ("-DSKC_DADDR_OFF=0",), tps, kps)
-    assert flags == ("-DX=3", "-DSKC_DADDR_OFF=0", "-DTT_TP_RETRANSMIT", "-DTT_TP_CLOSE", "-DTT_KP_SEND",
-                     "-DTT_KP_RECV")
+def test_send_fallback_is_two_programs_only_without_the_tracepoint() -> None:
+    with_tp = {p.role: [c.target for c in p.candidates] for p in program_specs(send_tracepoint=True)}
+    assert with_tp == {
+        "send": ["sock:sock_send_length"],
+        "recv": ["sock:sock_recv_length", "kprobe:tcp_cleanup_rbuf"],
+        "retransmit": ["tcp:tcp_retransmit_skb", "kprobe:tcp_retransmit_skb"],
+        "close": ["sock:inet_sock_set_state", "kprobe:tcp_set_state"],
+    }
+    without = {p.role: [c.target for c in p.candidates] for p in program_specs(send_tracepoint=False)}
+    assert without["send"] == ["kprobe:tcp_sendmsg"] and without["send_return"] == ["kretprobe:tcp_sendmsg"]
+    only = [c.method for p in program_specs(True, kprobes_only=True) for c in p.candidates]
+    assert set(only) == {"kprobe"}
+
+
+def test_shared_headers_are_pasted_into_the_source() -> None:
+    source = build_source('struct tt_stats { u64 x; };\n#include "tcptrace.h"\nint a;\n', (0.001, 0.002))
+    assert "static __always_inline u32 latency_bucket(u64 ns)" in source
+    assert (HEADER_DIR / "tcptrace.h").read_text() in source
+    assert '#include "tcptrace.h"' not in source
+    assert source.index("struct tt_stats") < source.index("BPF_HASH(targets")
 
 
 class Clock:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import socket
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers.delay_server import delay_server, run_client
+from helpers.delay_server import delay_server, private_loopback, run_client
 from helpers.exporter_scrape import ebpf_unavailable, fake_proc, labelsets, running, scrape, value
 
 from crusoe_metrics_exporter.app import Exporter
@@ -53,48 +55,61 @@ def test_delays_land_in_the_right_buckets_and_counts_match(nfs_exporter: Exporte
     assert 30 * 0.002 + 10 * 0.020 <= total < 30 * 0.002 + 10 * 0.020 + 40 * 0.010
 
 
-def test_other_ports_and_addresses_are_not_counted(nfs_exporter: Exporter) -> None:
+def test_other_ports_and_addresses_are_not_counted(tmp_path: Path) -> None:
+    watched, other = private_loopback(), private_loopback()
+    env = {"NFS_SERVER_IPS": watched, "HOST_PROC_PATH": str(fake_proc(tmp_path / "proc"))}
     with (
-        delay_server("127.0.0.1", 0, 0.001) as other_port,
-        delay_server("127.0.0.2", 2049, 0.001),
-        delay_server("127.0.0.1", 2049, 0.001),
+        running(env, ["nfs_latency"]) as nfs_exporter,
+        delay_server(watched, 0, 0.001) as other_port,
+        delay_server(other, 2049, 0.001),
+        delay_server(watched, 2049, 0.001),
     ):
-        run_client("127.0.0.1", other_port.port, 15)
-        run_client("127.0.0.2", 2049, 15)
-        run_client("127.0.0.1", 2049, 5)
-    s = scrape(nfs_exporter, ["nfs_latency"])
+        run_client(watched, other_port.port, 15)
+        run_client(other, 2049, 15)
+        run_client(watched, 2049, 5)
+        s = scrape(nfs_exporter, ["nfs_latency"])
     assert value(s, "crusoe_vm_nfs_requests_total", volume_id="unknown", **BASE) == 5
 
 
-def test_ipv6_and_ipv4_mapped_sockets(nfs_exporter: Exporter) -> None:
-    with delay_server("::", 2049, 0.001):
+def test_ipv6_and_ipv4_mapped_sockets(tmp_path: Path) -> None:
+    v4 = private_loopback()
+    env = {"NFS_SERVER_IPS": f"::1,{v4}", "HOST_PROC_PATH": str(fake_proc(tmp_path / "proc"))}
+    with running(env, ["nfs_latency"]) as exporter, delay_server("::1", 2049, 0.001), \
+            delay_server(v4, 2049, 0.001):
         run_client("::1", 2049, 7)
-        # An AF_INET6 socket talking to an IPv4 server: the kernel sees ::ffff:127.0.0.1.
-        run_client("::ffff:127.0.0.1", 2049, 4)
-    s = scrape(nfs_exporter, ["nfs_latency"])
+        s = scrape(exporter, ["nfs_latency"])
+        assert value(s, "crusoe_vm_nfs_requests_total", volume_id="unknown", **BASE) == 7
+        # An AF_INET6 socket talking to an IPv4 server: the kernel sees ::ffff:<v4>.
+        run_client(f"::ffff:{v4}", 2049, 4)
+        s = scrape(exporter, ["nfs_latency"])
     assert value(s, "crusoe_vm_nfs_requests_total", volume_id="unknown", **BASE) == 11
 
 
-def test_closed_sockets_leave_no_inflight_state(nfs_exporter: Exporter) -> None:
-    collector = nfs_exporter.records[[r.name for r in nfs_exporter.records].index("nfs_latency")].collector
-    tracer = collector._tracer  # type: ignore[union-attr]
-    import socket
+def inflight_entries(exporter: Exporter) -> list[tuple[bytes, bytes]]:
+    rec = next(r for r in exporter.records if r.name == "nfs_latency")
+    tracer = rec.collector._tracer  # type: ignore[union-attr]
+    return tracer.loaded.map("inflight").items()  # type: ignore[no-any-return]
 
-    with delay_server("127.0.0.1", 2049, 5.0):
-        sock = socket.create_connection(("127.0.0.1", 2049))
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_closed_sockets_leave_no_inflight_state(tmp_path: Path) -> None:
+    address = private_loopback()
+    env = {"NFS_SERVER_IPS": address, "HOST_PROC_PATH": str(fake_proc(tmp_path / "proc"))}
+    with running(env, ["nfs_latency"]) as exporter, delay_server(address, 2049, 5.0):
+        sock = socket.create_connection((address, 2049))
         sock.sendall(b"q" * 64)
-        import time
-
-        deadline = time.monotonic() + 2
-        while not tracer._prog.map_items("inflight") and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert len(tracer._prog.map_items("inflight")) == 1
+        assert wait_until(lambda: len(inflight_entries(exporter)) == 1), "the request was not tracked"
         sock.close()
-        deadline = time.monotonic() + 2
-        while tracer._prog.map_items("inflight") and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert tracer._prog.map_items("inflight") == []
-    s = scrape(nfs_exporter, ["nfs_latency"])
+        assert wait_until(lambda: inflight_entries(exporter) == []), "closing left per-socket state behind"
+        s = scrape(exporter, ["nfs_latency"])
     assert value(s, "crusoe_vm_nfs_requests_total", volume_id="unknown", **BASE) == 0
 
 
@@ -102,21 +117,22 @@ MOUNT = "{server}:/volumes/{vol} /mnt/{vol} nfs4 rw,relatime,vers=4.1,proto=tcp,
 
 
 def test_shared_server_label_and_monotonic_counters_across_mount_refresh(tmp_path: Path) -> None:
-    proc = fake_proc(tmp_path / "proc", MOUNT.format(server="127.0.0.1", vol="vol-a"))
+    server = private_loopback()
+    proc = fake_proc(tmp_path / "proc", MOUNT.format(server=server, vol="vol-a"))
     env = {"HOST_PROC_PATH": str(proc), "NFS_MOUNT_REFRESH_INTERVAL": "1h"}
-    with running(env, ["nfs_latency"]) as exporter, delay_server("127.0.0.1", 2049, 0.001):
-        run_client("127.0.0.1", 2049, 6)
+    with running(env, ["nfs_latency"]) as exporter, delay_server(server, 2049, 0.001):
+        run_client(server, 2049, 6)
         s = scrape(exporter, ["nfs_latency"])
         assert value(s, "crusoe_vm_nfs_requests_total", volume_id="vol-a", **BASE) == 6
 
         # A second volume from the same server: one TCP connection serves both,
         # so the traffic is labelled with both, never credited to one of them.
         (proc / "1" / "mounts").write_text(
-            MOUNT.format(server="127.0.0.1", vol="vol-a") + MOUNT.format(server="127.0.0.1", vol="vol-b")
+            MOUNT.format(server=server, vol="vol-a") + MOUNT.format(server=server, vol="vol-b")
         )
-        run_client("127.0.0.1", 2049, 3)  # before the refresh: still vol-a's alone
+        run_client(server, 2049, 3)  # before the refresh: still vol-a's alone
         exporter.services.get("targets").refresh_now()
-        run_client("127.0.0.1", 2049, 4)
+        run_client(server, 2049, 4)
         s = scrape(exporter, ["nfs_latency"])
         assert value(s, "crusoe_vm_nfs_requests_total", volume_id="vol-a", **BASE) == 9
         assert value(s, "crusoe_vm_nfs_requests_total", volume_id="vol-a+vol-b", **BASE) == 4
@@ -125,7 +141,7 @@ def test_shared_server_label_and_monotonic_counters_across_mount_refresh(tmp_pat
         # The server disappears from the mounts: no longer watched, totals kept.
         (proc / "1" / "mounts").write_text("")
         exporter.services.get("targets").refresh_now()
-        run_client("127.0.0.1", 2049, 5)
+        run_client(server, 2049, 5)
         s = scrape(exporter, ["nfs_latency"])
         assert value(s, "crusoe_vm_nfs_requests_total", volume_id="vol-a", **BASE) == 9
         assert value(s, "crusoe_vm_nfs_requests_total", volume_id="vol-a+vol-b", **BASE) == 4
