@@ -1,6 +1,6 @@
 """Assemble one TCP-tracing eBPF object for the shared runtime.
 
-Each of the four hooks (send, receive, retransmit, close) attaches to a
+Each hook (send, receive, retransmit, socket release) attaches to a
 stable tracepoint where the running kernel has it and to kprobes otherwise,
 decided per hook: a 5.x kernel has the tcp/sock state tracepoints but not
 ``sock_send_length``, and should still use the tracepoints it has. The
@@ -48,10 +48,13 @@ HOOKS: tuple[Hook, ...] = (
         Tracepoint("tcp", "tcp_retransmit_skb", "tracepoint__tcp__tcp_retransmit_skb"),
         (Kprobe("tcp_retransmit_skb", "kp_tcp_retransmit_skb"),),
     ),
+    # Socket release, not the TCP_CLOSE state change: the last receive of a
+    # connection the peer closed can still be traced after TCP_CLOSE, and
+    # per-socket state cleared then would be re-created for a dead socket.
     Hook(
         "close",
-        Tracepoint("sock", "inet_sock_set_state", "tracepoint__sock__inet_sock_set_state"),
-        (Kprobe("tcp_set_state", "kp_tcp_set_state"),),
+        Tracepoint("tcp", "tcp_destroy_sock", "tracepoint__tcp__tcp_destroy_sock"),
+        (Kprobe("tcp_v4_destroy_sock", "kp_tcp_v4_destroy_sock"),),
     ),
 )
 

@@ -36,7 +36,6 @@
 #define TT_AF_INET6 10
 #define TT_IPPROTO_TCP 6
 #define TT_MSG_PEEK 2
-#define TT_TCP_CLOSE 7
 
 struct addr16 {
     u64 hi;
@@ -52,6 +51,37 @@ BPF_ARRAY(addr_bits, u64, 1024);
 BPF_HASH(targets, struct addr16, struct tt_stats, TT_MAX_TARGETS);
 /* Samples recorded at the clamp (counted so the exporter can log them). */
 BPF_ARRAY(problems, u64, 1);
+
+/* Sockets already found not to match, so their next events skip the socket
+ * read (a helper call, the bulk of the cost for unrelated traffic). A slot
+ * holds the socket address with the filter generation in its low 6 bits
+ * (no two sockets share a 64-byte block), written with one 8-byte store;
+ * userspace bumps the generation after every filter change, which
+ * invalidates every slot at once, and the close hook (socket destruction)
+ * clears a socket's slot before its memory can be reused. */
+#define TT_MISS_SLOTS 4096
+BPF_ARRAY(tt_generation, u64, 1);
+BPF_ARRAY(tt_misses, u64, TT_MISS_SLOTS);
+
+static __always_inline u32 tt_miss_slot(void *sk)
+{
+    return (u32)((((u64)sk >> 6) * 0x9E3779B97F4A7C15ULL) >> 52);
+}
+
+static __always_inline u64 tt_miss_tag(void *sk)
+{
+    u32 zero = 0;
+    u64 *gen = tt_generation.lookup(&zero);
+    return ((u64)sk & ~63ULL) | (gen ? (*gen & 63) : 0);
+}
+
+static __always_inline void tt_forget_socket(void *sk)
+{
+    u32 slot = tt_miss_slot(sk);
+    u64 *entry = tt_misses.lookup(&slot);
+    if (entry && (*entry & ~63ULL) == ((u64)sk & ~63ULL))
+        *entry = 0;
+}
 
 static __always_inline void tt_clamped(void)
 {
@@ -100,11 +130,26 @@ static __always_inline void tt_v4_to_addr16(u32 daddr, struct addr16 *a)
 #define TT_ONE_READ 1
 #endif
 
+static __always_inline struct tt_stats *tt_match_sock_uncached(void *sk, u16 family, struct addr16 *a);
+
 /* The counters of the socket's peer if its port and address are watched. */
 static __always_inline struct tt_stats *tt_match_sock(void *sk, u16 family, struct addr16 *a)
 {
     if (family != TT_AF_INET && family != TT_AF_INET6)
         return NULL;
+    u32 slot = tt_miss_slot(sk);
+    u64 *entry = tt_misses.lookup(&slot);
+    u64 tag = tt_miss_tag(sk);
+    if (entry && *entry == tag)
+        return NULL;
+    struct tt_stats *s = tt_match_sock_uncached(sk, family, a);
+    if (!s && entry)
+        *entry = tag;
+    return s;
+}
+
+static __always_inline struct tt_stats *tt_match_sock_uncached(void *sk, u16 family, struct addr16 *a)
+{
     u16 dport_be = 0;
     u32 daddr = 0;
 #ifdef TT_ONE_READ

@@ -83,13 +83,11 @@ int kp_tcp_retransmit_skb(struct pt_regs *ctx)
 }
 #endif
 
-#ifdef CME_WANT_kp_tcp_set_state
-int kp_tcp_set_state(struct pt_regs *ctx)
+#ifdef CME_WANT_kp_tcp_v4_destroy_sock
+/* tcp_v6_destroy_sock calls tcp_v4_destroy_sock, so this sees both families. */
+int kp_tcp_v4_destroy_sock(struct pt_regs *ctx)
 {
-    void *sk = (void *)PT_REGS_PARM1(ctx);
-    int state = (int)PT_REGS_PARM2(ctx);
-    if (state == TT_TCP_CLOSE)
-        on_close(sk, tt_sock_dport(sk));
+    on_close((void *)PT_REGS_PARM1(ctx));
     return 0;
 }
 #endif

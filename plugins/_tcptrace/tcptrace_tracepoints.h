@@ -1,4 +1,4 @@
-/* The four hooks on stable tracepoints; each compiled only when the eBPF
+/* The hooks on stable tracepoints; each compiled only when the eBPF
  * runtime chose it on this kernel (CME_WANT_<function>). The including program
  * defines on_send, on_recv, on_retransmit and on_close. */
 
@@ -34,12 +34,13 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 }
 #endif
 
-#ifdef CME_WANT_tracepoint__sock__inet_sock_set_state
-TRACEPOINT_PROBE(sock, inet_sock_set_state)
+#ifdef CME_WANT_tracepoint__tcp__tcp_destroy_sock
+/* The socket is released: nothing can run on it afterwards. (The TCP_CLOSE
+ * state change is too early: the last receive of a connection the peer
+ * closed can still be traced after it.) */
+TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
 {
-    if (args->protocol != TT_IPPROTO_TCP || args->newstate != TT_TCP_CLOSE)
-        return 0;
-    on_close((void *)args->skaddr, args->dport);
+    on_close((void *)args->skaddr);
     return 0;
 }
 #endif

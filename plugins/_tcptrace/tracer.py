@@ -30,6 +30,8 @@ from crusoe_metrics_exporter.plugins._tcptrace.addresses import (
 
 log = logging.getLogger(__name__)
 
+#: Generations the miss cache tells apart (6 low bits of a socket address).
+MISS_GENERATIONS = 64
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
@@ -130,7 +132,23 @@ class TcpTracer:
                 self._targets.delete(address_key(address))
             self._port_words = self._sync_words("port_bits", self._port_words, wanted_ports)
             self._addresses = final
+            self._invalidate_misses()
             return FilterResult(tuple(sorted(final)), tuple(dropped), tuple(removed))
+
+    def _invalidate_misses(self) -> None:
+        """Make every cached "does not match" verdict stale: the filter may now match those sockets."""
+        generations = self.loaded.map("tt_generation")
+        raw = generations.lookup(_U32.pack(0))
+        current = _U64.unpack(raw)[0] if raw is not None else 0
+        following = current + 1
+        if following % MISS_GENERATIONS == 0:
+            # The 6-bit generation wraps: entries 64 changes old would look
+            # current again, so empty the cache first.
+            misses = self.loaded.map("tt_misses")
+            zero = _U64.pack(0)
+            for slot in range(misses.max_entries):
+                misses.update(_U32.pack(slot), zero)
+        generations.update(_U32.pack(0), _U64.pack(following))
 
     def read_stats(self) -> list[tuple[bytes, bytes]]:
         return self._targets.items()

@@ -24,7 +24,7 @@ struct tt_stats {
 #include "tcptrace.h"
 
 /* Per socket: when the outstanding request started (0 = none outstanding).
- * LRU, and removed when the socket closes. */
+ * LRU, and removed when the socket is released. */
 BPF_TABLE("lru_hash", u64, u64, inflight, NFS_MAX_INFLIGHT);
 
 static __always_inline void on_send(void *sk, u16 family, int bytes)
@@ -74,10 +74,10 @@ static __always_inline void on_retransmit(u16 dport, struct addr16 *a)
         __sync_fetch_and_add(&s->retransmits, 1);
 }
 
-static __always_inline void on_close(void *sk, u16 dport)
+/* The socket is released: forget it, and anything outstanding on it. */
+static __always_inline void on_close(void *sk)
 {
-    if (!tt_port_watched(dport))
-        return;
+    tt_forget_socket(sk);
     u64 key = (u64)sk;
     inflight.delete(&key);
 }

@@ -10,7 +10,7 @@
  * A phase is one request/response exchange as TCP sees it: it starts with
  * the first send after the previous phase received data (or on a fresh
  * connection) and lasts until the last receive before the next send. It is
- * recorded when the next phase starts or when the connection closes, so the
+ * recorded when the next phase starts or when the socket is released, so the
  * last exchange of a connection counts too. TLS handshakes and HTTP/2
  * control frames are phases as well: TCP cannot tell them from requests.
  */
@@ -31,7 +31,8 @@ struct phase {
     struct addr16 addr;
 };
 
-/* Per connection; LRU, and removed (after recording its last phase) on close. */
+/* Per connection; LRU, and removed (after recording its last phase) when the
+ * socket is released. */
 BPF_TABLE("lru_hash", u64, struct phase, phases, OBJ_MAX_INFLIGHT);
 
 static __always_inline void record_phase(struct tt_stats *s, u64 start_ns, u64 end_ns)
@@ -90,10 +91,10 @@ static __always_inline void on_retransmit(u16 dport, struct addr16 *a)
         __sync_fetch_and_add(&s->retransmits, 1);
 }
 
-static __always_inline void on_close(void *sk, u16 dport)
+/* The socket is released: record its last phase, forget it. */
+static __always_inline void on_close(void *sk)
 {
-    if (!tt_port_watched(dport))
-        return;
+    tt_forget_socket(sk);
     u64 key = (u64)sk;
     struct phase *cur = phases.lookup(&key);
     if (!cur)

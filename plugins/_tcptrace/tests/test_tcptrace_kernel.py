@@ -70,7 +70,7 @@ def test_kprobe_fallback_passes_the_verifier(name: str) -> None:
     try:
         targets = sorted(p.target for p in loaded.programs)
         assert targets == ["kprobe:tcp_cleanup_rbuf", "kprobe:tcp_retransmit_skb", "kprobe:tcp_sendmsg",
-                           "kprobe:tcp_set_state", "kretprobe:tcp_sendmsg"]
+                           "kprobe:tcp_v4_destroy_sock", "kretprobe:tcp_sendmsg"]
         assert all(p.prog_id > 0 and not p.attached for p in loaded.programs)
     finally:
         loaded.close()

@@ -110,7 +110,7 @@ def test_send_fallback_is_two_programs_only_without_the_tracepoint() -> None:
         "send": ["sock:sock_send_length"],
         "recv": ["sock:sock_recv_length", "kprobe:tcp_cleanup_rbuf"],
         "retransmit": ["tcp:tcp_retransmit_skb", "kprobe:tcp_retransmit_skb"],
-        "close": ["sock:inet_sock_set_state", "kprobe:tcp_set_state"],
+        "close": ["tcp:tcp_destroy_sock", "kprobe:tcp_v4_destroy_sock"],
     }
     without = {p.role: [c.target for c in p.candidates] for p in program_specs(send_tracepoint=False)}
     assert without["send"] == ["kprobe:tcp_sendmsg"] and without["send_return"] == ["kretprobe:tcp_sendmsg"]
