@@ -46,41 +46,53 @@ struct addr16 {
 BPF_ARRAY(port_bits, u64, 1024);
 /* Address pre-filter: one bit per 16-bit fold of a watched address. */
 BPF_ARRAY(addr_bits, u64, 1024);
-/* Watched addresses -> their counters (entries created and removed by
- * userspace, so the kernel never creates or resets one). */
-BPF_HASH(targets, struct addr16, struct tt_stats, TT_MAX_TARGETS);
+/* Watched addresses -> their slot in `counters` (1..TT_MAX_TARGETS). Slots
+ * are handed out, zeroed and taken back by userspace only, so the kernel
+ * never creates or resets counters. */
+BPF_HASH(targets, struct addr16, u32, TT_MAX_TARGETS);
+BPF_ARRAY(counters, struct tt_stats, TT_MAX_TARGETS + 1);
 /* Samples recorded at the clamp (counted so the exporter can log them). */
 BPF_ARRAY(problems, u64, 1);
 
-/* Sockets already found not to match, so their next events skip the socket
- * read (a helper call, the bulk of the cost for unrelated traffic). A slot
- * holds the socket address with the filter generation in its low 6 bits
- * (no two sockets share a 64-byte block), written with one 8-byte store;
- * userspace bumps the generation after every filter change, which
- * invalidates every slot at once, and the close hook (socket destruction)
- * clears a socket's slot before its memory can be reused. */
-#define TT_MISS_SLOTS 4096
+/* Per-socket verdicts, so a socket's later events skip the socket read,
+ * the port/address checks and the hash lookup: one 8-byte word per entry,
+ * written with one store, holding the socket address (bits 6-47; kernel
+ * addresses are canonical, no two sockets share a 64-byte block), the filter
+ * generation (bits 0-5) and the counters slot (bits 48-63, 0 = does not
+ * match). Userspace bumps the generation after every filter change, which
+ * invalidates every entry at once; a socket's entry is cleared when the
+ * socket is released, before its memory can be reused. */
+#define TT_VERDICTS 4096
+#define TT_SK_BITS 0x0000ffffffffffc0ULL
+#define TT_TAG_BITS 0x0000ffffffffffffULL
 BPF_ARRAY(tt_generation, u64, 1);
-BPF_ARRAY(tt_misses, u64, TT_MISS_SLOTS);
+BPF_ARRAY(tt_verdicts, u64, TT_VERDICTS);
 
-static __always_inline u32 tt_miss_slot(void *sk)
+static __always_inline u32 tt_verdict_index(void *sk)
 {
     return (u32)((((u64)sk >> 6) * 0x9E3779B97F4A7C15ULL) >> 52);
 }
 
-static __always_inline u64 tt_miss_tag(void *sk)
+static __always_inline u64 tt_socket_tag(void *sk)
 {
     u32 zero = 0;
     u64 *gen = tt_generation.lookup(&zero);
-    return ((u64)sk & ~63ULL) | (gen ? (*gen & 63) : 0);
+    return ((u64)sk & TT_SK_BITS) | (gen ? (*gen & 63) : 0);
 }
 
 static __always_inline void tt_forget_socket(void *sk)
 {
-    u32 slot = tt_miss_slot(sk);
-    u64 *entry = tt_misses.lookup(&slot);
-    if (entry && (*entry & ~63ULL) == ((u64)sk & ~63ULL))
+    u32 index = tt_verdict_index(sk);
+    u64 *entry = tt_verdicts.lookup(&index);
+    if (entry && (*entry & TT_SK_BITS) == ((u64)sk & TT_SK_BITS))
         *entry = 0;
+}
+
+static __always_inline struct tt_stats *tt_counters(u32 slot)
+{
+    if (slot == 0)
+        return NULL;
+    return counters.lookup(&slot);
 }
 
 static __always_inline void tt_clamped(void)
@@ -107,14 +119,16 @@ static __always_inline u32 tt_fold(struct addr16 *a)
     return (u32)(x & 0xffff);
 }
 
-static __always_inline struct tt_stats *tt_lookup_addr(struct addr16 *a)
+/* The counters slot of a watched address, 0 if it is not watched. */
+static __always_inline u32 tt_lookup_slot(struct addr16 *a)
 {
     u32 fold = tt_fold(a);
     u32 w = fold >> 6;
     u64 *word = addr_bits.lookup(&w);
     if (!word || !(*word & (1ULL << (fold & 63))))
-        return NULL;
-    return targets.lookup(a);
+        return 0;
+    u32 *slot = targets.lookup(a);
+    return slot ? *slot : 0;
 }
 
 /* 16-byte form of an IPv4 address as stored in the socket (network order). */
@@ -130,26 +144,12 @@ static __always_inline void tt_v4_to_addr16(u32 daddr, struct addr16 *a)
 #define TT_ONE_READ 1
 #endif
 
-static __always_inline struct tt_stats *tt_match_sock_uncached(void *sk, u16 family, struct addr16 *a);
-
-/* The counters of the socket's peer if its port and address are watched. */
-static __always_inline struct tt_stats *tt_match_sock(void *sk, u16 family, struct addr16 *a)
+/* The counters slot of the socket's peer (0 = port or address not watched),
+ * read from the socket itself. */
+static __always_inline u32 tt_match_sock_uncached(void *sk, u16 family)
 {
     if (family != TT_AF_INET && family != TT_AF_INET6)
-        return NULL;
-    u32 slot = tt_miss_slot(sk);
-    u64 *entry = tt_misses.lookup(&slot);
-    u64 tag = tt_miss_tag(sk);
-    if (entry && *entry == tag)
-        return NULL;
-    struct tt_stats *s = tt_match_sock_uncached(sk, family, a);
-    if (!s && entry)
-        *entry = tag;
-    return s;
-}
-
-static __always_inline struct tt_stats *tt_match_sock_uncached(void *sk, u16 family, struct addr16 *a)
-{
+        return 0;
     u16 dport_be = 0;
     u32 daddr = 0;
 #ifdef TT_ONE_READ
@@ -165,12 +165,33 @@ static __always_inline struct tt_stats *tt_match_sock_uncached(void *sk, u16 fam
         bpf_probe_read_kernel(&daddr, sizeof(daddr), (char *)sk + SKC_DADDR_OFF);
 #endif
     if (!tt_port_watched(bpf_ntohs(dport_be)))
-        return NULL;
+        return 0;
+    struct addr16 a = {};
     if (family == TT_AF_INET)
-        tt_v4_to_addr16(daddr, a);
+        tt_v4_to_addr16(daddr, &a);
     else
-        bpf_probe_read_kernel(a, sizeof(*a), (char *)sk + SKC_V6_DADDR_OFF);
-    return tt_lookup_addr(a);
+        bpf_probe_read_kernel(&a, sizeof(a), (char *)sk + SKC_V6_DADDR_OFF);
+    return tt_lookup_slot(&a);
+}
+
+/* The counters of the socket's peer if its port and address are watched,
+ * from the socket's verdict when it is current. */
+static __always_inline struct tt_stats *tt_match_sock(void *sk, u16 family)
+{
+    if (family != TT_AF_INET && family != TT_AF_INET6)
+        return NULL;
+    u32 index = tt_verdict_index(sk);
+    u64 *entry = tt_verdicts.lookup(&index);
+    u64 tag = tt_socket_tag(sk);
+    u32 slot;
+    if (entry && (*entry & TT_TAG_BITS) == tag) {
+        slot = (u32)(*entry >> 48);
+    } else {
+        slot = tt_match_sock_uncached(sk, family);
+        if (entry)
+            *entry = tag | ((u64)slot << 48);
+    }
+    return tt_counters(slot);
 }
 
 /* The same match from tracepoint arguments that already carry the peer
@@ -180,5 +201,5 @@ static __always_inline struct tt_stats *tt_match_args(u16 dport, struct addr16 *
 {
     if (!tt_port_watched(dport))
         return NULL;
-    return tt_lookup_addr(a);
+    return tt_counters(tt_lookup_slot(a));
 }

@@ -28,8 +28,7 @@ BPF_HASH(tt_pending_send, u64, u64, 4096);
 int kp_tcp_sendmsg(struct pt_regs *ctx)
 {
     void *sk = (void *)PT_REGS_PARM1(ctx);
-    struct addr16 a = {};
-    if (!tt_match_sock(sk, tt_sock_family(sk), &a))
+    if (!tt_match_sock(sk, tt_sock_family(sk)))
         return 0;
     u64 id = bpf_get_current_pid_tgid();
     u64 skv = (u64)sk;
@@ -87,7 +86,8 @@ int kp_tcp_retransmit_skb(struct pt_regs *ctx)
 /* tcp_v6_destroy_sock calls tcp_v4_destroy_sock, so this sees both families. */
 int kp_tcp_v4_destroy_sock(struct pt_regs *ctx)
 {
-    on_close((void *)PT_REGS_PARM1(ctx));
+    void *sk = (void *)PT_REGS_PARM1(ctx);
+    on_close(sk, tt_sock_family(sk));
     return 0;
 }
 #endif

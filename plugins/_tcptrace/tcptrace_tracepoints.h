@@ -40,7 +40,7 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
  * closed can still be traced after it.) */
 TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
 {
-    on_close((void *)args->skaddr);
+    on_close((void *)args->skaddr, args->family);
     return 0;
 }
 #endif

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import struct
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +31,13 @@ from crusoe_metrics_exporter.plugins._tcptrace.addresses import (
 
 log = logging.getLogger(__name__)
 
-#: Generations the miss cache tells apart (6 low bits of a socket address).
+#: Generations the verdict cache tells apart (6 low bits of a socket address).
 MISS_GENERATIONS = 64
+#: Counter slots are 16-bit in the verdict cache; 0 means "does not match".
+MAX_SLOTS = 65535
+#: A slot taken back is handed out again only after this long, so a program
+#: that read a verdict just before the change has long finished with it.
+SLOT_QUARANTINE_SECONDS = 1.0
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
@@ -75,13 +81,20 @@ class FilterResult:
 
 
 class TcpTracer:
-    def __init__(self, loaded: LoadedBpf, max_targets: int) -> None:
+    def __init__(self, loaded: LoadedBpf, max_targets: int, clock: Callable[[], float] = time.monotonic) -> None:
+        if not 0 < max_targets <= MAX_SLOTS:
+            raise ValueError(f"target capacity {max_targets} out of range 1..{MAX_SLOTS}")
         self.loaded = loaded
         self.max_targets = max_targets
         self._targets = loaded.map("targets")
-        self._zero = bytes(self._targets.value_size)
+        self._counters = loaded.map("counters")
+        self._zero = bytes(self._counters.value_size)
+        self._clock = clock
         self._lock = threading.Lock()
         self._addresses: set[str] = set()
+        self._slot_of: dict[str, int] = {}
+        self._free: list[int] = list(range(max_targets, 0, -1))
+        self._quarantine: list[tuple[float, int]] = []
         self._port_words: dict[int, int] = {}
         self._fold_words: dict[int, int] = {}
         self._clamped = 0
@@ -107,36 +120,42 @@ class TcpTracer:
         (fold them first).
         """
         wanted_ports = port_bitmap(ports)
-        wanted = sorted(set(addresses))
+        # Numeric order: which addresses miss out when full is predictable.
+        wanted = sorted(set(addresses), key=address_key)
         with self._lock:
+            now = self._clock()
+            ready = [slot for since, slot in self._quarantine if now - since >= SLOT_QUARANTINE_SECONDS]
+            self._quarantine = [(t, slot) for t, slot in self._quarantine if now - t < SLOT_QUARANTINE_SECONDS]
+            self._free.extend(ready)
+            self._free.sort(reverse=True)
+
             removed = sorted(self._addresses - set(wanted))
-            kept = self._addresses - set(removed)
-            dropped: list[str] = []
-            added: list[str] = []
-            for address in wanted:
-                if address in kept:
-                    continue
-                if len(kept) + len(added) >= self.max_targets:
-                    dropped.append(address)
-                    continue
-                added.append(address)
-            final = kept | set(added)
-            # Counters exist before the pre-filter can let traffic reach them,
-            # and the pre-filter closes before counters go away.
-            for address in added:
-                self._targets.update(address_key(address), self._zero)
-            self._fold_words = self._sync_words(
-                "addr_bits", self._fold_words, fold_bitmap(address_key(a) for a in final)
-            )
             for address in removed:
                 self._targets.delete(address_key(address))
+                self._quarantine.append((now, self._slot_of.pop(address)))
+                self._addresses.discard(address)
+            dropped: list[str] = []
+            for address in wanted:
+                if address in self._addresses:
+                    continue
+                if not self._free:
+                    dropped.append(address)
+                    continue
+                slot = self._free.pop()
+                # Zeroed before the address can reach it.
+                self._counters.update(_U32.pack(slot), self._zero)
+                self._targets.update(address_key(address), _U32.pack(slot))
+                self._slot_of[address] = slot
+                self._addresses.add(address)
+            self._fold_words = self._sync_words(
+                "addr_bits", self._fold_words, fold_bitmap(address_key(a) for a in self._addresses)
+            )
             self._port_words = self._sync_words("port_bits", self._port_words, wanted_ports)
-            self._addresses = final
-            self._invalidate_misses()
-            return FilterResult(tuple(sorted(final)), tuple(dropped), tuple(removed))
+            self._invalidate_verdicts()
+            return FilterResult(tuple(sorted(self._addresses)), tuple(dropped), tuple(removed))
 
-    def _invalidate_misses(self) -> None:
-        """Make every cached "does not match" verdict stale: the filter may now match those sockets."""
+    def _invalidate_verdicts(self) -> None:
+        """Make every cached verdict stale: the filter may now decide otherwise for those sockets."""
         generations = self.loaded.map("tt_generation")
         raw = generations.lookup(_U32.pack(0))
         current = _U64.unpack(raw)[0] if raw is not None else 0
@@ -144,14 +163,22 @@ class TcpTracer:
         if following % MISS_GENERATIONS == 0:
             # The 6-bit generation wraps: entries 64 changes old would look
             # current again, so empty the cache first.
-            misses = self.loaded.map("tt_misses")
+            verdicts = self.loaded.map("tt_verdicts")
             zero = _U64.pack(0)
-            for slot in range(misses.max_entries):
-                misses.update(_U32.pack(slot), zero)
+            for index in range(verdicts.max_entries):
+                verdicts.update(_U32.pack(index), zero)
         generations.update(_U32.pack(0), _U64.pack(following))
 
     def read_stats(self) -> list[tuple[bytes, bytes]]:
-        return self._targets.items()
+        """(address key, counters) of every watched address."""
+        with self._lock:
+            slots = list(self._slot_of.items())
+        out = []
+        for address, slot in slots:
+            value = self._counters.lookup(_U32.pack(slot))
+            if value is not None:
+                out.append((address_key(address), value))
+        return out
 
     def new_clamped(self) -> int:
         """Samples recorded at the clamp since the last call."""

@@ -29,8 +29,7 @@ BPF_TABLE("lru_hash", u64, u64, inflight, NFS_MAX_INFLIGHT);
 
 static __always_inline void on_send(void *sk, u16 family, int bytes)
 {
-    struct addr16 a = {};
-    if (!tt_match_sock(sk, family, &a))
+    if (!tt_match_sock(sk, family))
         return;
     u64 key = (u64)sk;
     u64 *start = inflight.lookup(&key);
@@ -45,8 +44,7 @@ static __always_inline void on_send(void *sk, u16 family, int bytes)
 
 static __always_inline void on_recv(void *sk, u16 family, int bytes)
 {
-    struct addr16 a = {};
-    struct tt_stats *s = tt_match_sock(sk, family, &a);
+    struct tt_stats *s = tt_match_sock(sk, family);
     if (!s)
         return;
     u64 key = (u64)sk;
@@ -75,7 +73,7 @@ static __always_inline void on_retransmit(u16 dport, struct addr16 *a)
 }
 
 /* The socket is released: forget it, and anything outstanding on it. */
-static __always_inline void on_close(void *sk)
+static __always_inline void on_close(void *sk, u16 family)
 {
     tt_forget_socket(sk);
     u64 key = (u64)sk;

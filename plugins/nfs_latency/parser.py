@@ -16,7 +16,7 @@ BUCKETS: tuple[float, ...] = (
 #: Finite buckets plus the overflow slot.
 SLOTS = len(BUCKETS) + 1
 
-#: struct tt_stats (nfs_latency.c) { u64 latency_ns; u64 retransmits; u64 hist[SLOTS]; }, the targets map value
+#: struct tt_stats (nfs_latency.c) { u64 latency_ns; u64 retransmits; u64 hist[SLOTS]; }, the counters map value
 STATS_VALUE = struct.Struct(f"<QQ{SLOTS}Q")
 STATS_KEY_SIZE = 16
 #: inflight value: u64 start of the outstanding request (0 = none)
@@ -43,7 +43,7 @@ class NfsReading(NamedTuple):
 
 
 def parse_stats_entry(key: bytes, value: bytes) -> NfsReading:
-    """One ``targets`` map entry; raises ValueError on bytes of the wrong shape."""
+    """One address's counters; raises ValueError on bytes of the wrong shape."""
     if len(key) != STATS_KEY_SIZE:
         raise ValueError(f"stats key of {len(key)} bytes, expected {STATS_KEY_SIZE}")
     if len(value) != STATS_VALUE.size:

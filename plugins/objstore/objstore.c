@@ -28,7 +28,6 @@ struct tt_stats {
 struct phase {
     u64 start_ns;
     u64 last_recv_ns;
-    struct addr16 addr;
 };
 
 /* Per connection; LRU, and removed (after recording its last phase) when the
@@ -50,15 +49,14 @@ static __always_inline void record_phase(struct tt_stats *s, u64 start_ns, u64 e
 
 static __always_inline void on_send(void *sk, u16 family, int bytes)
 {
-    struct addr16 a = {};
-    struct tt_stats *s = tt_match_sock(sk, family, &a);
+    struct tt_stats *s = tt_match_sock(sk, family);
     if (!s)
         return;
     __sync_fetch_and_add(&s->bytes_sent, (u64)bytes);
     u64 key = (u64)sk;
     struct phase *cur = phases.lookup(&key);
     if (!cur) {
-        struct phase fresh = {.start_ns = bpf_ktime_get_ns(), .addr = a};
+        struct phase fresh = {.start_ns = bpf_ktime_get_ns()};
         phases.insert(&key, &fresh);
         return;
     }
@@ -73,8 +71,7 @@ static __always_inline void on_send(void *sk, u16 family, int bytes)
 
 static __always_inline void on_recv(void *sk, u16 family, int bytes)
 {
-    struct addr16 a = {};
-    struct tt_stats *s = tt_match_sock(sk, family, &a);
+    struct tt_stats *s = tt_match_sock(sk, family);
     if (!s)
         return;
     __sync_fetch_and_add(&s->bytes_recv, (u64)bytes);
@@ -92,7 +89,7 @@ static __always_inline void on_retransmit(u16 dport, struct addr16 *a)
 }
 
 /* The socket is released: record its last phase, forget it. */
-static __always_inline void on_close(void *sk)
+static __always_inline void on_close(void *sk, u16 family)
 {
     tt_forget_socket(sk);
     u64 key = (u64)sk;
@@ -103,7 +100,9 @@ static __always_inline void on_close(void *sk)
     /* Whoever deletes the entry records its last phase, exactly once. */
     if (phases.delete(&key) != 0 || done.last_recv_ns == 0)
         return;
-    struct tt_stats *s = targets.lookup(&done.addr);
+    /* Matched afresh (the socket is still intact here): the address may
+     * have stopped being a target since the phase began. */
+    struct tt_stats *s = tt_counters(tt_match_sock_uncached(sk, family));
     if (s)
         record_phase(s, done.start_ns, done.last_recv_ns);
 }

@@ -14,12 +14,12 @@ BUCKETS: tuple[float, ...] = (
 )
 SLOTS = len(BUCKETS) + 1
 
-#: struct tt_stats (objstore.c), the targets map value:
+#: struct tt_stats (objstore.c), the counters map value:
 #: { u64 latency_ns, retransmits, bytes_sent, bytes_recv; u64 hist[SLOTS]; }
 STATS_VALUE = struct.Struct(f"<QQQQ{SLOTS}Q")
 STATS_KEY_SIZE = 16
-#: struct phase { u64 start_ns; u64 last_recv_ns; struct addr16 addr; }
-PHASE_VALUE_SIZE = 32
+#: struct phase { u64 start_ns; u64 last_recv_ns; }
+PHASE_VALUE_SIZE = 16
 VECTOR_WIDTH = 4 + SLOTS
 
 
@@ -37,7 +37,7 @@ class ObjstoreReading(NamedTuple):
 
 
 def parse_stats_entry(key: bytes, value: bytes) -> ObjstoreReading:
-    """One ``targets`` map entry; raises ValueError on bytes of the wrong shape."""
+    """One address's counters; raises ValueError on bytes of the wrong shape."""
     if len(key) != STATS_KEY_SIZE:
         raise ValueError(f"stats key of {len(key)} bytes, expected {STATS_KEY_SIZE}")
     if len(value) != STATS_VALUE.size:

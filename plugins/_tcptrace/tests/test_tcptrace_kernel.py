@@ -50,11 +50,13 @@ def test_map_layouts_match_python(name: str) -> None:
     try:
         assert sizes(loaded.map("port_bits")) == (4, 8, 1024)
         assert sizes(loaded.map("addr_bits")) == (4, 8, 1024)
+        assert sizes(loaded.map("targets")) == (ADDR_KEY_SIZE, 4, 64)
+        assert sizes(loaded.map("tt_verdicts")) == (4, 8, 4096)
         if name == "nfs_latency":
-            assert sizes(loaded.map("targets")) == (ADDR_KEY_SIZE, nfs_parser.STATS_VALUE.size, 64)
+            assert sizes(loaded.map("counters")) == (4, nfs_parser.STATS_VALUE.size, 65)
             assert sizes(loaded.map("inflight"))[:2] == (8, nfs_parser.INFLIGHT_VALUE_SIZE)
         else:
-            assert sizes(loaded.map("targets")) == (ADDR_KEY_SIZE, obj_parser.STATS_VALUE.size, 64)
+            assert sizes(loaded.map("counters")) == (4, obj_parser.STATS_VALUE.size, 65)
             assert sizes(loaded.map("phases"))[:2] == (8, obj_parser.PHASE_VALUE_SIZE)
         tracepoints = {p.role for p in loaded.programs if p.method == "tracepoint"}
         assert tracepoints == {"send", "recv", "retransmit", "close"}
@@ -72,5 +74,55 @@ def test_kprobe_fallback_passes_the_verifier(name: str) -> None:
         assert targets == ["kprobe:tcp_cleanup_rbuf", "kprobe:tcp_retransmit_skb", "kprobe:tcp_sendmsg",
                            "kprobe:tcp_v4_destroy_sock", "kretprobe:tcp_sendmsg"]
         assert all(p.prog_id > 0 and not p.attached for p in loaded.programs)
+    finally:
+        loaded.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_counter_slots_capacity_quarantine_and_zeroing() -> None:
+    import struct
+
+    from crusoe_metrics_exporter.plugins._tcptrace.tracer import TcpTracer
+
+    loaded = compile_and_load("objstore", kprobes_only=False)
+    clock = Clock()
+    try:
+        tracer = TcpTracer(loaded, 64, clock=clock)
+        generation = loaded.map("tt_generation")
+
+        def gen() -> int:
+            raw = generation.lookup(struct.pack("<I", 0))
+            assert raw is not None
+            return int(struct.unpack("<Q", raw)[0])
+
+        addresses = [f"10.9.0.{i}" for i in range(1, 66)]
+        result = tracer.set_targets(addresses, [443])
+        assert len(result.watched) == 64 and result.dropped == ("10.9.0.65",)
+        assert gen() == 1
+        slots = {k: struct.unpack("<I", v)[0] for k, v in loaded.map("targets").items()}
+        assert sorted(slots.values()) == list(range(1, 65))
+
+        # Dirty the slot of the address about to go, then replace it by another.
+        gone = "10.9.0.1"
+        gone_slot = tracer._slot_of[gone]
+        counters = loaded.map("counters")
+        counters.update(struct.pack("<I", gone_slot), b"\x07" * counters.value_size)
+        keep = [a for a in addresses[:64] if a != gone]
+        result = tracer.set_targets([*keep, "10.9.1.1"], [443])
+        # The freed slot is quarantined: a program may still hold a verdict naming it.
+        assert result.removed == (gone,) and result.dropped == ("10.9.1.1",)
+        clock.now += 2
+        result = tracer.set_targets([*keep, "10.9.1.1"], [443])
+        assert result.dropped == () and tracer._slot_of["10.9.1.1"] == gone_slot
+        assert counters.lookup(struct.pack("<I", gone_slot)) == bytes(counters.value_size)
+        assert gen() == 3
+        assert len(tracer.read_stats()) == 64
     finally:
         loaded.close()
