@@ -55,20 +55,26 @@ def test_delays_land_in_the_right_buckets_and_counts_match(nfs_exporter: Exporte
     assert 30 * 0.002 + 10 * 0.020 <= total < 30 * 0.002 + 10 * 0.020 + 40 * 0.010
 
 
-def test_other_ports_and_addresses_are_not_counted(tmp_path: Path) -> None:
+def test_every_configured_port_counts_and_nothing_else(tmp_path: Path) -> None:
     watched, other = private_loopback(), private_loopback()
-    env = {"NFS_SERVER_IPS": watched, "HOST_PROC_PATH": str(fake_proc(tmp_path / "proc"))}
     with (
-        running(env, ["nfs_latency"]) as nfs_exporter,
+        delay_server(watched, 0, 0.001) as second_port,
         delay_server(watched, 0, 0.001) as other_port,
         delay_server(other, 2049, 0.001),
         delay_server(watched, 2049, 0.001),
     ):
-        run_client(watched, other_port.port, 15)
-        run_client(other, 2049, 15)
-        run_client(watched, 2049, 5)
-        s = scrape(nfs_exporter, ["nfs_latency"])
-    assert value(s, "crusoe_vm_nfs_requests_total", volume_id="unknown", **BASE) == 5
+        env = {
+            "NFS_SERVER_IPS": watched,
+            "NFS_TARGET_PORTS": f"2049,{second_port.port}",
+            "HOST_PROC_PATH": str(fake_proc(tmp_path / "proc")),
+        }
+        with running(env, ["nfs_latency"]) as nfs_exporter:
+            run_client(watched, other_port.port, 15)
+            run_client(other, 2049, 15)
+            run_client(watched, 2049, 5)
+            run_client(watched, second_port.port, 3)
+            s = scrape(nfs_exporter, ["nfs_latency"])
+    assert value(s, "crusoe_vm_nfs_requests_total", volume_id="unknown", **BASE) == 8
 
 
 def test_ipv6_and_ipv4_mapped_sockets(tmp_path: Path) -> None:

@@ -91,3 +91,16 @@ def test_ipv6_endpoint(tmp_path: Path) -> None:
     with moto_s3("::1") as server, running(env_for(server, tmp_path), ["objstore"]) as exporter:
         requests = exercise(server)
         check_counts(scrape(exporter, ["objstore"]), "::1", requests, overhead=16 * 1024)
+
+
+def test_fqdn_endpoint_resolved_by_discovery(tmp_path: Path) -> None:
+    # "localhost" resolves from /etc/hosts, so no DNS traffic leaves the host.
+    with moto_s3("127.0.0.1") as server:
+        env = {
+            "OBJSTORE_ENDPOINT_FQDN": "localhost",
+            "OBJSTORE_ENDPOINT_PORT": str(server.port),
+            "HOST_PROC_PATH": str(fake_proc(tmp_path / "proc")),
+        }
+        with running(env, ["objstore"]) as exporter:
+            requests = exercise(server)
+            check_counts(scrape(exporter, ["objstore"]), "127.0.0.1", requests, overhead=16 * 1024)
