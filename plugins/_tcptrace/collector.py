@@ -58,6 +58,7 @@ class TcpTargetCollector(ABC):
         self._key_of_address: dict[str, Hashable] = {}
         self._subscribed = False
         self._ebpf: Any = None
+        self._dropped: set[str] = set()
 
     # -- what subclasses decide -------------------------------------------
     @abstractmethod
@@ -141,12 +142,15 @@ class TcpTargetCollector(ABC):
     def _apply(self, mapping: dict[str, Hashable], ports: Sequence[int]) -> None:
         assert self._tracer is not None
         result = self._tracer.set_targets(mapping, ports)
-        if result.dropped:
+        # Reported once per address, not again at every refresh it stays out.
+        newly_dropped = sorted(set(result.dropped) - self._dropped)
+        self._dropped = set(result.dropped)
+        if newly_dropped:
             self.log.warning(
                 "%d target addresses do not fit into the kernel filter (capacity %d) and are not watched: %s",
-                len(result.dropped), self._tracer.max_targets, ", ".join(result.dropped[:8]),
+                len(newly_dropped), self._tracer.max_targets, ", ".join(newly_dropped[:8]),
             )
-            self.ctx.errors.inc(self.error_metric, len(result.dropped))
+            self.ctx.errors.inc(self.error_metric, len(newly_dropped))
         if result.removed:
             # Folded just before the kernel dropped them; their counts live
             # on in the label totals.

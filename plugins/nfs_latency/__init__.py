@@ -49,8 +49,8 @@ METRICS = (
     ),
     MetricSpec.errors(
         ERRORS,
-        "Problems reading the NFS latency maps or programming the kernel filter (malformed entries, full maps, "
-        "addresses that did not fit).",
+        "Problems reading the NFS latency maps or programming the kernel filter (malformed entries, failed "
+        "filter updates, addresses that did not fit into the filter).",
     ),
 )
 

@@ -52,7 +52,10 @@ static __always_inline void on_recv(void *sk, u16 family, int bytes)
     if (!start || *start == 0)
         return;
     u64 began = *start;
-    /* The entry stays for the socket's next request; it goes on close. */
+    /* The entry stays for the socket's next request and goes when the socket
+     * is released. A plain store, not an atomic claim: two threads reading
+     * one socket at the same instant could both record this request (the
+     * kernel NFS client reads each connection from one worker). */
     *start = 0;
     u64 d = bpf_ktime_get_ns() - began;
     if (d > NFS_CLAMP_NS) {
