@@ -67,6 +67,21 @@ CORE_OPTIONS: tuple[ConfigOption, ...] = (
     ),
     ConfigOption("disable", "str_list", [], "Plugins never to run.", env="CRUSOE_EXPORTER_DISABLE"),
     ConfigOption(
+        "state_dir",
+        "path",
+        "/var/lib/crusoe-metrics-exporter",
+        "Directory the exporter owns; the eBPF runtime builds merged kernel-header trees here when the running "
+        "kernel's own headers are not installed.",
+        env="CRUSOE_EXPORTER_STATE_DIR",
+    ),
+    ConfigOption(
+        "mount_tracefs",
+        "bool",
+        True,
+        "Mount tracefs at /sys/kernel/tracing when it is not mounted (needs root); eBPF programs attach through it.",
+        env="CRUSOE_EXPORTER_MOUNT_TRACEFS",
+    ),
+    ConfigOption(
         "collect_timeout",
         "duration",
         5.0,

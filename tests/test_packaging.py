@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import venv
@@ -18,6 +19,8 @@ BUILTINS = {"disk_latency", "disk_stats", "disk_usage", "nfs_latency", "nfs_stat
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # setuptools reuses build/lib, which would smuggle deleted modules into the wheel.
+    shutil.rmtree(REPO / "build", ignore_errors=True)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
                     str(REPO)], check=True, cwd=out)
     [whl] = out.glob("crusoe_metrics_exporter-*.whl")

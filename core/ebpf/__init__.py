@@ -16,7 +16,6 @@ from pathlib import Path
 
 from crusoe_metrics_exporter.ebpf.environment import DoctorCheck, check_environment, doctor_checks
 from crusoe_metrics_exporter.ebpf.kernel import bpf_stats_enabled
-from crusoe_metrics_exporter.ebpf.options import EBPF_OPTIONS
 from crusoe_metrics_exporter.ebpf.runtime import (
     BpfMap,
     LoadedBpf,
@@ -47,7 +46,6 @@ def verify_only(spec: BpfSpec, state_dir: Path | None = None) -> LoadedBpf:
 
 
 __all__ = [
-    "EBPF_OPTIONS",
     "EBPF_SERVICE",
     "AttachCandidate",
     "AttachMethod",

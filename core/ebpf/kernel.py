@@ -43,7 +43,7 @@ def ensure_tracefs(allow_mount: bool) -> tuple[Path | None, str]:
     if root is not None:
         return root, f"tracefs at {root}"
     if not allow_mount:
-        return None, "tracefs is not mounted and mounting it is disabled (ebpf_mount_tracefs = false)"
+        return None, "tracefs is not mounted and mounting it is disabled (mount_tracefs = false)"
     target = TRACEFS_MOUNTS[0]
     if not target.is_dir():
         return None, f"tracefs is not mounted and {target} does not exist (kernel without CONFIG_TRACING?)"

@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from crusoe_metrics_exporter.contract import Support
 from crusoe_metrics_exporter.ebpf import kernel
-from crusoe_metrics_exporter.ebpf.runtime import LoadedBpf, default_state_dir, load
+from crusoe_metrics_exporter.ebpf.environment import check_environment
+from crusoe_metrics_exporter.ebpf.runtime import LoadedBpf, attach_plan, default_state_dir, load, plan_details
 from crusoe_metrics_exporter.ebpf.spec import BpfSpec
+from crusoe_metrics_exporter.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -25,17 +27,33 @@ PREFIX = "crusoe_vm_exporter_ebpf_"
 
 
 class EbpfService:
-    def __init__(self, settings: Any = None, state_dir: Path | None = None) -> None:
-        core = getattr(settings, "core", {}) or {}
-        configured = core.get("state_dir") if isinstance(core, dict) else None
+    def __init__(self, settings: Settings | None = None, state_dir: Path | None = None) -> None:
+        core = settings.core if settings is not None else {}
+        configured = core.get("state_dir")
         self.state_dir = state_dir or (Path(configured) if configured else default_state_dir())
+        self.mount_tracefs = bool(core.get("mount_tracefs", True))
         self._loaded: dict[str, list[LoadedBpf]] = {}
         self._lock = threading.Lock()
 
-    def load(self, plugin: str, spec: BpfSpec, *, mount_tracefs: bool = True, state_dir: Path | None = None,
-             attach: bool = True) -> LoadedBpf:
+    def support(self, spec: BpfSpec) -> Support:
+        """Whether this host can run ``spec``: privileges, bcc, headers, tracefs and an attach point per program.
+
+        Cheap (files and capabilities only, no compiler); ``details`` carry the
+        attach plan and the environment facts shown by ``plugins``.
+        """
+        support = check_environment(self.mount_tracefs, self.state_dir)
+        if not support.supported:
+            return support
+        plan = attach_plan(spec)
+        unattachable = {role: why for role, why in plan.items() if isinstance(why, str)}
+        if unattachable:
+            role, why = next(iter(unattachable.items()))
+            return Support.unsupported(f"nothing to attach the {role} program to: {why}")
+        return Support.ok(**plan_details(plan), **dict(support.details))
+
+    def load(self, plugin: str, spec: BpfSpec, *, attach: bool = True) -> LoadedBpf:
         """Load ``spec`` for ``plugin`` (raises BpfUnavailable) and track it for the self metrics."""
-        loaded = load(spec, state_dir or self.state_dir, attach=attach, mount_tracefs=mount_tracefs)
+        loaded = load(spec, self.state_dir, attach=attach, mount_tracefs=self.mount_tracefs)
         self.register(plugin, loaded)
         return loaded
 

@@ -13,7 +13,6 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 from crusoe_metrics_exporter.contract import PluginContext, Sample, Support
@@ -23,22 +22,10 @@ from crusoe_metrics_exporter.plugins._tcptrace.tracer import TcpTracer, make_spe
 
 def ebpf_support(ctx: PluginContext, name: str) -> Support:
     """Whether this host can run the plugin's programs, with the attach plan as details."""
-    from crusoe_metrics_exporter.ebpf import attach_plan, check_environment, plan_details
+    from crusoe_metrics_exporter.ebpf import EBPF_SERVICE
 
-    support = check_environment(bool(ctx.options.get("ebpf_mount_tracefs", True)), state_dir(ctx))
-    if not support.supported:
-        return support
-    plan = attach_plan(plan_spec(name))
-    unattachable = {role: why for role, why in plan.items() if isinstance(why, str)}
-    if unattachable:
-        role, why = next(iter(unattachable.items()))
-        return Support.unsupported(f"nothing to attach the {role} program to: {why}")
-    return Support.ok(**plan_details(plan), **dict(support.details))
-
-
-def state_dir(ctx: PluginContext) -> Path | None:
-    value = ctx.options.get("ebpf_state_dir")
-    return Path(str(value)) if value else None
+    support: Support = ctx.services.get(EBPF_SERVICE).support(plan_spec(name))
+    return support
 
 
 class TcpTargetCollector(ABC):
@@ -90,11 +77,7 @@ class TcpTargetCollector(ABC):
         spec = make_spec(self.ctx.plugin, self.body, self.bounds, defines=self.defines(capacity), max_targets=capacity)
         self._ebpf = self.ctx.services.get(EBPF_SERVICE)
         try:
-            self._tracer = TcpTracer.load(
-                self._ebpf, self.ctx.plugin, spec, capacity,
-                mount_tracefs=bool(self.ctx.options.get("ebpf_mount_tracefs", True)),
-                state_dir=state_dir(self.ctx),
-            )
+            self._tracer = TcpTracer.load(self._ebpf, self.ctx.plugin, spec, capacity)
         except BpfUnavailable as exc:
             # One line for the plugin's state; the host turns this into "failed".
             raise RuntimeError(str(exc)) from None

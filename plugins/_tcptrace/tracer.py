@@ -100,10 +100,9 @@ class TcpTracer:
         self._clamped = 0
 
     @classmethod
-    def load(cls, ebpf_service: Any, plugin: str, spec: BpfSpec, max_targets: int, *, mount_tracefs: bool = True,
-             state_dir: Any = None) -> TcpTracer:
+    def load(cls, ebpf_service: Any, plugin: str, spec: BpfSpec, max_targets: int) -> TcpTracer:
         """Load through the shared ``ebpf`` service (raises BpfUnavailable)."""
-        loaded = ebpf_service.load(plugin, spec, mount_tracefs=mount_tracefs, state_dir=state_dir)
+        loaded = ebpf_service.load(plugin, spec)
         return cls(loaded, max_targets)
 
     def _sync_words(self, name: str, current: dict[int, int], wanted: dict[int, int]) -> dict[int, int]:

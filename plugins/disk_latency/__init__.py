@@ -6,11 +6,8 @@ the collector (with the eBPF runtime) is only imported when the plugin starts.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from crusoe_metrics_exporter.contract import Collector, MetricSpec, PluginContext, PluginSpec, Support
 from crusoe_metrics_exporter.devices import DEVICE_OPTIONS
-from crusoe_metrics_exporter.ebpf.options import EBPF_OPTIONS
 from crusoe_metrics_exporter.hookspecs import hookimpl
 from crusoe_metrics_exporter.plugins.disk_latency.parser import BOUNDS_SECONDS
 
@@ -48,23 +45,11 @@ METRICS: tuple[MetricSpec, ...] = (
 
 
 def _check_support(ctx: PluginContext) -> Support:
-    from crusoe_metrics_exporter.ebpf import attach_plan, check_environment, plan_details
+    from crusoe_metrics_exporter.ebpf import EBPF_SERVICE
     from crusoe_metrics_exporter.plugins.disk_latency.collector import bpf_spec
 
-    support = check_environment(bool(ctx.options.get("ebpf_mount_tracefs", True)), _state_dir(ctx))
-    if not support.supported:
-        return support
-    plan = attach_plan(bpf_spec())
-    unattachable = {role: why for role, why in plan.items() if isinstance(why, str)}
-    if unattachable:
-        role, why = next(iter(unattachable.items()))
-        return Support.unsupported(f"nothing to attach the {role} program to: {why}")
-    return Support.ok(**plan_details(plan), **dict(support.details))
-
-
-def _state_dir(ctx: PluginContext) -> Path | None:
-    value = ctx.options.get("ebpf_state_dir")
-    return Path(str(value)) if value else None
+    support: Support = ctx.services.get(EBPF_SERVICE).support(bpf_spec())
+    return support
 
 
 def _factory(ctx: PluginContext) -> Collector:
@@ -82,6 +67,6 @@ def crusoe_metrics_exporter_plugin() -> PluginSpec:
         metrics=METRICS,
         factory=_factory,
         check_support=_check_support,
-        options=DEVICE_OPTIONS + EBPF_OPTIONS,
+        options=DEVICE_OPTIONS,
         uses_ebpf=True,
     )

@@ -6,7 +6,6 @@ import threading
 import time
 from collections.abc import Iterable
 from importlib import resources
-from pathlib import Path
 
 from crusoe_metrics_exporter.contract import PluginContext, Sample
 from crusoe_metrics_exporter.devices import DeviceFilter, device_names
@@ -99,14 +98,8 @@ class DiskLatencyCollector:
 
     def start(self) -> None:
         service = self.ctx.services.get(EBPF_SERVICE)
-        state_dir = self.ctx.options.get("ebpf_state_dir")
         try:
-            self.loaded = service.load(
-                self.ctx.plugin,
-                bpf_spec(),
-                mount_tracefs=bool(self.ctx.options.get("ebpf_mount_tracefs", True)),
-                state_dir=Path(str(state_dir)) if state_dir else None,
-            )
+            self.loaded = service.load(self.ctx.plugin, bpf_spec())
         except BpfUnavailable as exc:
             # One line for the plugin's state; the host turns this into "failed".
             raise RuntimeError(str(exc)) from None

@@ -15,7 +15,6 @@ from crusoe_metrics_exporter.contract import (
     PluginSpec,
     Support,
 )
-from crusoe_metrics_exporter.ebpf.options import EBPF_OPTIONS
 from crusoe_metrics_exporter.hookspecs import hookimpl
 
 LABELS = ("protocol", "operation", "volume_id")
@@ -94,6 +93,6 @@ def crusoe_metrics_exporter_plugin() -> PluginSpec:
         metrics=METRICS,
         factory=_factory,
         check_support=_check,
-        options=OPTIONS + EBPF_OPTIONS,
+        options=OPTIONS,
         uses_ebpf=True,
     )

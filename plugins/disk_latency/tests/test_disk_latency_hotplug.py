@@ -34,7 +34,7 @@ LOOP_MAJOR = 7
 def collector(require_ebpf: None, state_dir: Path) -> Iterator[DiskLatencyCollector]:
     ex = Exporter.from_environment(environ={})
     ex.settings.plugins.setdefault("disk_latency", {})["device_include"] = r"^loop\d+$"
-    ex.settings.plugins["disk_latency"]["ebpf_state_dir"] = str(state_dir)
+    ex.settings.core["state_dir"] = str(state_dir)
     ex.start(only=["disk_latency"])
     try:
         rec = next(r for r in ex.records if r.name == "disk_latency")

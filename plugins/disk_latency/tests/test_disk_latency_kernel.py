@@ -37,7 +37,7 @@ MEAN_TOLERANCE_ABSOLUTE = 5e-6
 def exporter(loop_device: str, state_dir: Path) -> Iterator[Exporter]:
     ex = Exporter.from_environment(environ={"CRUSOE_EXPORTER_STATE_DIR": str(state_dir)})
     ex.settings.plugins.setdefault("disk_latency", {})["device_include"] = f"^{loop_device}$"
-    ex.settings.plugins["disk_latency"]["ebpf_state_dir"] = str(state_dir)
+    ex.settings.core["state_dir"] = str(state_dir)
     ex.start(only=["disk_latency"])
     try:
         yield ex
