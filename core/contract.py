@@ -116,7 +116,9 @@ class ConfigOption:
 
     ``default`` is in the option's native Python form (seconds as float for
     durations, lists for list types). ``env`` names an environment variable
-    that sets it, for the seed's variables. ``choices`` limits str options.
+    that sets it, for the seed's variables. ``choices`` limits str and int
+    options (spelt as text); ``minimum`` bounds int, float and duration
+    options from below, so a value the plugin cannot use stops start-up.
     """
 
     name: str
@@ -125,6 +127,7 @@ class ConfigOption:
     help: str
     env: str | None = None
     choices: tuple[str, ...] = ()
+    minimum: float | None = None
 
 
 @runtime_checkable

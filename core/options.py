@@ -80,6 +80,9 @@ def expected(option: ConfigOption) -> str:
         return "one of " + ", ".join(option.choices)
     if option.name == "port":
         return "an integer port between 1 and 65535"
+    if option.minimum is not None:
+        floor = format_duration(option.minimum) if option.type == "duration" else f"{option.minimum:g}"
+        return f"{_EXPECTED[option.type]}, at least {floor}"
     return _EXPECTED[option.type]
 
 
@@ -87,6 +90,10 @@ def parse_option(option: ConfigOption, raw: Any, origin: str) -> Any:
     """Convert ``raw`` (str from env/CLI, or a TOML value) to the option's type."""
     try:
         value = _convert(option, raw)
+        if option.minimum is not None and value < option.minimum:
+            raise ValueError
+        if option.choices and option.type == "int" and str(value) not in option.choices:
+            raise ValueError
     except (ValueError, TypeError, re.error):
         shown = raw if isinstance(raw, str) else repr(raw)
         raise SettingError(f"invalid {origin}={shown!r}: expected {expected(option)}") from None

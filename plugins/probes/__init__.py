@@ -88,7 +88,7 @@ METRICS: tuple[MetricSpec, ...] = (
 )
 
 OPTIONS: tuple[ConfigOption, ...] = (
-    ConfigOption("interval", "duration", 300.0, "How often every probe runs.", env="PROBE_INTERVAL"),
+    ConfigOption("interval", "duration", 300.0, "How often every probe runs.", env="PROBE_INTERVAL", minimum=0.05),
     ConfigOption(
         "jitter",
         "duration",
@@ -96,9 +96,11 @@ OPTIONS: tuple[ConfigOption, ...] = (
         "Random delay added to each round (at most half the interval) so many hosts do not probe in step.",
         env="PROBE_JITTER",
     ),
-    ConfigOption("timeout", "duration", 10.0, "Per-probe timeout (at most the interval).", env="PROBE_TIMEOUT"),
-    ConfigOption("concurrency", "int", 16, "How many probes may run at the same time."),
-    ConfigOption("nfs_rpc_version", "int", 4, "NFS program version of the NULL RPC probe: 4 or 3."),
+    ConfigOption("timeout", "duration", 10.0, "Per-probe timeout (at most the interval).", env="PROBE_TIMEOUT",
+                 minimum=0.05),
+    ConfigOption("concurrency", "int", 16, "How many probes may run at the same time.", minimum=1),
+    ConfigOption("nfs_rpc_version", "int", 4, "NFS program version of the NULL RPC probe: 4 or 3.",
+                 choices=("4", "3")),
     ConfigOption(
         "ca_bundle",
         "path",
