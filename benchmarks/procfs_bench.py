@@ -158,10 +158,8 @@ def bench_trees(trees: dict[int, Path], scrapes: int, with_node: bool) -> dict[s
 
 def breakdown(tree: Path, repeats: int = 5) -> dict[str, float]:
     """In-process split of one scrape: each plugin's collect, validation, exposition."""
-    from procfs_render_prototype import render_text, same_series
-
     from crusoe_metrics_exporter.app import Exporter
-    from crusoe_metrics_exporter.exposition import family, render
+    from crusoe_metrics_exporter.exposition import Scrape, render
     from crusoe_metrics_exporter.runner import validate
 
     ex = Exporter.from_environment(environ={"HOST_PROC_PATH": str(tree), "LOG_LEVEL": "error"})
@@ -175,8 +173,7 @@ def breakdown(tree: Path, repeats: int = 5) -> dict[str, float]:
             return now
 
         for _ in range(repeats):
-            families = []
-            groups = []
+            scrape = Scrape()
             for rec in ex.records:
                 if rec.name not in PLUGINS or rec.collector is None or rec.spec is None:
                     continue
@@ -185,20 +182,11 @@ def breakdown(tree: Path, repeats: int = 5) -> dict[str, float]:
                 samples = list(rec.collector.collect())
                 t = note(f"{rec.name}: collect", t)
                 grouped, _ = validate(samples, metrics)
-                t = note("core: validate", t)
-                for spec in rec.spec.metrics:
-                    if grouped.get(spec.name):
-                        families.append(family(spec, grouped[spec.name]))
-                        groups.append((spec, grouped[spec.name]))
-                note("core: build families", t)
+                note("core: validate", t)
+                scrape.groups.extend((spec, grouped[spec.name]) for spec in rec.spec.metrics if grouped.get(spec.name))
             t = time.perf_counter()
-            text = render(families)
+            render(scrape)
             note("core: render text", t)
-            t = time.perf_counter()
-            direct = render_text(groups)
-            note("proposal: direct text (replaces build+render)", t)
-            if not same_series(text, direct):
-                raise RuntimeError("the direct renderer disagrees with the core's exposition")
         totals: dict[str, float] = {}
         for name, values in parts.items():
             # Several calls per scrape (validate per plugin): sum per scrape.
