@@ -7,10 +7,13 @@ reads what plugins already gathered: no compilation, no DNS, no probing.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gzip
 import html
 import json
 import logging
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -31,16 +34,30 @@ class ExporterHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], exporter: Exporter) -> None:
+    def __init__(self, address: tuple[str, int], exporter: Exporter, family: socket.AddressFamily) -> None:
         self.exporter = exporter
-        # An empty host binds every interface; "::" covers IPv4 too when the
-        # system allows dual-stack sockets.
-        host = address[0]
-        if ":" in host:
-            import socket
-
-            self.address_family = socket.AF_INET6
+        self.address_family = family
         super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
+            # Like Go's ":9500": one socket for IPv6 and IPv4 clients.
+            with contextlib.suppress(OSError):
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+def make_server(host: str, port: int, exporter: Exporter) -> ExporterHTTPServer:
+    """Bind ``host:port``; an empty host means every interface, IPv6 and IPv4 when the host has IPv6."""
+    if ":" in host:
+        return ExporterHTTPServer((host, port), exporter, socket.AF_INET6)
+    if host == "" and socket.has_ipv6:
+        try:
+            return ExporterHTTPServer(("::", port), exporter, socket.AF_INET6)
+        except OSError as exc:
+            if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT):
+                raise
+    return ExporterHTTPServer((host, port), exporter, socket.AF_INET)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -119,9 +136,9 @@ def _index(exporter: Exporter) -> str:
 
 def serve(exporter: Exporter, host: str, port: int, ready: threading.Event | None = None) -> None:
     """Serve until interrupted (SIGINT/SIGTERM raise KeyboardInterrupt/SystemExit in the caller)."""
-    httpd = ExporterHTTPServer((host, port), exporter)
-    shown = f"[{host}]" if ":" in host else (host or "0.0.0.0")
-    log.info("listening on %s:%d", shown, httpd.server_address[1])
+    httpd = make_server(host, port, exporter)
+    bound = str(httpd.server_address[0])
+    log.info("listening on %s:%d", f"[{bound}]" if ":" in bound else bound, httpd.server_address[1])
     if ready is not None:
         ready.set()
     try:

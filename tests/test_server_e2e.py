@@ -87,3 +87,13 @@ def test_port_in_use_is_one_line() -> None:
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("crusoe-metrics-exporter: cannot listen on port") and "Traceback" not in result.stderr
 
+
+
+def test_default_bind_serves_ipv4_and_ipv6() -> None:
+    import urllib.request
+
+    # An empty LISTEN_ADDRESS counts as unset: every interface, as the seed's ":9500".
+    with running_exporter({"LISTEN_ADDRESS": ""}, args=("--disable", "disk_latency,nfs_latency,probes")) as exporter:
+        assert exporter.get("/health")[2] == "OK"
+        with urllib.request.urlopen(f"http://[::1]:{exporter.port}/health", timeout=10) as resp:
+            assert resp.read() == b"OK"
