@@ -88,3 +88,18 @@ def test_unknown_set_is_refused() -> None:
 
 def test_version() -> None:
     assert run("--version").stdout.startswith("crusoe-metrics-exporter, version ")
+
+
+@pytest.mark.ebpf
+def test_non_root_user_sees_ebpf_plugins_unsupported_with_a_reason() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("!!! needs root to switch to an unprivileged user !!!")
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", CLI, "plugins", "--json"],
+                            capture_output=True, text=True, timeout=120, cwd="/")
+    assert result.returncode == 0, result.stderr
+    plugins = {p["name"]: p for p in json.loads(result.stdout)}
+    for name in ("disk_latency", "nfs_latency"):
+        assert plugins[name]["state"] == "unsupported", plugins[name]
+        assert "root" in plugins[name]["reason"] or "CAP_BPF" in plugins[name]["reason"]
+    assert plugins["disk_stats"]["state"] == "active"
+    assert not [p for p in plugins.values() if p["state"] == "failed"]

@@ -29,8 +29,12 @@ CAP_BPF = 39
 def tracefs_root() -> Path | None:
     """The mounted tracefs (its ``events`` directory present), or None."""
     for root in TRACEFS_MOUNTS:
-        if (root / "events").is_dir():
-            return root
+        try:
+            if (root / "events").is_dir():
+                return root
+        except PermissionError:
+            # tracefs is root-only (mode 700): for anyone else it is as good as absent.
+            continue
     return None
 
 
