@@ -107,7 +107,10 @@ class Support:
         return cls(False, reason, details, fix, needs_configuration=True)
 
 
-OptionType = Literal["str", "int", "float", "bool", "duration", "str_list", "int_list", "port_list", "regex", "path"]
+OptionType = Literal[
+    "str", "int", "float", "bool", "duration", "path", "regex",
+    "str_list", "int_list", "port_list", "host", "host_list", "ip_list",
+]
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ where the value came from, the value, and what is accepted.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
@@ -72,6 +73,9 @@ _EXPECTED = {
     "int_list": "a comma-separated list of integers",
     "port_list": "a comma-separated list of ports between 1 and 65535",
     "regex": "a valid regular expression",
+    "host": "a host name or IP address",
+    "host_list": "a comma-separated list of host names or IP addresses",
+    "ip_list": "a comma-separated list of IP addresses",
 }
 
 
@@ -109,6 +113,8 @@ def _convert(option: ConfigOption, raw: Any) -> Any:
         if option.choices and value.lower() not in option.choices:
             raise ValueError
         return value.lower() if option.choices else value
+    if t in ("host", "host_list", "ip_list"):
+        return _convert_hosts(t, raw)
     if t == "regex":
         if not isinstance(raw, str):
             raise TypeError
@@ -162,6 +168,43 @@ def _convert(option: ConfigOption, raw: Any) -> Any:
             raise ValueError
         return ints
     raise TypeError(t)
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def is_host_name(text: str) -> bool:
+    """RFC 1123 host name syntax (a trailing dot allowed)."""
+    name = text[:-1] if text.endswith(".") else text
+    return 0 < len(name) <= 253 and all(_HOST_LABEL.match(label) for label in name.split("."))
+
+
+def is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _convert_hosts(t: str, raw: Any) -> Any:
+    if t == "host":
+        if not isinstance(raw, str):
+            raise TypeError
+        value = raw.strip()
+        if value and not (is_ip(value) or is_host_name(value)):
+            raise ValueError
+        return value
+    if isinstance(raw, str):
+        items = [part.strip() for part in raw.split(",") if part.strip()]
+    elif isinstance(raw, list) and all(isinstance(i, str) for i in raw):
+        items = [i.strip() for i in raw if i.strip()]
+    else:
+        raise TypeError
+    check = is_ip if t == "ip_list" else (lambda i: is_ip(i) or is_host_name(i))
+    if not all(check(i) for i in items):
+        raise ValueError
+    return items
 
 
 def _strict_int(value: Any) -> int:

@@ -92,7 +92,7 @@ CORE_OPTIONS: tuple[ConfigOption, ...] = (
 TARGET_OPTIONS: tuple[ConfigOption, ...] = (
     ConfigOption(
         "nfs_server_ips",
-        "str_list",
+        "host_list",
         [],
         "NFS servers (IPs or host names) in addition to those found in the host's mounts.",
         env="NFS_SERVER_IPS",
@@ -120,14 +120,14 @@ TARGET_OPTIONS: tuple[ConfigOption, ...] = (
     ),
     ConfigOption(
         "objstore_endpoint_fqdn",
-        "str",
+        "host",
         "",
         "Object store host name; its A and AAAA records are the endpoints.",
         env="OBJSTORE_ENDPOINT_FQDN",
     ),
     ConfigOption(
         "objstore_endpoint_ips",
-        "str_list",
+        "ip_list",
         [],
         "Object store endpoint IPs, used only when no FQDN is set.",
         env="OBJSTORE_ENDPOINT_IPS",
