@@ -30,7 +30,12 @@ def _plugin_options(records: Iterable[PluginRecord]) -> dict[str, tuple[ConfigOp
 
 
 def _line(option: ConfigOption, value: Any) -> str:
-    return tomli_w.dumps({option.name: to_toml_value(option, value)}).rstrip("\n")
+    rendered = to_toml_value(option, value)
+    if isinstance(rendered, list):
+        # One line per option (tomli-w would spread arrays over several); a
+        # JSON array of strings or integers is also a valid TOML inline array.
+        return f"{option.name} = {json.dumps(rendered, ensure_ascii=False)}"
+    return tomli_w.dumps({option.name: rendered}).rstrip("\n")
 
 
 def starter_toml(records: Iterable[PluginRecord]) -> str:
