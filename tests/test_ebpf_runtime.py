@@ -390,3 +390,47 @@ def test_tracefs_is_mounted_when_absent(require_ebpf: None) -> None:
     assert mounted == "/sys/kernel/tracing" and "mounted by the exporter" in how
     assert int(tp_id) > 0
     assert kernel.tracefs_root() is not None  # our own namespace still has it
+
+
+THREE_PROGRAMS_SOURCE = r"""
+#ifdef CME_WANT_first
+int first(void *ctx) { return 0; }
+#endif
+#ifdef CME_WANT_second
+int second(void *ctx) { return 0; }
+#endif
+#ifdef CME_WANT_third
+int third(void *ctx) { return 0; }
+#endif
+"""
+
+
+@pytest.mark.ebpf
+def test_failed_attach_closes_every_program(
+    require_ebpf: None, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A program that cannot attach fails the load; no program stays loaded, attached or not."""
+    from crusoe_metrics_exporter.ebpf import runtime
+
+    spec = BpfSpec(
+        "three",
+        THREE_PROGRAMS_SOURCE,
+        programs=(
+            ProgramSpec("a", (Tracepoint("block", "block_rq_issue", "first"),)),
+            ProgramSpec("b", (Tracepoint("block", "block_rq_complete", "second"),)),
+            ProgramSpec("c", (Tracepoint("block", "block_rq_insert", "third"),)),
+        ),
+    )
+    real_attach = runtime._attach
+
+    def attach(candidate: Tracepoint | Kprobe, prog_fd: int, tracefs: Path) -> int:
+        if candidate.fn == "second":
+            raise OSError(28, "No space left on device")
+        return real_attach(candidate, prog_fd, tracefs)
+
+    monkeypatch.setattr(runtime, "_attach", attach)
+    before = _loaded_prog_ids()
+    with pytest.raises(BpfUnavailable) as info:
+        load(spec, state_dir)
+    assert "cannot attach b" in str(info.value)
+    assert _loaded_prog_ids() == before

@@ -162,7 +162,9 @@ class LoadedBpf:
                     syscalls.perf_event_disable(p.perf_fd)
                     _close(p.perf_fd)
                     p.perf_fd = -1
-                _close(p.prog_fd)
+                if p.prog_fd >= 0:
+                    _close(p.prog_fd)
+                    p.prog_fd = -1
             for m in self._maps.values():
                 _close(m.fd)
 
@@ -378,6 +380,7 @@ def _attach_all(loaded: LoadedBpf, tracefs: Path, load_errors: dict[str, str]) -
                 continue
             if chosen is not None:
                 _close(p.prog_fd)
+                p.prog_fd = -1
                 continue
             try:
                 p.perf_fd = _attach(p.candidate, p.prog_fd, tracefs)
@@ -386,10 +389,13 @@ def _attach_all(loaded: LoadedBpf, tracefs: Path, load_errors: dict[str, str]) -
                 log.info("%s: attaching %s to %s failed (%s); trying the next variant", loaded.spec.name,
                          program.role, p.candidate.target, exc.strerror or exc)
                 _close(p.prog_fd)
+                p.prog_fd = -1
                 continue
             chosen = p
         if chosen is None:
-            loaded._programs = kept + [p for p in loaded._programs if p.perf_fd >= 0 and p not in kept]
+            # Every program still holding a descriptor (attached, or of a
+            # role not reached yet) stays listed so that close() frees it.
+            loaded._programs = [p for p in loaded._programs if p.prog_fd >= 0]
             raise BpfUnavailable(f"{loaded.spec.name}: cannot attach {program.role} ({'; '.join(failures)})")
         kept.append(chosen)
     loaded._programs = kept
