@@ -528,3 +528,22 @@ def test_huge_volume_id_is_refused() -> None:
     s, result = _parse_text(text)
     assert s == {}
     assert result.errors[STATS] == 1
+
+
+def test_volume_id_is_taken_from_the_decoded_device_like_target_discovery() -> None:
+    # mountstats octal-escapes a space in the device (\040) as /proc/<pid>/mounts
+    # does; nfs_latency gets its volume id from the decoded mounts line, so
+    # both plugins must label this volume "vol a".
+    from crusoe_metrics_exporter.targets.mounts import parse_mounts
+    from crusoe_metrics_exporter.targets.volumes import volume_id
+
+    device = r"srv:/volumes/vol\040a"
+    s, result = _parse_text(
+        f"device {device} mounted on /mnt with fstype nfs statvers=1.1\n"
+        "\tper-op statistics\n"
+        "\t        READ: 1 1 0 2 3 0 4 5 0\n"
+    )
+    assert no_errors(result)
+    (line,), _ = parse_mounts(f"{device} /mnt nfs rw,addr=10.0.0.1 0 0\n")
+    assert volume_id(line.device, SEED_PATTERN) == "vol a"
+    assert s["nfs_rpc_count_total", ("vol a", "read")] == 1
