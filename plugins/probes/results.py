@@ -86,10 +86,15 @@ class ResultStore:
         self._lock = threading.Lock()
         self._latest: dict[ProbeKey, ProbeResult] = {}
         self._failures: dict[tuple[ProbeKey, str], int] = {}
+        #: The current targets' probes once retain() has run; a result for any
+        #: other key comes from a probe that was running when its target vanished.
+        self._wanted: set[ProbeKey] | None = None
 
     def record(self, key: ProbeKey, result: ProbeResult) -> ProbeResult | None:
         """Store a result; returns the one it replaces."""
         with self._lock:
+            if self._wanted is not None and key not in self._wanted:
+                return None
             previous = self._latest.get(key)
             self._latest[key] = result
             if not result.outcome.success:
@@ -104,6 +109,7 @@ class ResultStore:
     def retain(self, keys: set[ProbeKey]) -> None:
         """Forget endpoints that are no longer targets, so their series disappear."""
         with self._lock:
+            self._wanted = set(keys)
             for key in [k for k in self._latest if k not in keys]:
                 del self._latest[key]
             for fkey in [f for f in self._failures if f[0] not in keys]:

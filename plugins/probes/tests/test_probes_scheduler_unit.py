@@ -157,3 +157,33 @@ def test_stop_is_prompt_with_a_probe_stuck() -> None:
 def test_interval_must_be_positive() -> None:
     with pytest.raises(ValueError, match="greater than zero"):
         make(list, [], interval=0.0)
+
+
+def test_a_result_finishing_after_its_target_vanished_does_not_bring_its_series_back(
+    wait: Callable[..., Any],
+) -> None:
+    key = ProbeKey("nfs_rpc", "nfs", "10.0.0.9", 2049)
+    release, running, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_failure() -> Outcome:
+        running.set()
+        release.wait(5.0)
+        finished.set()
+        return Outcome.failed("timeout", 1.0)
+
+    targets = [ProbeJob(key, slow_failure)]
+    errors: list[int] = []
+    scheduler, store = make(lambda: list(targets), errors)
+    try:
+        assert scheduler.run_round() == 1
+        assert running.wait(2.0)
+        targets.clear()  # discovery drops the server while its probe runs
+        scheduler.run_new()
+        release.set()
+        assert finished.wait(2.0)
+        assert wait(lambda: not scheduler._in_flight, 2.0)
+        time.sleep(0.05)  # the result is recorded just after in-flight is cleared
+        assert store.snapshot() == ({}, {})
+    finally:
+        release.set()
+        scheduler.stop()
