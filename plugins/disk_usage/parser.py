@@ -68,7 +68,9 @@ class MountSelector:
     ``exclude`` (on the source) and ``mount_point_exclude`` (on the decoded
     mount point) drop mounts. Each device is reported once, at its first
     mount in the table: later lines are bind mounts or re-mounts of the same
-    filesystem and would repeat the same numbers.
+    filesystem and would repeat the same numbers. A mount hidden by a later
+    mount on the same mount point is never used: its statfs would measure
+    the filesystem on top.
     """
 
     def __init__(self, include: str = DEFAULT_DEVICE_INCLUDE, exclude: str = "", mount_point_exclude: str = ""
@@ -92,9 +94,16 @@ class MountSelector:
         return source.removeprefix("/dev/")
 
     def select(self, entries: Iterable[MountEntry]) -> list[SelectedMount]:
+        entries = list(entries)
+        # A mount point listed again further down is mounted over: statfs on
+        # it reaches the top filesystem only, so the hidden one is skipped
+        # (its device is then reported at its next visible mount, if any).
+        top = {entry.mount_point: i for i, entry in enumerate(entries)}
         chosen: list[SelectedMount] = []
         seen: set[str] = set()
-        for entry in entries:
+        for i, entry in enumerate(entries):
+            if top[entry.mount_point] != i:
+                continue
             device = self.device_label(entry.source)
             if device is None or device in seen:
                 continue

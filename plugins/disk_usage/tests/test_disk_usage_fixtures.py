@@ -126,7 +126,7 @@ def test_device_selection_and_labels() -> None:
     assert MountSelector("").device_label("tmpfs") == "tmpfs"
 
 
-def test_first_mount_of_a_device_wins_and_mount_point_exclude(make_ctx: Any, proc_tree: Any) -> None:
+def test_first_visible_mount_of_a_device_wins_and_mount_point_exclude(make_ctx: Any, proc_tree: Any) -> None:
     mounts = b"\n".join([
         b"/dev/vda1 /var/lib/docker/overlay ext4 rw 0 0",
         b"/dev/vda1 /tmp ext4 rw 0 0",
@@ -135,7 +135,9 @@ def test_first_mount_of_a_device_wins_and_mount_point_exclude(make_ctx: Any, pro
     ])
     values, errors = collect(make_ctx(proc_tree(mounts), {"mount_point_exclude": "^/var/lib/docker/"}))
     assert errors == 0
-    assert {(d, mp) for (m, d, mp) in values if m == "disk_bytes_total"} == {("vda1", "/tmp"), ("vdb", "/tmp")}
+    # vdb is mounted over vda1's /tmp: statfs("/tmp") measures vdb only, so
+    # vda1 is reported at its next visible mount.
+    assert {(d, mp) for (m, d, mp) in values if m == "disk_bytes_total"} == {("vda1", "/proc"), ("vdb", "/tmp")}
 
 
 def test_statfs_failures_are_counted_per_mount_and_scrape(make_ctx: Any, proc_tree: Any) -> None:
@@ -218,3 +220,26 @@ def test_mount_timeout_fits_the_collect_timeout(make_ctx: Any, tmp_path: Path) -
     assert effective_mount_timeout(make_ctx(tmp_path, {}, collect_timeout=1.0)) == pytest.approx(0.32)
     collector = DiskUsageCollector(make_ctx(tmp_path, {"stat_workers": 10_000}))
     assert collector.pool.workers == 64
+
+
+def test_a_mount_hidden_by_a_later_mount_is_not_measured_with_the_top_filesystems_numbers(
+    make_ctx: Any, proc_tree: Any, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("LOUD SKIP: stacking two tmpfs mounts needs root; the overmount check cannot run")
+    libc = ctypes.CDLL(None, use_errno=True)
+    point = tmp_path / "stacked"
+    point.mkdir()
+    # The real kernel: a 4 MiB tmpfs, then an 8 MiB tmpfs mounted over it.
+    for size in (b"size=4m", b"size=8m"):
+        assert libc.mount(b"tmpfs", bytes(point), b"tmpfs", 0, size) == 0, os.strerror(ctypes.get_errno())
+    try:
+        mounts = f"/dev/vdc {point} ext4 rw 0 0\n/dev/vdd {point} ext4 rw 0 0\n".encode()
+        values, errors = collect(make_ctx(proc_tree(mounts)))
+    finally:
+        libc.umount2(bytes(point), 2)
+        libc.umount2(bytes(point), 2)
+    assert errors == 0
+    totals = {d: v for (m, d, _mp), v in values.items() if m == "disk_bytes_total"}
+    # Only the top filesystem can be measured; the hidden one must not get its numbers.
+    assert totals == {"vdd": 8 * 1024 * 1024}
