@@ -59,7 +59,8 @@ OPTIONS: tuple[ConfigOption, ...] = (
         "(node_exporter's mount-timeout); 0 means the default. Capped so that 2.5 x mount_timeout fits in 80% "
         "of the collect timeout.",
     ),
-    ConfigOption("stat_workers", "int", DEFAULT_STAT_WORKERS, "Threads running statfs in parallel (1 to 64)."),
+    ConfigOption("stat_workers", "int", DEFAULT_STAT_WORKERS, "Threads running statfs in parallel (1 to 64).",
+                 minimum=1),
 )
 
 

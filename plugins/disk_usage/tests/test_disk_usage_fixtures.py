@@ -243,3 +243,13 @@ def test_a_mount_hidden_by_a_later_mount_is_not_measured_with_the_top_filesystem
     totals = {d: v for (m, d, _mp), v in values.items() if m == "disk_bytes_total"}
     # Only the top filesystem can be measured; the hidden one must not get its numbers.
     assert totals == {"vdd": 8 * 1024 * 1024}
+
+
+@pytest.mark.parametrize("raw", ["0", "-3"])
+def test_stat_workers_below_one_is_rejected_not_silently_raised(raw: str) -> None:
+    from crusoe_metrics_exporter.options import SettingError, parse_option
+
+    option = next(o for o in crusoe_metrics_exporter_plugin().options if o.name == "stat_workers")
+    with pytest.raises(SettingError, match="at least 1"):
+        parse_option(option, raw, "[plugins.disk_usage] stat_workers")
+    assert parse_option(option, "1", "[plugins.disk_usage] stat_workers") == 1
