@@ -60,10 +60,13 @@ def _factory(ctx: PluginContext) -> Collector:
 def _check_support(ctx: PluginContext) -> Support:
     from crusoe_metrics_exporter.plugins.nfs_stats.collector import mountstats_path
 
+    from crusoe_metrics_exporter.procfs import read_limited
+
     path = mountstats_path(ctx)
     try:
-        with path.open("rb") as fh:
-            fh.read(1)
+        # read_limited: a FIFO given as MOUNTSTATS_PATH must not hang start-up
+        # in open(); it is refused like any other non-regular file.
+        read_limited(path, 1)
     except OSError as exc:
         return Support.unsupported(f"cannot read {path}: {exc.strerror or type(exc).__name__}", path=str(path))
     return Support.ok(path=str(path))

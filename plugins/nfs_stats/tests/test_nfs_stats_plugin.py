@@ -283,3 +283,28 @@ def test_this_hosts_real_mountstats_parses_cleanly(exporters: list[Exporter]) ->
     nfs_blocks = sum(1 for line in text.splitlines() if line.startswith("device ") and " fstype nfs" in line)
     if nfs_blocks == 0:
         assert [k for k in s if k[0] not in ERROR_COUNTERS] == []
+
+
+def test_a_fifo_as_mountstats_path_does_not_hang_start_up(exporters: list[Exporter], tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "mountstats.fifo"
+    os.mkfifo(fifo)
+    done = threading.Event()
+    started: list[Exporter] = []
+
+    def run() -> None:
+        started.append(start(exporters, tmp_path, env={"MOUNTSTATS_PATH": str(fifo)}))
+        done.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        assert done.wait(5.0), "start-up blocked opening the FIFO"
+    finally:
+        if not done.is_set():  # release the blocked open so the test run can go on
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            thread.join(5.0)
+    state, reason = record(started[0])
+    assert state == "unsupported"
+    assert str(fifo) in reason
