@@ -59,7 +59,6 @@ def _factory(ctx: PluginContext) -> Collector:
 
 def _check_support(ctx: PluginContext) -> Support:
     from crusoe_metrics_exporter.plugins.nfs_stats.collector import mountstats_path
-
     from crusoe_metrics_exporter.procfs import read_limited
 
     path = mountstats_path(ctx)
