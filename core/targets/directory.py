@@ -234,7 +234,12 @@ class TargetDirectory:
 
     def _read_mount_lines(self) -> list[MountLine]:
         try:
-            text = self._mounts_path.read_text(encoding="utf-8", errors="surrogateescape")
+            # "replace", not "surrogateescape": a server name or volume id taken
+            # from a non-UTF-8 device ends up in label values (DNS host,
+            # volume_id), and a lone surrogate cannot be encoded by the
+            # exposition, which would fail every scrape. nfs_stats decodes
+            # mountstats the same way, so both derive the same volume id.
+            text = self._mounts_path.read_text(encoding="utf-8", errors="replace")
         except OSError as exc:
             if self._last_mount_lines is not None:
                 log.warning("target discovery: cannot read %s (%s); keeping the previous mounts",

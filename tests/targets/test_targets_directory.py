@@ -318,3 +318,22 @@ def test_registered_as_core_service(tmp_path: Path) -> None:
     directory.start()
     services.stop()
     assert directory._thread is not None and not directory._thread.is_alive()
+
+
+def test_non_utf8_server_name_in_mounts_does_not_break_the_exposition(
+    tmp_path: Path, directories: list[TargetDirectory]
+) -> None:
+    settings = make_settings(tmp_path)
+    mounts_path(settings).write_bytes(
+        b"\xff\xfe:/export /mnt/a nfs rw,vers=3 0 0\n"
+        b"filer.test:/volumes/v\xe9 /mnt/b nfs rw,vers=3 0 0\n"
+    )
+    d = TargetDirectory(settings, resolver=FakeDns({"filer.test": ["10.0.0.7"]}))
+    directories.append(d)
+    mounts = d.nfs_mounts()
+    # The host name becomes a DNS host label value: it must be encodable.
+    text = render(d.metric_families()).decode()
+    assert 'host="\ufffd\ufffd"' in text
+    # The same replacement nfs_stats applies to mountstats, so the ids agree.
+    assert [m.volume_id for m in mounts if m.mount_point == "/mnt/b"] == ["v\ufffd"]
+    assert [s.address for s in d.nfs_servers()] == ["10.0.0.7"]
