@@ -7,7 +7,9 @@ where the value came from, the value, and what is accepted.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
+import threading
 from typing import Any
 
 from crusoe_metrics_exporter.contract import ConfigOption
@@ -98,7 +100,7 @@ def parse_option(option: ConfigOption, raw: Any, origin: str) -> Any:
             raise ValueError
         if option.choices and option.type == "int" and str(value) not in option.choices:
             raise ValueError
-    except (ValueError, TypeError, re.error):
+    except (ValueError, TypeError, OverflowError, re.error):
         shown = raw if isinstance(raw, str) else repr(raw)
         raise SettingError(f"invalid {origin}={shown!r}: expected {expected(option)}") from None
     return value
@@ -140,7 +142,10 @@ def _convert(option: ConfigOption, raw: Any) -> Any:
     if t == "float":
         if isinstance(raw, bool):
             raise TypeError
-        return float(raw)
+        number = float(raw)
+        if not math.isfinite(number):
+            raise ValueError
+        return number
     if t == "duration":
         if isinstance(raw, bool):
             raise TypeError
@@ -148,7 +153,8 @@ def _convert(option: ConfigOption, raw: Any) -> Any:
             seconds = float(raw)
         else:
             seconds = parse_duration(str(raw))
-        if seconds < 0:
+        # inf/nan come from TOML floats; beyond TIMEOUT_MAX no timer or wait accepts it.
+        if not 0 <= seconds <= threading.TIMEOUT_MAX:
             raise ValueError
         return seconds
     if t in ("str_list", "int_list", "port_list"):

@@ -149,3 +149,23 @@ def test_durations_round_trip(seconds: int) -> None:
                                                 ("1.5s", 1.5), ("0", 0)])
 def test_go_style_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e300"])
+@pytest.mark.parametrize("key", ["exporter.collect_timeout", "targets.nfs_mount_refresh_interval",
+                                 "exporter.port"])
+def test_non_finite_numbers_in_the_file_are_refused_in_one_line(tmp_path: Path, key: str, value: str) -> None:
+    # TOML has inf and nan floats; a duration of inf crashed config show and
+    # every scrape (OverflowError), an int of inf escaped as OverflowError.
+    section, _, name = key.partition(".")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[{section}]\n{name} = {value}\n")
+    with pytest.raises(SettingError, match=rf"invalid \[{section}\] {name}="):
+        _resolve({}, cfg)
+
+
+def test_non_finite_float_option_is_refused() -> None:
+    options = {"probes": (ConfigOption("ratio", "float", 1.0, "h", env="RATIO"),)}
+    for text in ("nan", "inf", "-inf"):
+        with pytest.raises(SettingError, match=rf"invalid RATIO='{text}'"):
+            resolve(options, None, {"HOST_PROC_PATH": "/proc", "RATIO": text})
