@@ -86,6 +86,7 @@ CORE_OPTIONS: tuple[ConfigOption, ...] = (
         "duration",
         5.0,
         "How long one plugin's collect may take before the scrape goes on without it.",
+        minimum=0.1,
     ),
 )
 

@@ -169,3 +169,10 @@ def test_non_finite_float_option_is_refused() -> None:
     for text in ("nan", "inf", "-inf"):
         with pytest.raises(SettingError, match=rf"invalid RATIO='{text}'"):
             resolve(options, None, {"HOST_PROC_PATH": "/proc", "RATIO": text})
+
+
+@pytest.mark.parametrize("value", ["0", "0s", "1ms"])
+def test_collect_timeout_too_short_to_collect_anything_is_refused(value: str) -> None:
+    # 0 used to be accepted: every plugin then timed out on every scrape.
+    with pytest.raises(SettingError, match=r"invalid --set exporter\.collect_timeout=|invalid --collect-timeout="):
+        _resolve({}, None, {"exporter.collect_timeout": value})
