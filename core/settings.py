@@ -221,7 +221,8 @@ def resolve(
         for option in options:
             dotted = f"{section}.{option.name}"
             if dotted in cli:
-                origin = f"--set {dotted}" if not dotted.startswith("exporter.") else _cli_flag(option.name)
+                flagged = section == "exporter" and option.name in _FLAGS
+                origin = _cli_flag(option.name) if flagged else f"--set {dotted}"
                 values[option.name] = parse_option(option, cli[dotted], origin)
                 sources[dotted] = "command line"
             elif option.env and env.get(option.env, "").strip():
@@ -251,6 +252,10 @@ def resolve(
         compile_volume_pattern(targets["nfs_volume_id_pattern"])
     plugins = {section.removeprefix("plugins."): values for section, values in resolved.items()}
     return Settings(core, targets, plugins, sources, path), warnings
+
+
+#: [exporter] options that have a flag of their own (see cli._common_options).
+_FLAGS = frozenset({"port", "listen_address", "host_proc_path", "log_level", "strict", "enable", "disable"})
 
 
 def _cli_flag(name: str) -> str:
