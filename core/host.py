@@ -193,14 +193,39 @@ def _reject_duplicate_metrics(records: list[PluginRecord]) -> None:
             owners[m.name] = rec.name
 
 
+def _origin(settings: Settings, option: str) -> str:
+    """How the user spelt the setting ``[exporter] option`` (for one-line errors)."""
+    source = settings.sources.get(f"exporter.{option}", "")
+    if source.startswith("environment "):
+        return source.removeprefix("environment ")
+    if source == "command line":
+        return f"--{option}"
+    return f"[exporter] {option}"
+
+
 def plugin_options(records: Iterable[PluginRecord]) -> dict[str, Any]:
     return {r.name: r.spec.options for r in records if r.spec is not None}
 
 
 def select(records: Iterable[PluginRecord], settings: Settings) -> None:
-    """Mark plugins the configuration turns off."""
+    """Mark plugins the configuration turns off.
+
+    Raises SettingError when ``enable`` names a plugin that is not installed:
+    a typo there would otherwise switch every plugin off without a word.
+    Unknown names in ``disable`` only warn (a shared configuration may turn
+    off a plugin some hosts do not have).
+    """
+    records = list(records)
+    installed = {r.name for r in records}
     enable = set(settings.core["enable"])
     disable = set(settings.core["disable"])
+    unknown = [name for name in settings.core["enable"] if name not in installed]
+    if unknown:
+        shown = ",".join(settings.core["enable"])
+        raise SettingError(f"invalid {_origin(settings, 'enable')}={shown!r}: no installed plugin named "
+                           f"{unknown[0]!r} (installed: {', '.join(sorted(installed)) or 'none'})")
+    for name in sorted(disable - installed):
+        log.warning("%s names no installed plugin %r; ignored", _origin(settings, "disable"), name)
     for rec in records:
         if rec.state == "failed":
             continue

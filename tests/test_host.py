@@ -117,3 +117,20 @@ def test_unsupported_plugin_keeps_its_reason() -> None:
     exporter.start()
     [rec] = exporter.records
     assert (rec.state, rec.reason) == ("unsupported", "needs root")
+
+
+def test_enable_naming_no_installed_plugin_is_refused() -> None:
+    # A typo in enable used to disable every plugin silently: the exporter
+    # served only its own metrics and exited 0.
+    from helpers.fake_plugins import make_exporter
+
+    from crusoe_metrics_exporter.options import SettingError
+
+    entries = [FakePlugin("disk_stats").entry(), FakePlugin("probes").entry()]
+    with pytest.raises(SettingError, match=r"^invalid CRUSOE_EXPORTER_ENABLE='disk_stat,probes': no installed "
+                                           r"plugin named 'disk_stat' \(installed: disk_stats, probes\)$"):
+        make_exporter(entries, {"CRUSOE_EXPORTER_ENABLE": "disk_stat,probes"})
+    with pytest.raises(SettingError, match=r"^invalid --enable='nope'"):
+        make_exporter(entries, enable="nope")
+    exporter = make_exporter(entries, enable="probes", disable="not_installed_here")
+    assert {r.name: r.state for r in exporter.records}["disk_stats"] == "disabled"
