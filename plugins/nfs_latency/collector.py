@@ -38,13 +38,24 @@ class NfsLatencyCollector(TcpTargetCollector):
         enabled = bool(self.ctx.settings.targets.get("nfs_enable_volume_id", True))
         mapping: dict[str, Hashable] = {}
         ports: set[int] = set()
+        # Addresses also used by a mount without a volume id: their traffic
+        # is not the named volumes' alone.
+        unidentified: set[str] = set()
+        for mount in self._targets.nfs_mounts():
+            if mount.volume_id:
+                continue
+            for text in mount.addresses:
+                try:
+                    unidentified.add(normalize(text))
+                except ValueError:
+                    continue
         for server in self._targets.nfs_servers():
             try:
                 address = normalize(server.address)
             except ValueError:
                 self.ctx.errors.inc(ERRORS)
                 continue
-            mapping[address] = volume_label(server.volumes, enabled)
+            mapping[address] = volume_label(server.volumes, enabled, address in unidentified)
             ports.update(server.ports)
         if not ports:
             ports.update(self._targets.nfs_ports)

@@ -52,7 +52,7 @@ def parse_stats_entry(key: bytes, value: bytes) -> NfsReading:
     return NfsReading(key_address(key), fields[0], fields[1], tuple(fields[2:]))
 
 
-def volume_label(volumes: Sequence[str], enabled: bool = True) -> str:
+def volume_label(volumes: Sequence[str], enabled: bool = True, unidentified: bool = False) -> str:
     """What ``volume_id`` says for traffic to one server address.
 
     A TCP connection to an NFS server is shared by every mount of that
@@ -60,6 +60,8 @@ def volume_label(volumes: Sequence[str], enabled: bool = True) -> str:
     volume when the address serves exactly one, lists them ("a+b", sorted)
     when it serves a few, says "shared" when it serves more than
     MAX_LISTED_VOLUMES and "unknown" when no mount with a volume id uses it.
+    ``unidentified``: a mount without a volume id also uses the address, so
+    "+unknown" ends the list (the traffic is not the named volumes' alone).
     """
     if not enabled:
         return UNKNOWN_VOLUME
@@ -68,4 +70,6 @@ def volume_label(volumes: Sequence[str], enabled: bool = True) -> str:
         return UNKNOWN_VOLUME
     if len(unique) > MAX_LISTED_VOLUMES:
         return SHARED_VOLUME
+    if unidentified:
+        unique.append(UNKNOWN_VOLUME)
     return "+".join(unique)

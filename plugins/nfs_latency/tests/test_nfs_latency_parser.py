@@ -95,3 +95,39 @@ def test_malformed_entries_are_counted_and_the_rest_reported() -> None:
     assert isinstance(hist, HistogramValue) and hist.counts[7] == 1
     # two malformed entries; clamped samples are logged, not errors
     assert ctx.errors.metric_totals()[nfs_latency.ERRORS] == 2
+
+
+class FakeTargets:
+    def __init__(self, servers: tuple[Any, ...], mounts: tuple[Any, ...]) -> None:
+        self.servers, self.mounts = servers, mounts
+        self.nfs_ports = (2049,)
+
+    def nfs_servers(self) -> tuple[Any, ...]:
+        return self.servers
+
+    def nfs_mounts(self) -> tuple[Any, ...]:
+        return self.mounts
+
+
+def test_a_mount_without_volume_id_is_not_credited_to_its_neighbour() -> None:
+    """One server, a mount of /volumes/vol-a and a mount of /home: the shared traffic is not vol-a's alone."""
+    from crusoe_metrics_exporter.targets.model import NfsMount, NfsServer
+
+    servers = (
+        NfsServer("192.0.2.1", 2, (2049,), volumes=("vol-a",)),
+        NfsServer("192.0.2.2", 2, (2049,), volumes=("vol-b",)),
+        NfsServer("192.0.2.3", 2, (2049,)),
+    )
+    mounts = (
+        NfsMount("192.0.2.1:/volumes/vol-a", "/mnt/a", "192.0.2.1", ("192.0.2.1",), "vol-a"),
+        NfsMount("192.0.2.1:/home", "/home", "192.0.2.1", ("192.0.2.1",), None),
+        NfsMount("192.0.2.2:/volumes/vol-b", "/mnt/b", "192.0.2.2", ("192.0.2.2",), "vol-b"),
+        NfsMount("192.0.2.3:/srv", "/srv", "192.0.2.3", ("192.0.2.3",), None),
+    )
+    collector = NfsLatencyCollector(make_ctx())
+    collector._targets = FakeTargets(servers, mounts)
+    mapping, ports = collector.wanted()
+    assert mapping == {"192.0.2.1": "vol-a+unknown", "192.0.2.2": "vol-b", "192.0.2.3": "unknown"}
+    assert ports == (2049,)
+    assert volume_label(["vol-a"], unidentified=True) == "vol-a+unknown"
+    assert volume_label([], unidentified=True) == "unknown"
