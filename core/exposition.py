@@ -7,6 +7,7 @@ conventions (see ``naming.SEED_COUNTERS_WITHOUT_TOTAL``).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -88,11 +89,33 @@ def render(scrape: Scrape | Iterable[Metric], openmetrics: bool = False) -> byte
     if isinstance(scrape, Scrape) and not openmetrics:
         head = render_groups(scrape.groups).encode()
         return head + generate_latest(FamiliesCollector(scrape.families))
-    registry = FamiliesCollector(scrape)
-    # Both generators only call .collect(); they are typed for a full registry.
     if openmetrics:
+        # Both generators only call .collect(); they are typed for a full registry.
+        registry = FamiliesCollector(_without_clashes(scrape))
         return cast(bytes, generate_openmetrics(registry))  # type: ignore[no-untyped-call]
-    return generate_latest(registry)
+    return generate_latest(FamiliesCollector(scrape))
+
+
+def _without_clashes(families: Iterable[Metric]) -> list[Metric]:
+    """Make every OpenMetrics family name unique.
+
+    An OpenMetrics counter family is named without ``_total``, so a seed
+    counter ``x_seconds_total`` next to the histogram ``x_seconds`` would give
+    two families named ``x_seconds`` - an invalid exposition. Such a counter
+    is exposed as ``unknown`` under its full name (like the seed counters
+    without ``_total``): every series keeps its exact name and value.
+    """
+    fams = list(families)
+    names = Counter(f.name for f in fams)
+    out = []
+    for f in fams:
+        if f.type == "counter" and names[f.name] > 1:
+            renamed = Metric(f.name + "_total", f.documentation, "unknown")
+            renamed.samples = list(f.samples)
+            out.append(renamed)
+        else:
+            out.append(f)
+    return out
 
 
 def wants_openmetrics(accept_header: str | None) -> bool:

@@ -50,3 +50,31 @@ def test_large_values_use_go_exponent_form() -> None:
     spec = MetricSpec("thing_bytes_total", "counter", "Bytes.")
     out = render(Scrape(groups=[(spec, [Sample(spec.name, (), 668458611456.0)])])).decode()
     assert "crusoe_vm_thing_bytes_total 6.68458611456e+11" in out
+
+
+def test_openmetrics_has_no_clashing_families_for_a_counter_next_to_its_histogram() -> None:
+    # The seed pairs disk_read_latency_seconds_total (counter) with
+    # disk_read_latency_seconds (histogram). In OpenMetrics a counter family
+    # drops _total, so both families were named ..._seconds: invalid, and
+    # prometheus_client's parser refused the whole exposition.
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    counter = MetricSpec("disk_read_latency_seconds_total", "counter", "Total time.", ("device",))
+    histogram = MetricSpec("disk_read_latency_seconds", "histogram", "Latency.", ("device",), (0.1, 1.0))
+    other = MetricSpec("disk_reads_total", "counter", "Reads.", ("device",))
+    scrape = Scrape(groups=[
+        (counter, [Sample(counter.name, ("vda",), 2.5)]),
+        (histogram, [Sample(histogram.name, ("vda",), HistogramValue((1, 2, 3), 2.5))]),
+        (other, [Sample(other.name, ("vda",), 6.0)]),
+    ])
+    body = render(scrape, openmetrics=True).decode()
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+    series = {s.name: s.value for f in families.values() for s in f.samples}
+    # Every series keeps its exact name and value.
+    assert series["crusoe_vm_disk_read_latency_seconds_total"] == 2.5
+    assert series["crusoe_vm_disk_read_latency_seconds_count"] == 6.0
+    assert families["crusoe_vm_disk_read_latency_seconds"].type == "histogram"
+    # A counter without a clash stays a counter.
+    assert families["crusoe_vm_disk_reads"].type == "counter"
+    # The text format has no clash and keeps the counter type.
+    assert "# TYPE crusoe_vm_disk_read_latency_seconds_total counter\n" in render(scrape).decode()
