@@ -71,8 +71,12 @@ def _matches(spec: MetricSpec, labels: object, value: object) -> bool:
     if labels:
         try:
             # join() accepts only str items: one C-level check for all labels.
-            "".join(labels)
-        except TypeError:
+            joined = "".join(labels)
+            # A lone surrogate (os.fsdecode of a non-UTF-8 name) cannot be
+            # written out; it would fail the whole scrape, not this sample.
+            if not joined.isascii():
+                joined.encode()
+        except (TypeError, UnicodeEncodeError):
             return False
     kind = type(value)
     if kind is float or kind is int:

@@ -84,6 +84,9 @@ HIST = MetricSpec("liar_seconds", "histogram", "h", ("op",), buckets=(0.1, 1.0))
         Sample("liar_value", (), 1.0),  # missing label
         Sample("liar_value", ("vda", "extra"), 1.0),
         Sample("liar_value", (7,), 1.0),  # type: ignore[arg-type]
+        # A lone surrogate (os.fsdecode of a non-UTF-8 name) cannot be encoded:
+        # it used to pass validation and turn the whole scrape into a 500.
+        Sample("liar_value", ("/mnt/\udcff",), 1.0),
         Sample("liar_value", ("vda",), float("nan")),
         Sample("liar_value", ("vda",), "12"),  # type: ignore[arg-type]
         Sample("liar_events_total", (), -1.0),
@@ -203,3 +206,13 @@ def test_concurrent_scrapes_are_safe() -> None:
         t.join()
     assert not errors and len(outputs) == 16
     assert all('crusoe_vm_good_value{device="vda"} 1.0' in o for o in outputs)
+
+
+def test_non_ascii_label_values_are_kept() -> None:
+    plugin = FakePlugin("intl", produce=lambda: [Sample("intl_value", ("/mnt/données",), 3.0)])
+    exporter = make_exporter([plugin.entry()])
+    exporter.start()
+    try:
+        assert _value(_text(exporter), 'crusoe_vm_intl_value{device="/mnt/données"}') == 3.0
+    finally:
+        exporter.stop()
