@@ -60,8 +60,10 @@ OPTIONS = (
         3600.0,
         "How long a volume_id series stays exported after its server address stopped being a target.",
     ),
-    ConfigOption("latency_clamp", "duration", 60.0, "Longest latency recorded; longer samples count at this value."),
-    ConfigOption("inflight_capacity", "int", 16384, "Sockets tracked at once (LRU: the least recent is evicted)."),
+    ConfigOption("latency_clamp", "duration", 60.0, "Longest latency recorded; longer samples count at this value.",
+                 minimum=0.001),
+    ConfigOption("inflight_capacity", "int", 16384, "Sockets tracked at once (LRU: the least recent is evicted).",
+                 minimum=1),
 )
 
 

@@ -77,8 +77,10 @@ OPTIONS = (
         3600.0,
         "How long an endpoint series stays exported after its address stopped being an endpoint (DNS rotation).",
     ),
-    ConfigOption("latency_clamp", "duration", 600.0, "Longest phase recorded; longer phases count at this value."),
-    ConfigOption("inflight_capacity", "int", 65536, "Connections tracked at once (LRU: the least recent is evicted)."),
+    ConfigOption("latency_clamp", "duration", 600.0, "Longest phase recorded; longer phases count at this value.",
+                 minimum=0.001),
+    ConfigOption("inflight_capacity", "int", 65536, "Connections tracked at once (LRU: the least recent is evicted).",
+                 minimum=1),
 )
 
 

@@ -41,3 +41,18 @@ def test_unsupported_without_an_endpoint(tmp_path: Path) -> None:
         assert rec.reason.startswith("no endpoint configured")
     finally:
         exporter.stop()
+
+
+@pytest.mark.parametrize("option", ["inflight_capacity=0", "inflight_capacity=-5", "latency_clamp=0s"])
+@pytest.mark.parametrize("plugin", ["nfs_latency", "objstore"])
+def test_unusable_kernel_sizes_and_clamps_stop_start_up(plugin: str, option: str) -> None:
+    """An empty in-flight map cannot be created and a zero clamp records every latency as 0."""
+    from crusoe_metrics_exporter.plugins import nfs_latency, objstore
+    from crusoe_metrics_exporter.settings import Overrides, SettingError, resolve
+
+    options = {"nfs_latency": nfs_latency.OPTIONS, "objstore": objstore.OPTIONS}
+    key, _, text = option.partition("=")
+    with pytest.raises(SettingError):
+        resolve(options, None, {}, Overrides({f"plugins.{plugin}.{key}": text}))
+    resolve(options, None, {}, Overrides({f"plugins.{plugin}.inflight_capacity": "1",
+                                          f"plugins.{plugin}.latency_clamp": "1ms"}))
