@@ -49,6 +49,8 @@ class ExporterHTTPServer(ThreadingHTTPServer):
 
 def make_server(host: str, port: int, exporter: Exporter) -> ExporterHTTPServer:
     """Bind ``host:port``; an empty host means every interface, IPv6 and IPv4 when the host has IPv6."""
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # "[::1]", as IPv6 addresses are written next to a port
     if ":" in host:
         return ExporterHTTPServer((host, port), exporter, socket.AF_INET6)
     if host == "" and socket.has_ipv6:

@@ -102,3 +102,17 @@ def test_default_bind_serves_ipv4_and_ipv6() -> None:
         assert exporter.get("/health")[2] == "OK"
         with urllib.request.urlopen(f"http://[::1]:{exporter.port}/health", timeout=10) as resp:
             assert resp.read() == b"OK"
+
+
+def test_bracketed_ipv6_listen_address_binds() -> None:
+    # "[::1]" is how IPv6 addresses are usually written next to a port; it
+    # used to fail with "cannot listen on port ...: Name or service not known".
+    from helpers.fake_plugins import make_exporter
+
+    from crusoe_metrics_exporter.server import make_server
+
+    httpd = make_server("[::1]", 0, make_exporter([]))
+    try:
+        assert httpd.server_address[0] == "::1"
+    finally:
+        httpd.server_close()

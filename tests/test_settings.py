@@ -76,6 +76,7 @@ def test_every_seed_environment_variable_is_honoured() -> None:
         ("OBJSTORE_ENDPOINT_IPS", "192.0.2.1,1.2.3.x", "a comma-separated list of IP addresses"),
         ("NFS_SERVER_IPS", "10.0.0.1,not a host!", "a comma-separated list of host names or IP addresses"),
         ("OBJSTORE_ENDPOINT_FQDN", "object store.example", "a host name or IP address"),
+        ("LISTEN_ADDRESS", "0.0.0.0:9500", "a host name or IP address"),
     ],
 )
 def test_invalid_values_stop_with_one_line_naming_variable_value_and_form(var: str, value: str, expected: str) -> None:
