@@ -91,7 +91,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = render(self.server.exporter.collect(), openmetrics=openmetrics)
         content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
         headers = {}
-        if "gzip" in (self.headers.get("Accept-Encoding") or ""):
+        if accepts_gzip(self.headers.get("Accept-Encoding")):
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
         self._send(200, content_type, body, headers)
@@ -110,6 +110,23 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether an Accept-Encoding header lists gzip with a non-zero quality."""
+    for part in (accept_encoding or "").split(","):
+        coding, *params = (p.strip() for p in part.split(";"))
+        if coding.lower() != "gzip":
+            continue
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False
 
 
 def _index(exporter: Exporter) -> str:

@@ -116,3 +116,23 @@ def test_bracketed_ipv6_listen_address_binds() -> None:
         assert httpd.server_address[0] == "::1"
     finally:
         httpd.server_close()
+
+
+def test_gzip_only_when_the_scraper_accepts_it() -> None:
+    import gzip
+    import urllib.request
+
+    def fetch(port: int, encoding: str | None) -> tuple[str | None, bytes]:
+        headers = {"Accept-Encoding": encoding} if encoding is not None else {}
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers=headers)
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            return resp.headers.get("Content-Encoding"), resp.read()
+
+    with running_exporter(args=("--enable", "disk_stats")) as exporter:
+        encoding, body = fetch(exporter.port, "gzip")
+        assert encoding == "gzip" and b"crusoe_vm_exporter_build_info" in gzip.decompress(body)
+        encoding, body = fetch(exporter.port, "deflate, GZIP;q=0.5")
+        assert encoding == "gzip" and b"crusoe_vm_exporter_build_info" in gzip.decompress(body)
+        for refused in (None, "identity", "gzip;q=0", "gzip; q=0.0, identity", "x-gzipped"):
+            encoding, body = fetch(exporter.port, refused)
+            assert encoding is None and b"crusoe_vm_exporter_build_info" in body, refused
