@@ -79,7 +79,13 @@ def _matches(spec: MetricSpec, labels: object, value: object) -> bool:
         except (TypeError, UnicodeEncodeError):
             return False
     kind = type(value)
-    if kind is float or kind is int:
+    if kind is int:
+        try:
+            value = float(value)  # type: ignore[arg-type]
+        except OverflowError:
+            return False  # beyond float range: the exposition could not write it
+        kind = float
+    if kind is float:
         if spec.type == "histogram" or value != value:  # noqa: PLR0124 - NaN is the value unequal to itself
             return False
         return spec.type != "counter" or 0 <= value < math.inf  # type: ignore[operator]
@@ -89,6 +95,10 @@ def _matches(spec: MetricSpec, labels: object, value: object) -> bool:
     if type(counts) is not tuple or len(counts) != len(spec.buckets) + 1:
         return False
     if any(type(c) is not int or c < 0 for c in counts):
+        return False
+    try:
+        float(sum(counts))  # the +Inf bucket and _count
+    except OverflowError:
         return False
     return isinstance(value.sum, (int, float)) and math.isfinite(value.sum)
 

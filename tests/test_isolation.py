@@ -87,6 +87,11 @@ HIST = MetricSpec("liar_seconds", "histogram", "h", ("op",), buckets=(0.1, 1.0))
         # A lone surrogate (os.fsdecode of a non-UTF-8 name) cannot be encoded:
         # it used to pass validation and turn the whole scrape into a 500.
         Sample("liar_value", ("/mnt/\udcff",), 1.0),
+        # An int beyond float range (a 400-digit field parsed with int()) used
+        # to pass validation and fail the whole scrape with OverflowError.
+        Sample("liar_value", ("vda",), 10**400),
+        Sample("liar_events_total", (), 10**400),
+        Sample("liar_seconds", ("read",), HistogramValue((1, 10**400, 0), 0.5)),
         Sample("liar_value", ("vda",), float("nan")),
         Sample("liar_value", ("vda",), "12"),  # type: ignore[arg-type]
         Sample("liar_events_total", (), -1.0),
