@@ -239,6 +239,11 @@ def resolve(
         resolved[section] = values
 
     core = resolved.pop("exporter")
+    if not core["host_proc_path"]:
+        # Path("") is the current directory: never what an operator meant.
+        origin = sources["exporter.host_proc_path"]
+        where = "--host-proc-path" if origin == "command line" else "[exporter] host_proc_path"
+        raise SettingError(f"invalid {where}='': expected a file system path, or auto")
     if core["host_proc_path"] == AUTO_HOST_PROC:
         core["host_proc_path"] = "/host/proc" if Path("/host/proc/1/mounts").exists() else "/proc"
         origin = sources["exporter.host_proc_path"]

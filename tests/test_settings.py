@@ -185,3 +185,14 @@ def test_command_line_errors_name_the_flag_the_user_can_type() -> None:
     # There is no --state-dir flag: the value came from --set.
     with pytest.raises(SettingError, match=r"^invalid --set exporter\.mount_tracefs='x'"):
         _resolve({}, None, {"exporter.mount_tracefs": "x"})
+
+
+def test_empty_host_proc_path_outside_the_environment_is_refused(tmp_path: Path) -> None:
+    # An empty variable means unset; an empty file value or flag resolved to
+    # Path(""), the current directory, and every procfs plugin read from it.
+    with pytest.raises(SettingError, match=r"^invalid --host-proc-path='': expected a file system path"):
+        _resolve({}, None, {"exporter.host_proc_path": ""})
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[exporter]\nhost_proc_path = " "\n')
+    with pytest.raises(SettingError, match=r"^invalid \[exporter\] host_proc_path=''"):
+        resolve({}, cfg, {}, Overrides({}))
