@@ -122,7 +122,18 @@ def wants_openmetrics(accept_header: str | None) -> bool:
     if not accept_header:
         return False
     for part in accept_header.split(","):
-        media = part.split(";")[0].strip()
-        if media == "application/openmetrics-text":
+        media, *params = (p.strip() for p in part.split(";"))
+        if media.lower() != "application/openmetrics-text":
+            continue
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    if float(value) > 0:
+                        return True
+                except ValueError:
+                    pass
+                break
+        else:
             return True
     return False
