@@ -221,3 +221,31 @@ def test_non_ascii_label_values_are_kept() -> None:
         assert _value(_text(exporter), 'crusoe_vm_intl_value{device="/mnt/données"}') == 3.0
     finally:
         exporter.stop()
+
+
+def test_concurrent_scrapes_share_one_in_flight_collect() -> None:
+    # The README's promise; the test above would pass with a collect per scrape.
+    def slow() -> list[Sample]:
+        time.sleep(0.5)
+        return [Sample("shared_value", ("vda",), 1.0)]
+
+    plugin = FakePlugin("shared", produce=slow)
+    exporter = make_exporter([plugin.entry()])
+    exporter.start()
+    try:
+        barrier = threading.Barrier(8)
+        outputs: list[str] = []
+
+        def scrape() -> None:
+            barrier.wait()
+            outputs.append(_text(exporter))
+
+        threads = [threading.Thread(target=scrape) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(outputs) == 8 and all('crusoe_vm_shared_value{device="vda"} 1.0' in o for o in outputs)
+        assert plugin.collectors[0].calls == 1
+    finally:
+        exporter.stop()
