@@ -145,7 +145,7 @@ class PluginRunner:
         started = time.monotonic()
         try:
             samples = list(self._collector.collect())
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too; a worker thread never receives Ctrl-C
             self._errors.core_failure("collect")
             log.warning("plugin %s: collect failed: %s: %s", self.record.name, type(exc).__name__, exc)
             log.debug("plugin %s: collect traceback", self.record.name, exc_info=True)

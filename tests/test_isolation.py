@@ -249,3 +249,19 @@ def test_concurrent_scrapes_share_one_in_flight_collect() -> None:
         assert plugin.collectors[0].calls == 1
     finally:
         exporter.stop()
+
+
+def test_plugin_calling_sys_exit_in_collect_costs_only_its_own_series() -> None:
+    # SystemExit is not an Exception: it used to travel from the worker to the
+    # scrape thread, so every scrape ended without a response.
+    def leave() -> list[Sample]:
+        raise SystemExit(3)
+
+    exporter = make_exporter([FakePlugin("good").entry(), FakePlugin("quitter", produce=leave).entry()])
+    exporter.start()
+    try:
+        text = _text(exporter)
+        assert _value(text, 'crusoe_vm_good_value{device="vda"}') == 1.0
+        assert _value(text, 'crusoe_vm_exporter_plugin_errors_total{phase="collect",plugin="quitter"}') == 1.0
+    finally:
+        exporter.stop()
