@@ -11,9 +11,10 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import re
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 import pluggy
 
@@ -255,10 +256,16 @@ def check(rec: PluginRecord, settings: Settings, services: Services) -> Support 
         return None
     ctx = make_context(rec, settings, services)
     try:
-        support = rec.spec.check_support(ctx)
+        support = _with_deadline(lambda: rec.spec.check_support(ctx), SUPPORT_CHECK_TIMEOUT)  # type: ignore[union-attr]
+    except TimeoutError:
+        rec.fail("start", f"support check did not answer within {SUPPORT_CHECK_TIMEOUT:g}s")
+        return None
     except Exception as exc:
         log.debug("support check of %s raised", rec.name, exc_info=True)
         rec.fail("start", f"support check raised {type(exc).__name__}: {exc}")
+        return None
+    if not isinstance(support, Support):
+        rec.fail("start", f"support check returned {type(support).__name__}, not a Support")
         return None
     rec.details.update(support.details)
     if not support.supported:
@@ -267,6 +274,40 @@ def check(rec: PluginRecord, settings: Settings, services: Services) -> Support 
     else:
         rec.state = "active"
     return support
+
+
+#: A support check only looks at files and capabilities; one that blocks (a
+#: FIFO or a hung mount where a file was expected) must not stop start-up,
+#: ``plugins`` or ``doctor``.
+SUPPORT_CHECK_TIMEOUT = 10.0
+
+_T = TypeVar("_T")
+
+
+def _with_deadline(func: Callable[[], _T], timeout: float) -> _T:
+    """Run ``func`` on a daemon thread; raise TimeoutError if it has not returned in time.
+
+    A thread that never returns is left behind (Python cannot cancel it); it
+    is a daemon, so it does not keep the process alive.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = func()
+        except Exception as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="support-check", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError
+    if "error" in box:
+        raise box["error"]
+    if "value" not in box:
+        raise RuntimeError("ended without an answer")
+    return cast(_T, box["value"])
 
 
 def start(rec: PluginRecord, settings: Settings, services: Services) -> None:

@@ -265,3 +265,31 @@ def test_plugin_calling_sys_exit_in_collect_costs_only_its_own_series() -> None:
         assert _value(text, 'crusoe_vm_exporter_plugin_errors_total{phase="collect",plugin="quitter"}') == 1.0
     finally:
         exporter.stop()
+
+
+def test_support_check_that_blocks_fails_the_plugin_not_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from helpers.fake_plugins import FakeEntryPoint, plugin_module
+
+    from crusoe_metrics_exporter import host
+
+    monkeypatch.setattr(host, "SUPPORT_CHECK_TIMEOUT", 0.3)
+    release = threading.Event()
+    spec = FakePlugin("stuck").spec()
+
+    def blocking(ctx):  # type: ignore[no-untyped-def]
+        release.wait(30)  # e.g. open() on a FIFO where a kernel file was expected
+
+    entry = (FakeEntryPoint("stuck", lambda: plugin_module(lambda: replace(spec, check_support=blocking))), "d", "1")
+    exporter = make_exporter([entry, FakePlugin("good").entry()])
+    started = time.monotonic()
+    exporter.start()
+    try:
+        assert time.monotonic() - started < 5
+        rec = {r.name: r for r in exporter.records}["stuck"]
+        assert rec.state == "failed" and "did not answer within 0.3s" in rec.reason
+        assert "crusoe_vm_good_value" in _text(exporter)
+    finally:
+        release.set()
+        exporter.stop()
