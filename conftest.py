@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator
+from pathlib import Path
 
 import pytest
 
@@ -24,3 +25,29 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.longrepr = f"{item.nodeid}: marked {', '.join(marks)} and must run in CI, but skipped: {reason}"
+
+
+def ebpf_impossible_reason() -> str | None:
+    """Why real eBPF cannot run here at all (then, and only then, eBPF tests skip)."""
+    if os.geteuid() != 0:
+        return "not running as root"
+    from crusoe_metrics_exporter.ebpf.bcc_locator import BccMissing, locate
+
+    try:
+        locate()
+    except BccMissing as exc:
+        return str(exc)
+    return None
+
+
+@pytest.fixture
+def require_ebpf() -> None:
+    reason = ebpf_impossible_reason()
+    if reason:
+        pytest.skip(f"!!! EBPF TEST SKIPPED: real eBPF is impossible here: {reason} !!!")
+
+
+@pytest.fixture
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The eBPF runtime's state directory; one merged header tree per session keeps the suite fast."""
+    return tmp_path_factory.getbasetemp() / "ebpf-state"

@@ -26,31 +26,6 @@ from crusoe_metrics_exporter.ebpf import (
 from crusoe_metrics_exporter.ebpf import headers as headers_mod
 from crusoe_metrics_exporter.ebpf.service import EbpfService
 
-
-def _ebpf_impossible() -> str | None:
-    if os.geteuid() != 0:
-        return "not running as root"
-    from crusoe_metrics_exporter.ebpf.bcc_locator import BccMissing, locate
-
-    try:
-        locate()
-    except BccMissing as exc:
-        return str(exc)
-    return None
-
-
-@pytest.fixture
-def require_ebpf() -> None:
-    reason = _ebpf_impossible()
-    if reason:
-        pytest.skip(f"!!! EBPF TEST SKIPPED: real eBPF is impossible here: {reason} !!!")
-
-
-@pytest.fixture
-def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.getbasetemp() / "ebpf-state"
-
-
 COUNTER_SOURCE = r"""
 BPF_HASH(counts, u32, u64, 64);
 #ifdef CME_WANT_count_completions

@@ -12,32 +12,6 @@ from pathlib import Path
 import pytest
 
 
-def ebpf_impossible_reason() -> str | None:
-    """Why real eBPF cannot run here at all (then, and only then, the tests skip)."""
-    if os.geteuid() != 0:
-        return "not running as root"
-    from crusoe_metrics_exporter.ebpf.bcc_locator import BccMissing, locate
-
-    try:
-        locate()
-    except BccMissing as exc:
-        return str(exc)
-    return None
-
-
-@pytest.fixture
-def require_ebpf() -> None:
-    reason = ebpf_impossible_reason()
-    if reason:
-        pytest.skip(f"!!! EBPF TEST SKIPPED: real eBPF is impossible here: {reason} !!!")
-
-
-@pytest.fixture
-def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # One merged header tree per test session keeps the suite fast.
-    return tmp_path_factory.getbasetemp() / "ebpf-state"
-
-
 @pytest.fixture
 def loop_device(require_ebpf: None) -> Iterator[str]:
     """A fresh 128 MiB loop device over a sparse file; yields its kernel name (loopN)."""
