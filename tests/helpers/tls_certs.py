@@ -20,7 +20,8 @@ class TestPki:
     server_key: Path
 
 
-def make_pki(directory: Path) -> TestPki:
+def make_pki(directory: Path, dns_names: tuple[str, ...] = ()) -> TestPki:
+    """A CA and a server certificate for localhost, 127.0.0.1, ::1 and ``dns_names``."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "crusoe-metrics-exporter test CA")])
@@ -39,8 +40,8 @@ def make_pki(directory: Path) -> TestPki:
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
-    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-             x509.IPAddress(ipaddress.ip_address("::1"))]
+    names = [*(x509.DNSName(n) for n in (*dns_names, "localhost")),
+             x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import datetime
-import ipaddress
 import os
 import shutil
 import socket
@@ -18,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from helpers.tls_certs import TestPki, make_pki
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -234,61 +233,6 @@ def rpc_server() -> Iterator[Callable[..., RpcResponder]]:
 
 
 # -- a test CA and an HTTPS server -------------------------------------------
-class CertAuthority:
-    """A CA and one server certificate for ``object.test`` (plus localhost, 127.0.0.1, ::1)."""
-
-    def __init__(self, directory: Path, name: str = "object.test") -> None:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-
-        now = datetime.datetime.now(datetime.UTC)
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "probes test CA")])
-        ca_cert = (
-            x509.CertificateBuilder()
-            .subject_name(ca_name)
-            .issuer_name(ca_name)
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName(name),
-                x509.DNSName("localhost"),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                x509.IPAddress(ipaddress.ip_address("::1")),
-            ]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        self.ca_path = directory / "ca.pem"
-        self.cert_path = directory / "server.pem"
-        self.key_path = directory / "server.key"
-        self.ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-        self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        self.key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                    serialization.NoEncryption()))
-
-
 class HttpServer:
     """Answers any request with ``status_line``; TLS when given a context. Records Host and SNI."""
 
@@ -353,19 +297,20 @@ class HttpServer:
 
 
 @pytest.fixture
-def test_ca(tmp_path: Path) -> CertAuthority:
-    return CertAuthority(tmp_path)
+def test_ca(tmp_path: Path) -> TestPki:
+    """A CA and a server certificate for ``object.test`` (plus localhost, 127.0.0.1, ::1)."""
+    return make_pki(tmp_path, ("object.test",))
 
 
 @pytest.fixture
 def http_server() -> Iterator[Callable[..., HttpServer]]:
     made: list[HttpServer] = []
 
-    def make(tls_ca: CertAuthority | None = None, host: str = "127.0.0.1", **kwargs: Any) -> HttpServer:
+    def make(tls_ca: TestPki | None = None, host: str = "127.0.0.1", **kwargs: Any) -> HttpServer:
         ctx = None
         if tls_ca is not None:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(tls_ca.cert_path, tls_ca.key_path)
+            ctx.load_cert_chain(tls_ca.server_cert, tls_ca.server_key)
         server = HttpServer(listen_tcp(host), ctx, **kwargs)
         made.append(server)
         return server

@@ -14,7 +14,7 @@ from crusoe_metrics_exporter.plugins.probes.http_probe import http_get, tls_cont
 
 def test_right_name_succeeds_with_any_status(test_ca: Any, http_server: Callable[..., Any]) -> None:
     server = http_server(test_ca)
-    outcome = http_get("127.0.0.1", server.port, "object.test", 2.0, tls_context(str(test_ca.ca_path)))
+    outcome = http_get("127.0.0.1", server.port, "object.test", 2.0, tls_context(str(test_ca.ca_cert)))
     assert outcome.success, outcome
     assert outcome.detail == "HTTP 403"
     assert [p for p, _ in outcome.phases] == ["connect", "tls", "first_byte"]
@@ -25,12 +25,12 @@ def test_right_name_succeeds_with_any_status(test_ca: Any, http_server: Callable
 
 def test_ipv6_endpoint(test_ca: Any, http_server: Callable[..., Any]) -> None:
     server = http_server(test_ca, host="::1")
-    assert http_get("::1", server.port, "object.test", 2.0, tls_context(str(test_ca.ca_path))).success
+    assert http_get("::1", server.port, "object.test", 2.0, tls_context(str(test_ca.ca_cert))).success
 
 
 def test_wrong_name_fails_verification(test_ca: Any, http_server: Callable[..., Any]) -> None:
     server = http_server(test_ca)
-    outcome = http_get("127.0.0.1", server.port, "other.test", 2.0, tls_context(str(test_ca.ca_path)))
+    outcome = http_get("127.0.0.1", server.port, "other.test", 2.0, tls_context(str(test_ca.ca_cert)))
     assert (outcome.success, outcome.reason) == (False, "tls_verify"), outcome
     assert "other.test" in outcome.detail or "mismatch" in outcome.detail.lower()
     assert [p for p, _ in outcome.phases] == ["connect"]
@@ -44,7 +44,7 @@ def test_untrusted_ca_fails_verification(test_ca: Any, http_server: Callable[...
 
 def test_plain_http_server_on_tls_port_is_a_tls_error(test_ca: Any, http_server: Callable[..., Any]) -> None:
     server = http_server(None)
-    outcome = http_get("127.0.0.1", server.port, "object.test", 2.0, tls_context(str(test_ca.ca_path)))
+    outcome = http_get("127.0.0.1", server.port, "object.test", 2.0, tls_context(str(test_ca.ca_cert)))
     assert (outcome.success, outcome.reason) == (False, "tls_error")
 
 

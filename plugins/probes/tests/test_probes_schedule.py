@@ -155,7 +155,7 @@ def test_objectstore_https_and_http_through_the_exporter(
         "PROBE_INTERVAL": "1m",
         "OBJSTORE_ENDPOINT_FQDN": "localhost",  # resolved by the real system resolver
         "OBJSTORE_ENDPOINT_PORT": f"{tls_server.port},{plain.port}",
-        "PROBE_CA_BUNDLE": str(test_ca.ca_path),
+        "PROBE_CA_BUNDLE": str(test_ca.ca_cert),
     }
     exporter = Exporter.from_environment(
         environ=env, overrides=Overrides({"plugins.probes.https_ports": str(tls_server.port)})
