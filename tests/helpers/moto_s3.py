@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers.processes import stop
 from helpers.tls_certs import TestPki
 
 MOTO_SERVER = str(Path(sys.executable).parent / "moto_server")
@@ -58,11 +59,6 @@ def moto_s3(host: str = "127.0.0.1", pki: TestPki | None = None) -> Iterator[Mot
             time.sleep(0.1)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=10)
         if proc.stderr is not None:
             proc.stderr.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers.moto_s3 import free_port
+from helpers.processes import stop
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
@@ -68,10 +69,5 @@ def prometheus(target: str, workdir: Path, scrape_interval: str = "1s") -> Itera
             time.sleep(0.2)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from helpers.processes import stop
 
 CLI = str(Path(sys.executable).parent / "crusoe-metrics-exporter")
 
@@ -71,12 +72,6 @@ def running_exporter(env: Mapping[str, str] | None = None, args: tuple[str, ...]
             time.sleep(0.1)
         yield running
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
         if proc.stderr is not None:
             proc.stderr.close()

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from helpers.processes import stop
+
 CLI = str(Path(sys.executable).parent / "crusoe-metrics-exporter")
 INTERVAL = 5.0
 
@@ -85,12 +87,7 @@ def test_ping_and_rpc_success_then_failure_when_responder_stops(
         assert metric(text, "crusoe_vm_probe_phase_duration_seconds", phase="rpc", **rpc) is None
         assert metric(text, "crusoe_vm_probe_success", **ping) == 1.0
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=10)
 
 
 def _try(ns: Any, url: str) -> bool:
