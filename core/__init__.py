@@ -1,28 +1,8 @@
-"""crusoe-metrics-exporter: a plugin-based Prometheus exporter for cloud VMs."""
+"""crusoe-metrics-exporter: a plugin-based Prometheus exporter for cloud VMs.
 
-from crusoe_metrics_exporter.contract import (
-    Collector,
-    ConfigOption,
-    HistogramValue,
-    MetricSpec,
-    PluginContext,
-    PluginSpec,
-    Sample,
-    Support,
-)
-from crusoe_metrics_exporter.hookspecs import hookimpl
+Plugins import from :mod:`crusoe_metrics_exporter.sdk` (the public, stable
+plugin API) and test with :mod:`crusoe_metrics_exporter.testing`; every other
+module of this package is internal.
+"""
 
 __version__ = "0.1.0"
-
-__all__ = [
-    "Collector",
-    "ConfigOption",
-    "HistogramValue",
-    "MetricSpec",
-    "PluginContext",
-    "PluginSpec",
-    "Sample",
-    "Support",
-    "__version__",
-    "hookimpl",
-]

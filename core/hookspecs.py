@@ -4,7 +4,7 @@ A plugin is a module named by an entry point in the ``crusoe_metrics_exporter``
 group. It implements :meth:`ExporterHooks.crusoe_metrics_exporter_plugin` and
 returns its :class:`~crusoe_metrics_exporter.contract.PluginSpec`::
 
-    from crusoe_metrics_exporter import hookimpl, PluginSpec
+    from crusoe_metrics_exporter.sdk import PluginSpec, hookimpl
 
     @hookimpl
     def crusoe_metrics_exporter_plugin():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from helpers.fake_plugins import FakeEntryPoint, FakePlugin, plugin_module
 
-from crusoe_metrics_exporter import MetricSpec, PluginSpec, Support
 from crusoe_metrics_exporter.host import OWN_DISTRIBUTION, discover
+from crusoe_metrics_exporter.sdk import MetricSpec, PluginSpec, Support
 
 
 def _by_name(records):  # type: ignore[no-untyped-def]
@@ -101,7 +101,7 @@ def test_contract_version_mismatch_is_refused_with_a_message() -> None:
 
 
 def test_bad_option_default_is_a_validation_failure() -> None:
-    from crusoe_metrics_exporter import ConfigOption
+    from crusoe_metrics_exporter.sdk import ConfigOption
 
     good = FakePlugin("opt").spec()
     spec = PluginSpec(**{**good.__dict__, "options": (ConfigOption("interval", "duration", "soon", "h"),)})

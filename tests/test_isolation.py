@@ -8,9 +8,9 @@ import time
 import pytest
 from helpers.fake_plugins import FakePlugin, make_exporter
 
-from crusoe_metrics_exporter import HistogramValue, MetricSpec, Sample
 from crusoe_metrics_exporter.app import StrictModeError
 from crusoe_metrics_exporter.exposition import render
+from crusoe_metrics_exporter.sdk import HistogramValue, MetricSpec, Sample
 
 
 def _text(exporter) -> str:  # type: ignore[no-untyped-def]

@@ -83,6 +83,11 @@ def tracepoint_id(category: str, event: str, root: Path | None = None) -> int | 
         return None
 
 
+def tracepoint_exists(category: str, event: str) -> bool:
+    """Whether the running kernel has the tracepoint ``category:event`` (tracefs must be mounted)."""
+    return tracepoint_id(category, event) is not None
+
+
 def kprobe_pmu_type() -> int | None:
     """perf's dynamic PMU type for kprobes; None on kernels without kprobes."""
     try:

@@ -36,6 +36,10 @@ from crusoe_metrics_exporter.targets.volumes import volume_id, volume_pattern
 
 log = logging.getLogger(__name__)
 
+#: The name plugins ask the shared services for (``ctx.services.get(TARGETS_SERVICE)``).
+TARGETS_SERVICE = "targets"
+
+
 def _hostname(text: str) -> str:
     """One spelling per name, so one server is one DNS label value and one lookup."""
     return text.strip().lower().rstrip(".")

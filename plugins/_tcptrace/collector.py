@@ -15,14 +15,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
-from crusoe_metrics_exporter.contract import PluginContext, Sample, Support
 from crusoe_metrics_exporter.plugins._tcptrace.accumulate import Accumulator, Vector
 from crusoe_metrics_exporter.plugins._tcptrace.tracer import TcpTracer, make_spec, plan_spec, target_capacity
+from crusoe_metrics_exporter.sdk import PluginContext, Sample, Support
 
 
 def ebpf_support(ctx: PluginContext, name: str) -> Support:
     """Whether this host can run the plugin's programs, with the attach plan as details."""
-    from crusoe_metrics_exporter.ebpf import EBPF_SERVICE
+    from crusoe_metrics_exporter.sdk import EBPF_SERVICE
 
     support: Support = ctx.services.get(EBPF_SERVICE).support(plan_spec(name))
     return support
@@ -69,7 +69,7 @@ class TcpTargetCollector(ABC):
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> None:
-        from crusoe_metrics_exporter.ebpf import EBPF_SERVICE, BpfUnavailable
+        from crusoe_metrics_exporter.sdk import EBPF_SERVICE, BpfUnavailable
 
         self._targets = self.ctx.services.get("targets")
         mapping, ports = self.wanted()

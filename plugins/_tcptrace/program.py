@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from crusoe_metrics_exporter.ebpf.spec import AttachCandidate, BpfSpec, Kprobe, ProgramSpec, Tracepoint
 from crusoe_metrics_exporter.plugins._tcptrace.buckets import bucket_function_c
+from crusoe_metrics_exporter.sdk import AttachCandidate, BpfSpec, Kprobe, ProgramSpec, Tracepoint
 
 #: Where the headers named by the programs' ``#include "tcptrace*.h"`` lines live.
 HEADER_DIR = Path(__file__).resolve().parent

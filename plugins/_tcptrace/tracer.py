@@ -16,9 +16,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from crusoe_metrics_exporter.ebpf import kernel
-from crusoe_metrics_exporter.ebpf.runtime import LoadedBpf
-from crusoe_metrics_exporter.ebpf.spec import BpfSpec
 from crusoe_metrics_exporter.plugins._tcptrace import btf, program
 from crusoe_metrics_exporter.plugins._tcptrace.addresses import (
     ADDR_KEY_SIZE,
@@ -28,6 +25,7 @@ from crusoe_metrics_exporter.plugins._tcptrace.addresses import (
     port_bitmap,
     word_bytes,
 )
+from crusoe_metrics_exporter.sdk import BpfSpec, LoadedBpf, tracepoint_exists
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +42,7 @@ _U64 = struct.Struct("<Q")
 
 def send_tracepoint_available() -> bool:
     """Whether this kernel has sock:sock_send_length (6.3 and later, or a backport)."""
-    return kernel.tracepoint_id("sock", "sock_send_length") is not None
+    return tracepoint_exists("sock", "sock_send_length")
 
 
 def make_spec(name: str, body: str, bounds_seconds: tuple[float, ...], *, defines: Mapping[str, int],

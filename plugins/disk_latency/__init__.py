@@ -6,10 +6,16 @@ the collector (with the eBPF runtime) is only imported when the plugin starts.
 
 from __future__ import annotations
 
-from crusoe_metrics_exporter.contract import Collector, MetricSpec, PluginContext, PluginSpec, Support
-from crusoe_metrics_exporter.devices import DEVICE_OPTIONS
-from crusoe_metrics_exporter.hookspecs import hookimpl
 from crusoe_metrics_exporter.plugins.disk_latency.parser import BOUNDS_SECONDS
+from crusoe_metrics_exporter.sdk import (
+    DEVICE_OPTIONS,
+    Collector,
+    MetricSpec,
+    PluginContext,
+    PluginSpec,
+    Support,
+    hookimpl,
+)
 
 __version__ = "1.0.0"
 
@@ -45,8 +51,8 @@ METRICS: tuple[MetricSpec, ...] = (
 
 
 def _check_support(ctx: PluginContext) -> Support:
-    from crusoe_metrics_exporter.ebpf import EBPF_SERVICE
     from crusoe_metrics_exporter.plugins.disk_latency.collector import bpf_spec
+    from crusoe_metrics_exporter.sdk import EBPF_SERVICE
 
     support: Support = ctx.services.get(EBPF_SERVICE).support(bpf_spec())
     return support

@@ -7,18 +7,6 @@ import time
 from collections.abc import Iterable
 from importlib import resources
 
-from crusoe_metrics_exporter.contract import PluginContext, Sample
-from crusoe_metrics_exporter.devices import DeviceFilter, device_names
-from crusoe_metrics_exporter.ebpf import (
-    EBPF_SERVICE,
-    BpfMap,
-    BpfSpec,
-    BpfUnavailable,
-    Kprobe,
-    LoadedBpf,
-    ProgramSpec,
-    Tracepoint,
-)
 from crusoe_metrics_exporter.plugins.disk_latency.parser import (
     DEVICE_SLOTS,
     NBUCKETS,
@@ -34,6 +22,20 @@ from crusoe_metrics_exporter.plugins.disk_latency.parser import (
     encode_slot_index,
     encode_value,
     merge,
+)
+from crusoe_metrics_exporter.sdk import (
+    EBPF_SERVICE,
+    BpfMap,
+    BpfSpec,
+    BpfUnavailable,
+    DeviceFilter,
+    Kprobe,
+    LoadedBpf,
+    PluginContext,
+    ProgramSpec,
+    Sample,
+    Tracepoint,
+    device_names,
 )
 
 ERRORS = "disk_collection_errors_total"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from crusoe_metrics_exporter.contract import HistogramValue
-from crusoe_metrics_exporter.histogram import geometric_bounds
+from crusoe_metrics_exporter.sdk import HistogramValue, geometric_bounds
 
 #: The seed's 20 geometric bounds, 10 µs to 10 ms (ratio 1000^(1/19)), all
 #: finite; observations above 10 ms go to the overflow bucket (+Inf).

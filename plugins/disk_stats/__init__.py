@@ -7,9 +7,15 @@ the eBPF disk_latency plugin does not export them (one series per device).
 
 from __future__ import annotations
 
-from crusoe_metrics_exporter import hookimpl
-from crusoe_metrics_exporter.contract import Collector, MetricSpec, PluginContext, PluginSpec, Support
-from crusoe_metrics_exporter.devices import DEVICE_OPTIONS
+from crusoe_metrics_exporter.sdk import (
+    DEVICE_OPTIONS,
+    Collector,
+    MetricSpec,
+    PluginContext,
+    PluginSpec,
+    Support,
+    hookimpl,
+)
 
 VERSION = "1.0.0"
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from crusoe_metrics_exporter.contract import PluginContext, Sample
-from crusoe_metrics_exporter.devices import DeviceFilter
 from crusoe_metrics_exporter.plugins.disk_stats import parser
-from crusoe_metrics_exporter.procfs import DEFAULT_READ_LIMIT, read_limited
+from crusoe_metrics_exporter.sdk import DEFAULT_READ_LIMIT, DeviceFilter, PluginContext, Sample, read_limited
 
 ERRORS_METRIC = "disk_stats_collection_errors_total"
 

@@ -8,17 +8,17 @@ per-mount timeout: a hung filesystem is reported stuck, never blocks a scrape.
 
 from __future__ import annotations
 
-from crusoe_metrics_exporter import hookimpl
-from crusoe_metrics_exporter.contract import (
+from crusoe_metrics_exporter.plugins.disk_usage.parser import DEFAULT_DEVICE_INCLUDE
+from crusoe_metrics_exporter.plugins.disk_usage.statfs import DEFAULT_MOUNT_TIMEOUT, DEFAULT_STAT_WORKERS
+from crusoe_metrics_exporter.sdk import (
     Collector,
     ConfigOption,
     MetricSpec,
     PluginContext,
     PluginSpec,
     Support,
+    hookimpl,
 )
-from crusoe_metrics_exporter.plugins.disk_usage.parser import DEFAULT_DEVICE_INCLUDE
-from crusoe_metrics_exporter.plugins.disk_usage.statfs import DEFAULT_MOUNT_TIMEOUT, DEFAULT_STAT_WORKERS
 
 VERSION = "1.0.0"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from crusoe_metrics_exporter.contract import PluginContext, Sample
 from crusoe_metrics_exporter.plugins.disk_usage.parser import (
     DEFAULT_DEVICE_INCLUDE,
     MountSelector,
@@ -20,7 +19,7 @@ from crusoe_metrics_exporter.plugins.disk_usage.statfs import (
     StatfsOutcome,
     StatfsPool,
 )
-from crusoe_metrics_exporter.procfs import DEFAULT_READ_LIMIT, read_limited
+from crusoe_metrics_exporter.sdk import DEFAULT_READ_LIMIT, PluginContext, Sample, read_limited
 
 ERRORS_METRIC = "disk_usage_collection_errors_total"
 #: statfs is cheap; more workers than this only multiplies threads.

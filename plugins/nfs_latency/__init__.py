@@ -7,15 +7,15 @@ where the kernel has them and kprobes otherwise.
 
 from __future__ import annotations
 
-from crusoe_metrics_exporter.contract import (
+from crusoe_metrics_exporter.sdk import (
     Collector,
     ConfigOption,
     MetricSpec,
     PluginContext,
     PluginSpec,
     Support,
+    hookimpl,
 )
-from crusoe_metrics_exporter.hookspecs import hookimpl
 
 LABELS = ("protocol", "operation", "volume_id")
 ERRORS = "nfs_latency_collection_errors_total"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable
 from pathlib import Path
 
-from crusoe_metrics_exporter.contract import HistogramValue, PluginContext, Sample
 from crusoe_metrics_exporter.plugins._tcptrace.accumulate import Vector
 from crusoe_metrics_exporter.plugins._tcptrace.addresses import normalize
 from crusoe_metrics_exporter.plugins._tcptrace.collector import TcpTargetCollector
@@ -17,6 +16,7 @@ from crusoe_metrics_exporter.plugins.nfs_latency.parser import (
     parse_stats_entry,
     volume_label,
 )
+from crusoe_metrics_exporter.sdk import HistogramValue, PluginContext, Sample
 
 PROTOCOL = "tcp"
 #: The TCP layer cannot see the NFS operation; every series covers all of them.

@@ -7,9 +7,8 @@ keeps each seed collector's error counter.
 
 from __future__ import annotations
 
-from crusoe_metrics_exporter.contract import Collector, ConfigOption, PluginContext, PluginSpec, Support
-from crusoe_metrics_exporter.hookspecs import hookimpl
 from crusoe_metrics_exporter.plugins.nfs_stats.metrics import METRICS
+from crusoe_metrics_exporter.sdk import Collector, ConfigOption, PluginContext, PluginSpec, Support, hookimpl
 
 __version__ = "1.0.0"
 
@@ -59,7 +58,7 @@ def _factory(ctx: PluginContext) -> Collector:
 
 def _check_support(ctx: PluginContext) -> Support:
     from crusoe_metrics_exporter.plugins.nfs_stats.collector import mountstats_path
-    from crusoe_metrics_exporter.procfs import read_limited
+    from crusoe_metrics_exporter.sdk import read_limited
 
     path = mountstats_path(ctx)
     try:

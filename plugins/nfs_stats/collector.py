@@ -6,7 +6,6 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from crusoe_metrics_exporter.contract import PluginContext, Sample
 from crusoe_metrics_exporter.plugins.nfs_stats import metrics as m
 from crusoe_metrics_exporter.plugins.nfs_stats.parser import (
     EVENTS,
@@ -30,8 +29,7 @@ from crusoe_metrics_exporter.plugins.nfs_stats.parser import (
     operation_keys,
     parse,
 )
-from crusoe_metrics_exporter.procfs import read_limited
-from crusoe_metrics_exporter.targets.volumes import volume_pattern
+from crusoe_metrics_exporter.sdk import PluginContext, Sample, read_limited, volume_pattern
 
 ERROR_METRIC = {STATS: m.STATS_ERRORS, XPRT: m.XPRT_ERRORS, EVENTS: m.EVENTS_ERRORS}
 

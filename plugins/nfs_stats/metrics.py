@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crusoe_metrics_exporter.contract import MetricSpec
+from crusoe_metrics_exporter.sdk import MetricSpec
 
 OP_LABELS = ("volume_id", "nfs_operation")
 VOLUME_LABELS = ("volume_id",)

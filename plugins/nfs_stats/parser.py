@@ -36,8 +36,7 @@ import itertools
 import re
 from dataclasses import dataclass, field
 
-from crusoe_metrics_exporter.targets.mounts import unescape
-from crusoe_metrics_exporter.targets.volumes import volume_id
+from crusoe_metrics_exporter.sdk import unescape_mount_field, volume_id
 
 #: Label values longer than this are not ids but garbage; refusing them keeps
 #: a corrupt file from producing megabyte-sized labels.
@@ -174,7 +173,7 @@ def _block_volume(header: list[str], options: ParseOptions) -> str | None:
     # The kernel octal-escapes space, tab, newline and backslash in the
     # device; target discovery decodes /proc/<pid>/mounts the same way, so
     # the id is taken from the decoded device to agree with nfs_latency.
-    found = volume_id(unescape(device) if "\\" in device else device, options.pattern)
+    found = volume_id(unescape_mount_field(device) if "\\" in device else device, options.pattern)
     if found is not None:
         return found
     return device if options.label_unmatched_by_export else None

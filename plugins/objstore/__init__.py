@@ -7,15 +7,15 @@ OBJSTORE_ENDPOINT_PORT. There is no built-in fallback endpoint.
 
 from __future__ import annotations
 
-from crusoe_metrics_exporter.contract import (
+from crusoe_metrics_exporter.sdk import (
     Collector,
     ConfigOption,
     MetricSpec,
     PluginContext,
     PluginSpec,
     Support,
+    hookimpl,
 )
-from crusoe_metrics_exporter.hookspecs import hookimpl
 
 LABELS = ("endpoint",)
 ERRORS = "objstore_collection_errors_total"

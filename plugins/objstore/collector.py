@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable
 from pathlib import Path
 
-from crusoe_metrics_exporter.contract import HistogramValue, PluginContext, Sample
 from crusoe_metrics_exporter.plugins._tcptrace.accumulate import Vector
 from crusoe_metrics_exporter.plugins._tcptrace.addresses import normalize
 from crusoe_metrics_exporter.plugins._tcptrace.collector import TcpTargetCollector
 from crusoe_metrics_exporter.plugins.objstore.parser import BUCKETS, SLOTS, VECTOR_WIDTH, parse_stats_entry
+from crusoe_metrics_exporter.sdk import HistogramValue, PluginContext, Sample
 
 ERRORS = "objstore_collection_errors_total"
 SOURCE = Path(__file__).with_name("objstore.c")

@@ -9,15 +9,15 @@ a scrape only reads their last results.
 
 from __future__ import annotations
 
-from crusoe_metrics_exporter.contract import (
+from crusoe_metrics_exporter.sdk import (
     Collector,
     ConfigOption,
     MetricSpec,
     PluginContext,
     PluginSpec,
     Support,
+    hookimpl,
 )
-from crusoe_metrics_exporter.hookspecs import hookimpl
 
 VERSION = "1.0.0"
 _PROBE_LABELS = ("probe", "target", "endpoint", "port")

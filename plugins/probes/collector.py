@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from crusoe_metrics_exporter.contract import PluginContext, Sample
 from crusoe_metrics_exporter.plugins.probes import icmp
 from crusoe_metrics_exporter.plugins.probes.http_probe import http_get, tls_context
 from crusoe_metrics_exporter.plugins.probes.nfs_rpc import null_rpc
@@ -25,6 +24,7 @@ from crusoe_metrics_exporter.plugins.probes.results import (
     ResultStore,
 )
 from crusoe_metrics_exporter.plugins.probes.scheduler import ProbeJob, ProbeScheduler
+from crusoe_metrics_exporter.sdk import PluginContext, Sample
 
 #: The seed capped its latency gauges at 1 s and reported failure as 1 s;
 #: kept so existing dashboards read the same (the probe_* metrics are exact).

@@ -17,7 +17,7 @@ from icmplib import ICMPRequest, ICMPv4Socket, ICMPv6Socket
 from icmplib.exceptions import ICMPLibError, SocketPermissionError, TimeoutExceeded
 
 from crusoe_metrics_exporter.plugins.probes.results import INTERNAL, PERMISSION, TIMEOUT, Outcome
-from crusoe_metrics_exporter.targets.addresses import normalize
+from crusoe_metrics_exporter.sdk import normalize_address
 
 #: ICMP(v6) message types of an echo reply.
 _ECHO_REPLY = {4: 0, 6: 129}
@@ -90,7 +90,7 @@ def ping(
                 return Outcome.failed(INTERNAL, time.perf_counter() - start, detail=str(exc))
             now = time.perf_counter()
             if reply.type == _ECHO_REPLY[family]:
-                peer = normalize(reply.source or "")
+                peer = normalize_address(reply.source or "")
                 if peer is None or peer[0] != address:
                     continue  # someone else's reply that happens to carry our id/seq
                 rtt = now - sent

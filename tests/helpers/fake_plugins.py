@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crusoe_metrics_exporter import MetricSpec, PluginContext, PluginSpec, Sample, Support, hookimpl
 from crusoe_metrics_exporter.app import Exporter
+from crusoe_metrics_exporter.sdk import MetricSpec, PluginContext, PluginSpec, Sample, Support, hookimpl
 from crusoe_metrics_exporter.settings import Overrides
 
 REPO = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable
 
 from crusoe_exporter_uptime.parser import parse_uptime
-from crusoe_metrics_exporter import MetricSpec, PluginContext, PluginSpec, Sample, Support, hookimpl
+from crusoe_metrics_exporter.sdk import MetricSpec, PluginContext, PluginSpec, Sample, Support, hookimpl
 
 UPTIME = MetricSpec("uptime_seconds", "gauge", "Seconds since the host booted, from /proc/uptime.")
 ERRORS = MetricSpec.errors("uptime_collection_errors_total", "Unreadable or malformed /proc/uptime reads.")

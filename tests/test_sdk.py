@@ -1,0 +1,127 @@
+"""The public plugin SDK: one module, complete, cheap to import, and the only one built-ins use."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crusoe_metrics_exporter import sdk
+
+REPO = Path(__file__).resolve().parent.parent
+PLUGINS = REPO / "plugins"
+PUBLIC = ("crusoe_metrics_exporter.sdk",)
+#: Plugin-side packages a built-in may import besides the SDK (its own modules, shared plugin helpers).
+PLUGIN_SIDE = "crusoe_metrics_exporter.plugins"
+
+
+def _plugin_sources() -> list[Path]:
+    return sorted(p for p in PLUGINS.rglob("*.py") if "tests" not in p.relative_to(PLUGINS).parts)
+
+
+def _core_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import of the exporter's package that is neither the SDK nor plugin-side."""
+    tree = ast.parse(path.read_text(), str(path))
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        modules: list[str] = []
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules = [node.module]
+            if node.module == "crusoe_metrics_exporter":
+                # "from crusoe_metrics_exporter import host" names a module too.
+                modules = [f"crusoe_metrics_exporter.{alias.name}" for alias in node.names]
+        elif (isinstance(node, ast.Constant) and isinstance(node.value, str)
+              and node.value.startswith("crusoe_metrics_exporter.") and " " not in node.value):
+            # importlib.import_module("crusoe_metrics_exporter.host") and the like.
+            modules = [node.value.split(":")[0]]
+        for module in modules:
+            if module != "crusoe_metrics_exporter" and not module.startswith("crusoe_metrics_exporter."):
+                continue
+            if module in PUBLIC or module == PLUGIN_SIDE or module.startswith(PLUGIN_SIDE + "."):
+                continue
+            found.append((getattr(node, "lineno", 0), module))
+    return found
+
+
+def test_the_scan_sees_plugin_sources() -> None:
+    sources = _plugin_sources()
+    assert len(sources) > 20
+    assert any(p.name == "collector.py" and p.parent.name == "disk_stats" for p in sources)
+
+
+def test_builtin_plugins_import_only_the_sdk_from_the_core() -> None:
+    offenders = [
+        f"{path.relative_to(REPO)}:{line}: {module}"
+        for path in _plugin_sources()
+        for line, module in _core_imports(path)
+    ]
+    assert not offenders, "built-in plugins must import the core only through crusoe_metrics_exporter.sdk:\n" + (
+        "\n".join(offenders)
+    )
+
+
+def test_the_import_check_catches_each_form(tmp_path: Path) -> None:
+    source = tmp_path / "bad.py"
+    source.write_text(
+        "import crusoe_metrics_exporter.host\n"
+        "from crusoe_metrics_exporter.contract import Sample\n"
+        "from crusoe_metrics_exporter import runner\n"
+        "import importlib\n"
+        "importlib.import_module('crusoe_metrics_exporter.settings')\n"
+        "from crusoe_metrics_exporter.sdk import Sample as S\n"
+        "from crusoe_metrics_exporter.plugins.disk_stats import parser\n"
+    )
+    assert [m for _, m in _core_imports(source)] == [
+        "crusoe_metrics_exporter.host",
+        "crusoe_metrics_exporter.contract",
+        "crusoe_metrics_exporter.runner",
+        "crusoe_metrics_exporter.settings",
+    ]
+
+
+@pytest.mark.parametrize("name", sdk.__all__)
+def test_every_public_name_resolves(name: str) -> None:
+    value = getattr(sdk, name)
+    assert value is not None
+    lazy = sdk._LAZY.get(name)
+    if lazy is not None:
+        module, attribute = lazy
+        assert value is getattr(importlib.import_module(module), attribute)
+
+
+def test_lazy_table_and_type_checking_imports_agree() -> None:
+    """Names mypy sees (the TYPE_CHECKING block) are exactly the names resolved at run time on first use."""
+    tree = ast.parse(Path(sdk.__file__).read_text())
+    typed: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            for stmt in node.body:
+                assert isinstance(stmt, ast.ImportFrom)
+                typed |= {alias.asname or alias.name for alias in stmt.names}
+    assert typed == set(sdk._LAZY)
+    assert set(sdk._LAZY) <= set(sdk.__all__)
+
+
+def test_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'Settings'"):
+        _ = sdk.Settings  # type: ignore[attr-defined]
+
+
+def test_importing_the_sdk_loads_neither_ebpf_nor_target_discovery() -> None:
+    code = (
+        "import sys\n"
+        "import crusoe_metrics_exporter.sdk as sdk\n"
+        "heavy = [m for m in sys.modules if m.startswith(('crusoe_metrics_exporter.ebpf', "
+        "'crusoe_metrics_exporter.targets'))]\n"
+        "assert not heavy, heavy\n"
+        "sdk.BpfSpec\n"
+        "assert 'crusoe_metrics_exporter.ebpf' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
