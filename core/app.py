@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,8 @@ from prometheus_client.samples import Sample as PromSample
 
 from crusoe_metrics_exporter import host
 from crusoe_metrics_exporter.exposition import Scrape
-from crusoe_metrics_exporter.host import PluginRecord
+from crusoe_metrics_exporter.host import PluginRecord, Started
+from crusoe_metrics_exporter.lifecycle import StartTask, Startup
 from crusoe_metrics_exporter.meta import meta_families
 from crusoe_metrics_exporter.naming import PREFIX
 from crusoe_metrics_exporter.runner import CollectResult, PluginRunner
@@ -33,6 +36,9 @@ class Exporter:
         self.settings = settings
         self.services = services or Services(settings)
         self.runners: dict[str, PluginRunner] = {}
+        self.startup: Startup | None = None
+        # Guards runners and the state of a settling plugin against a concurrent scrape.
+        self._lock = threading.Lock()
         host.select(records, settings)
 
     @classmethod
@@ -56,31 +62,92 @@ class Exporter:
         for rec in self.records:
             host.check(rec, self.settings, self.services)
 
-    def start(self, only: Iterable[str] | None = None) -> None:
+    def begin_start(self, only: Iterable[str] | None = None,
+                    on_settled: Callable[[PluginRecord], None] | None = None) -> Startup:
+        """Start every selected plugin in the background, all in parallel; returns at once.
+
+        Each plugin shows *starting* until its start settles; ``on_settled``
+        is called (on the plugin's start thread) right after it did.
+        """
         wanted = set(only) if only is not None else None
+        tasks = []
         for rec in self.records:
             if rec.state == "failed":
                 log.error("plugin %s (%s %s) failed to %s: %s", rec.name, rec.distribution, rec.version,
                           rec.failed_phase, rec.reason)
-            if wanted is not None and rec.name not in wanted:
-                if rec.state not in ("failed",):
-                    rec.state, rec.reason = "disabled", "not selected"
                 continue
-            host.start(rec, self.settings, self.services)
-            if rec.state == "unsupported":
-                log.warning("plugin %s unsupported: %s", rec.name, rec.reason)
-            elif rec.state == "failed" and rec.failed_phase == "start":
-                log.error("plugin %s failed to start: %s", rec.name, rec.reason)
-            if rec.collector is not None:
-                self.runners[rec.name] = PluginRunner(rec)
-        if self.settings.core["strict"]:
-            failed = [r for r in self.records if r.state == "failed"]
-            if failed:
-                names = ", ".join(f"{r.name} ({r.reason})" for r in failed)
-                raise StrictModeError(f"strict mode: plugins failed: {names}")
+            if rec.state == "disabled":
+                continue
+            if wanted is not None and rec.name not in wanted:
+                rec.state, rec.reason = "disabled", "not selected"
+                continue
+            rec.state, rec.reason = "starting", ""
+            tasks.append(StartTask(rec, functools.partial(host.start, rec, self.settings, self.services),
+                                   functools.partial(self._settle, on_settled=on_settled)))
+        self.startup = Startup(tasks)
+        self.startup.launch()
+        return self.startup
 
-    def stop(self) -> None:
-        for runner in self.runners.values():
+    def start(self, only: Iterable[str] | None = None) -> None:
+        """Start the selected plugins and wait until every one settled (``collect``, tests, benchmarks).
+
+        Raises StrictModeError in strict mode when a plugin failed.
+        """
+        self.begin_start(only).wait()
+        self.raise_if_strict_failed()
+
+    def raise_if_strict_failed(self) -> None:
+        if not self.settings.core["strict"]:
+            return
+        failed = [r for r in self.records if r.state == "failed"]
+        if failed:
+            names = ", ".join(f"{r.name} ({r.reason})" for r in failed)
+            raise StrictModeError(f"strict mode: plugins failed: {names}")
+
+    def _settle(self, rec: PluginRecord, outcome: Started,
+                on_settled: Callable[[PluginRecord], None] | None) -> None:
+        with self._lock:
+            if outcome.collector is not None:
+                rec.collector = outcome.collector
+                # The runner exists before the state says active: a scrape
+                # never sees an active plugin it cannot collect.
+                self.runners[rec.name] = PluginRunner(rec)
+                rec.state, rec.reason = "active", ""
+            elif outcome.state == "unsupported":
+                rec.state, rec.reason = "unsupported", outcome.reason
+            else:
+                rec.fail("start", outcome.reason)
+        elapsed = time.monotonic() - (self.startup.began if self.startup is not None else time.monotonic())
+        if rec.state == "active":
+            log.info("plugin %s active after %.2fs%s", rec.name, elapsed, host.details_suffix(dict(rec.details)))
+        elif rec.state == "unsupported":
+            log.warning("plugin %s unsupported: %s", rec.name, rec.reason)
+        else:
+            log.error("plugin %s failed to start after %.2fs: %s", rec.name, elapsed, rec.reason)
+        if on_settled is not None:
+            on_settled(rec)
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop every plugin and service; False if that did not finish within ``timeout``.
+
+        A start still running is abandoned (its collector is stopped when it
+        returns). With a timeout, the stop runs on a daemon thread, so a
+        plugin whose ``stop()`` hangs cannot hold up the caller.
+        """
+        if self.startup is not None:
+            self.startup.abandon()
+        if timeout is None:
+            self._stop_all()
+            return True
+        thread = threading.Thread(target=self._stop_all, name="stop-plugins", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def _stop_all(self) -> None:
+        with self._lock:
+            runners = list(self.runners.values())
+        for runner in runners:
             runner.close()
         for rec in self.records:
             host.stop(rec)
@@ -90,7 +157,8 @@ class Exporter:
     def collect(self, only: Iterable[str] | None = None) -> Scrape:
         """One scrape: every runner in parallel, each bounded by collect_timeout."""
         wanted = set(only) if only is not None else None
-        runners = [r for name, r in self.runners.items() if wanted is None or name in wanted]
+        with self._lock:
+            runners = [r for name, r in self.runners.items() if wanted is None or name in wanted]
         deadline = time.monotonic() + float(self.settings.core["collect_timeout"])
         futures = [(r, r.submit()) for r in runners]
         results: dict[str, CollectResult] = {}

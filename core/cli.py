@@ -23,6 +23,8 @@ from crusoe_metrics_exporter.options import SettingError
 from crusoe_metrics_exporter.settings import Overrides
 
 PROG = "crusoe-metrics-exporter"
+#: How long shutdown waits for plugins to stop before the process exits anyway.
+STOP_TIMEOUT = 2.0
 F = TypeVar("F", bound=Callable[..., Any])
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
@@ -127,7 +129,9 @@ def serve_cmd(ctx: click.Context, /, **kwargs: Any) -> None:
     # SIGTERM (Kubernetes, systemd) should shut down as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        exporter.start()
+        # A plugin that failed to load or validate is known before anything
+        # listens; in strict mode that ends start-up here.
+        exporter.raise_if_strict_failed()
         serve(exporter, exporter.settings.core["listen_address"], exporter.settings.core["port"])
     except StrictModeError as exc:
         raise RunFailure(str(exc)) from None
@@ -137,7 +141,8 @@ def serve_cmd(ctx: click.Context, /, **kwargs: Any) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        exporter.stop()
+        if not exporter.stop(timeout=STOP_TIMEOUT):
+            logging.getLogger(__name__).warning("plugins did not stop within %gs; exiting anyway", STOP_TIMEOUT)
 
 
 @cli.command("plugins")

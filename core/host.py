@@ -33,7 +33,8 @@ OWN_DISTRIBUTION = "crusoe-metrics-exporter"
 #: Metric name prefixes the core itself emits; plugins may not use them.
 CORE_OWNED_PREFIXES = ("exporter_", "dns_resolve_")
 
-State = Literal["active", "unsupported", "disabled", "failed", "loaded"]
+#: "loaded": discovered, not started yet; "starting": its start runs in the background.
+State = Literal["starting", "active", "unsupported", "disabled", "failed", "loaded"]
 _PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -251,28 +252,36 @@ def make_context(rec: PluginRecord, settings: Settings, services: Services) -> P
 
 
 def check(rec: PluginRecord, settings: Settings, services: Services) -> Support | None:
-    """Run the support check; updates the record. Returns the answer, if any."""
+    """Run the support check (``plugins``, ``doctor``); updates the record. Returns the answer, if any."""
     if rec.spec is None or rec.state in ("failed", "disabled"):
         return None
-    ctx = make_context(rec, settings, services)
-    try:
-        support = _with_deadline(lambda: rec.spec.check_support(ctx), SUPPORT_CHECK_TIMEOUT)  # type: ignore[union-attr]
-    except TimeoutError:
-        rec.fail("start", f"support check did not answer within {SUPPORT_CHECK_TIMEOUT:g}s")
+    answer = _support(rec, make_context(rec, settings, services))
+    if isinstance(answer, str):
+        rec.fail("start", answer)
         return None
-    except Exception as exc:
-        log.debug("support check of %s raised", rec.name, exc_info=True)
-        rec.fail("start", f"support check raised {type(exc).__name__}: {exc}")
-        return None
-    if not isinstance(support, Support):
-        rec.fail("start", f"support check returned {type(support).__name__}, not a Support")
-        return None
-    rec.details.update(support.details)
-    if not support.supported:
+    rec.details.update(answer.details)
+    if not answer.supported:
         rec.state = "unsupported"
-        rec.reason = support.reason or "not supported on this host"
+        rec.reason = answer.reason or "not supported on this host"
     else:
         rec.state = "active"
+    return answer
+
+
+def _support(rec: PluginRecord, ctx: PluginContext) -> Support | str:
+    """The plugin's answer to its support check, or why there is none."""
+    spec = rec.spec
+    assert spec is not None
+    try:
+        # A third-party check may return anything: typed as object, checked below.
+        support: object = _with_deadline(lambda: spec.check_support(ctx), SUPPORT_CHECK_TIMEOUT)
+    except TimeoutError:
+        return f"support check did not answer within {SUPPORT_CHECK_TIMEOUT:g}s"
+    except Exception as exc:
+        log.debug("support check of %s raised", rec.name, exc_info=True)
+        return f"support check raised {type(exc).__name__}: {exc}"
+    if not isinstance(support, Support):
+        return f"support check returned {type(support).__name__}, not a Support"
     return support
 
 
@@ -310,12 +319,31 @@ def _with_deadline(func: Callable[[], _T], timeout: float) -> _T:
     return cast(_T, box["value"])
 
 
-def start(rec: PluginRecord, settings: Settings, services: Services) -> None:
-    """Build and start the plugin's collector; failures become state, not exceptions."""
-    if check(rec, settings, services) is None or rec.state != "active":
-        return
-    assert rec.spec is not None and rec.errors is not None
+@dataclass(frozen=True)
+class Started:
+    """What starting one plugin came to; the caller applies it to the record when the start settles."""
+
+    state: Literal["active", "unsupported", "failed"]
+    reason: str = ""
+    collector: Collector | None = None
+
+
+def start(rec: PluginRecord, settings: Settings, services: Services) -> Started:
+    """Support check, factory and ``start()``; never raises for the plugin's fault.
+
+    Only ``details`` and the error counters of the record change here (they
+    are shown while the plugin starts); its state is the caller's to set, so
+    a plugin never shows *active* before its collector exists.
+    """
+    assert rec.spec is not None
     ctx = make_context(rec, settings, services)
+    answer = _support(rec, ctx)
+    if isinstance(answer, str):
+        return Started("failed", answer)
+    rec.details.update(answer.details)
+    if not answer.supported:
+        return Started("unsupported", answer.reason or "not supported on this host")
+    assert rec.errors is not None
     collector: Collector | None = None
     try:
         collector = rec.spec.factory(ctx)
@@ -323,28 +351,27 @@ def start(rec: PluginRecord, settings: Settings, services: Services) -> None:
     except Exception as exc:
         log.debug("plugin %s failed to start", rec.name, exc_info=True)
         rec.errors.core_failure("start")
-        rec.fail("start", f"{type(exc).__name__}: {exc}")
         if collector is not None:
-            _stop_quietly(rec.name, collector)
-        return
-    rec.collector = collector
-    log.info("plugin %s active%s", rec.name, _details_suffix(rec.details))
+            stop_collector(rec.name, collector)
+        return Started("failed", f"{type(exc).__name__}: {exc}")
+    return Started("active", collector=collector)
 
 
 def stop(rec: PluginRecord) -> None:
     if rec.collector is not None:
-        _stop_quietly(rec.name, rec.collector)
+        stop_collector(rec.name, rec.collector)
         rec.collector = None
 
 
-def _stop_quietly(name: str, collector: Collector) -> None:
+def stop_collector(name: str, collector: Collector) -> None:
+    """``collector.stop()``; a plugin that raises there is logged, never propagated."""
     try:
         collector.stop()
     except Exception:
         log.warning("plugin %s raised while stopping", name, exc_info=True)
 
 
-def _details_suffix(details: Mapping[str, str]) -> str:
+def details_suffix(details: Mapping[str, str]) -> str:
     if not details:
         return ""
     return " (" + ", ".join(f"{k}={v}" for k, v in sorted(details.items())) + ")"

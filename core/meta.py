@@ -14,12 +14,13 @@ from crusoe_metrics_exporter.naming import PREFIX
 from crusoe_metrics_exporter.runner import CollectResult
 
 P = PREFIX + "exporter_"
-STATES = ("active", "unsupported", "disabled", "failed")
+STATES = ("starting", "active", "unsupported", "disabled", "failed")
 
 HELP = {
     "build_info": "Build information of crusoe-metrics-exporter; the value is always 1.",
     "plugin_up": "1 if the plugin's last collect succeeded; 0 if it failed, timed out or the plugin is not active.",
-    "plugin_state": "1 for the plugin's current state (active, unsupported, disabled, failed), 0 for the others.",
+    "plugin_state": "1 for the plugin's current state (starting, active, unsupported, disabled, failed), 0 for the "
+    "others.",
     "plugin_collect_duration_seconds": "Duration of the plugin's last collect.",
     "plugin_errors": "Errors per plugin and phase (load, validate, start, collect, timeout, invalid_sample, "
     "plugin_reported).",

@@ -1,10 +1,13 @@
 """Running one plugin's collect inside an error boundary with a deadline.
 
-Each active plugin gets one worker thread. A scrape asks every plugin at once
-and waits for each until the shared deadline. A plugin that hangs keeps its
-single worker busy: later scrapes see it is still running and do not start a
-second call, so a stuck plugin costs one thread, never one per scrape.
+Each collect runs on a thread of its own, started for that call and gone when
+it returns, so an idle exporter holds no collect threads. A scrape asks every
+plugin at once and waits for each until the shared deadline. A plugin that
+hangs keeps its one thread: later scrapes see it is still running and do not
+start a second call, so a stuck plugin costs one thread, never one per scrape.
 Concurrent scrapes that arrive while a collect is running share its result.
+The threads are daemons: a collect stuck in the kernel cannot keep the
+process from exiting.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from crusoe_metrics_exporter.contract import HistogramValue, MetricSpec, Sample
@@ -112,7 +115,6 @@ class PluginRunner:
         self._collector = record.collector
         self._metrics = {m.name: m for m in record.spec.metrics}
         self._errors = record.errors
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"collect-{record.name}")
         self._lock = threading.Lock()
         self._inflight: Future[CollectResult] | None = None
         self._inflight_started = 0.0
@@ -121,8 +123,16 @@ class PluginRunner:
     def submit(self) -> Future[CollectResult]:
         with self._lock:
             if self._inflight is None or self._inflight.done():
-                self._inflight = self._pool.submit(self._collect_once)
+                future: Future[CollectResult] = Future()
+                self._inflight = future
                 self._inflight_started = time.monotonic()
+                try:
+                    threading.Thread(target=self._run, args=(future,), name=f"collect-{self.record.name}",
+                                     daemon=True).start()
+                except RuntimeError as exc:  # "can't start new thread": out of threads or memory
+                    log.warning("plugin %s: cannot start a collect: %s", self.record.name, exc)
+                    self._errors.core_failure("collect")
+                    future.set_result(CollectResult(ok=False))
             return self._inflight
 
     def wait(self, future: Future[CollectResult], deadline: float) -> CollectResult:
@@ -141,6 +151,15 @@ class PluginRunner:
         self.last = result
         return result
 
+    def _run(self, future: Future[CollectResult]) -> None:
+        try:
+            result = self._collect_once()
+        except BaseException as exc:  # a fault of ours must not leave every later scrape waiting on this future
+            log.error("plugin %s: collect could not be completed: %s: %s", self.record.name, type(exc).__name__, exc)
+            log.debug("plugin %s: traceback", self.record.name, exc_info=True)
+            result = CollectResult(ok=False)
+        future.set_result(result)
+
     def _collect_once(self) -> CollectResult:
         started = time.monotonic()
         try:
@@ -157,5 +176,4 @@ class PluginRunner:
         return CollectResult(grouped, True, time.monotonic() - started, dropped)
 
     def close(self) -> None:
-        # Do not wait: a hung collect must not block shutdown.
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Nothing to release: a collect still running ends with its thread (never waited for)."""

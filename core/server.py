@@ -1,4 +1,4 @@
-"""The HTTP face: /metrics, /health, / and /plugins.json.
+"""The HTTP face: /metrics, /health, /ready, / and /plugins.json.
 
 A threading server, so concurrent scrapes are served in parallel; the
 exporter's runners coalesce concurrent collects of one plugin. A scrape only
@@ -26,6 +26,7 @@ from crusoe_metrics_exporter.exposition import (
     render,
     wants_openmetrics,
 )
+from crusoe_metrics_exporter.host import PluginRecord
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._metrics()
             elif path == "/health":
                 self._send(200, "text/plain; charset=utf-8", b"OK")
+            elif path == "/ready":
+                self._ready()
             elif path == "/":
                 self._send(200, "text/html; charset=utf-8", _index(self.server.exporter).encode())
             elif path == "/plugins.json":
@@ -95,6 +98,14 @@ class _Handler(BaseHTTPRequestHandler):
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
         self._send(200, content_type, body, headers)
+
+    def _ready(self) -> None:
+        startup = self.server.exporter.startup
+        pending = startup.pending() if startup is not None else []
+        if pending:
+            self._send(503, "text/plain; charset=utf-8", f"starting: {', '.join(pending)}\n".encode())
+        else:
+            self._send(200, "text/plain; charset=utf-8", b"ready\n")
 
     def _send(self, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
@@ -147,20 +158,32 @@ def _index(exporter: Exporter) -> str:
         "tr:nth-child(even){background:#f4f4f4}</style></head><body>"
         f"<h1>crusoe-metrics-exporter {html.escape(__version__)}</h1>"
         "<p><a href='/metrics'>/metrics</a> &middot; <a href='/health'>/health</a> &middot; "
+        "<a href='/ready'>/ready</a> &middot; "
         "<a href='/plugins.json'>/plugins.json</a></p>"
         "<h2>Plugins</h2><table><tr><th>plugin</th><th>distribution</th><th>version</th><th>state</th>"
         "<th>reason</th><th>details</th></tr>" + "".join(rows) + "</table></body></html>"
     )
 
 
-def serve(exporter: Exporter, host: str, port: int, ready: threading.Event | None = None) -> None:
-    """Serve until interrupted (SIGINT/SIGTERM raise KeyboardInterrupt/SystemExit in the caller)."""
+def serve(exporter: Exporter, host: str, port: int) -> None:
+    """Listen, start the plugins in the background, serve until interrupted.
+
+    SIGINT/SIGTERM raise KeyboardInterrupt/SystemExit in the caller. In
+    strict mode a plugin that settles as failed ends serving with
+    StrictModeError.
+    """
     httpd = make_server(host, port, exporter)
     bound = str(httpd.server_address[0])
     log.info("listening on %s:%d", f"[{bound}]" if ":" in bound else bound, httpd.server_address[1])
-    if ready is not None:
-        ready.set()
+
+    def settled(rec: PluginRecord) -> None:
+        if exporter.settings.core["strict"] and rec.state == "failed":
+            # shutdown() waits for serve_forever to return: not on this thread.
+            threading.Thread(target=httpd.shutdown, daemon=True).start()
+
+    exporter.begin_start(on_settled=settled)
     try:
         httpd.serve_forever(poll_interval=0.5)
     finally:
         httpd.server_close()
+    exporter.raise_if_strict_failed()

@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from helpers.fake_plugins import install_distribution
 from helpers.server import CLI, running_exporter
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -48,12 +49,9 @@ def test_concurrent_scrapes_all_succeed() -> None:
 def test_broken_third_party_plugin_leaves_metrics_serving(tmp_path: Path) -> None:
     # A real installed distribution (dist-info + entry point) whose module
     # raises on import, found through the normal entry-point machinery.
-    (tmp_path / "broken_collector.py").write_text("raise RuntimeError('this plugin is broken')\n")
-    dist = tmp_path / "broken_collector-0.3.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-collector\nVersion: 0.3\n")
-    (dist / "entry_points.txt").write_text("[crusoe_metrics_exporter]\nbroken = broken_collector\n")
-    env = {"PYTHONPATH": str(tmp_path)}
+    env = install_distribution(tmp_path, "broken-collector", "0.3",
+                               {"broken_collector": "raise RuntimeError('this plugin is broken')\n"},
+                               {"broken": "broken_collector"})
     with running_exporter(env) as exporter:
         _, _, body = exporter.get("/metrics")
         _, _, plugins = exporter.get("/plugins.json")

@@ -16,6 +16,7 @@ import os
 import platform
 import re
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ MODULES_ROOT = Path("/lib/modules")
 DISTRO_HEADERS_ROOT = Path("/usr/src")
 KHEADERS_ARCHIVE = Path("/sys/kernel/kheaders.tar.xz")
 _MARKER = ".crusoe-sources"
+#: Plugins start in parallel; two threads must not build the same tree in one scratch directory.
+_BUILD_LOCK = threading.Lock()
 _INCLUDE_LINE = re.compile(r"^\s*include\s+(\S+)/Makefile\s*$", re.MULTILINE)
 _ARCH_DIRS = {"x86_64": "x86", "aarch64": "arm64", "arm64": "arm64"}
 
@@ -123,6 +126,11 @@ def _merge(dst: Path, sources: list[Path]) -> None:
 
 
 def _merged_tree(state_dir: Path, tree: Path, parts: list[Path]) -> Path:
+    with _BUILD_LOCK:
+        return _build_merged_tree(state_dir, tree, parts)
+
+
+def _build_merged_tree(state_dir: Path, tree: Path, parts: list[Path]) -> Path:
     out = state_dir / "kernel-headers" / tree.name
     wanted = "\n".join(str(p) for p in parts)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -38,11 +39,20 @@ def tracefs_root() -> Path | None:
     return None
 
 
+#: Plugins start in parallel: one mount, not one per plugin.
+_MOUNT_LOCK = threading.Lock()
+
+
 def ensure_tracefs(allow_mount: bool) -> tuple[Path | None, str]:
     """Find tracefs, mounting it at /sys/kernel/tracing when absent and allowed.
 
     Returns (root or None, what happened / why not) for logs and doctor.
     """
+    with _MOUNT_LOCK:
+        return _ensure_tracefs(allow_mount)
+
+
+def _ensure_tracefs(allow_mount: bool) -> tuple[Path | None, str]:
     root = tracefs_root()
     if root is not None:
         return root, f"tracefs at {root}"

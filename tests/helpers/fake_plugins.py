@@ -116,3 +116,59 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
+
+
+def install_distribution(site: Path, dist: str, version: str, modules: dict[str, str],
+                         entry_points: dict[str, str]) -> dict[str, str]:
+    """A real installed distribution under ``site`` (modules, dist-info, entry points).
+
+    Returns the environment (``PYTHONPATH``) under which a child process
+    finds it through the normal entry-point machinery.
+    """
+    for module, source in modules.items():
+        (site / f"{module}.py").write_text(source)
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[crusoe_metrics_exporter]\n{lines}")
+    return {"PYTHONPATH": str(site)}
+
+
+#: Source of a plugin module whose start() blocks until the file named by the
+#: environment variable ``<NAME>_GATE`` exists (at most 60 s), then raises if
+#: ``<NAME>_FAIL`` is set; it exports ``<name>_value 1``.
+GATED_PLUGIN = '''
+import os
+import time
+from pathlib import Path
+
+from crusoe_metrics_exporter.sdk import MetricSpec, PluginSpec, Sample, Support, hookimpl
+
+NAME = {name!r}
+
+
+class Collector:
+    def __init__(self, ctx):
+        self.gate = Path(os.environ[NAME.upper() + "_GATE"])
+
+    def start(self):
+        deadline = time.monotonic() + 60
+        while not self.gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if os.environ.get(NAME.upper() + "_FAIL"):
+            raise RuntimeError("the gate opened onto a failure")
+
+    def collect(self):
+        return [Sample(NAME + "_value", (), 1.0)]
+
+    def stop(self):
+        pass
+
+
+@hookimpl
+def crusoe_metrics_exporter_plugin():
+    return PluginSpec(name=NAME, version="1.0", description="starts when its gate opens",
+                      metrics=(MetricSpec(NAME + "_value", "gauge", "One, once started."),),
+                      factory=Collector, check_support=lambda ctx: Support.ok())
+'''

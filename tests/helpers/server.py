@@ -50,8 +50,12 @@ def free_port() -> int:
 
 @contextmanager
 def running_exporter(env: Mapping[str, str] | None = None, args: tuple[str, ...] = (),
-                     ready_timeout: float = 60.0) -> Iterator[RunningExporter]:
-    """Start ``crusoe-metrics-exporter serve`` and wait until /health answers."""
+                     ready_timeout: float = 60.0, wait_for: str = "/ready") -> Iterator[RunningExporter]:
+    """Start ``crusoe-metrics-exporter serve`` and wait until ``wait_for`` answers 200.
+
+    ``/ready``: every plugin has settled (started, unsupported or failed);
+    ``/health``: the server listens, plugins may still be starting.
+    """
     port = free_port()
     full_env = {**os.environ, "PORT": str(port), "LISTEN_ADDRESS": "127.0.0.1", **(env or {})}
     proc = subprocess.Popen([CLI, "serve", *args], env=full_env, stdout=subprocess.DEVNULL,
@@ -63,9 +67,9 @@ def running_exporter(env: Mapping[str, str] | None = None, args: tuple[str, ...]
             if proc.poll() is not None:
                 raise AssertionError(f"exporter exited with {proc.returncode}: {running.log()}")
             try:
-                if running.get("/health", timeout=2)[0] == 200:
+                if running.get(wait_for, timeout=2)[0] == 200:
                     break
-            except OSError:
+            except OSError:  # refused, or HTTPError 503 while plugins start
                 pass
             if time.monotonic() > deadline:
                 raise AssertionError("exporter did not become ready")
