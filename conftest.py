@@ -11,7 +11,7 @@ import pytest
 # Tests that exercise the real kernel or real networks. On a developer laptop
 # they may skip (not root, no bcc); in CI a skip would hide a broken feature,
 # so there it counts as a failure.
-MUST_RUN_IN_CI = ("ebpf", "netns")
+MUST_RUN_IN_CI = ("ebpf", "netns", "deploy")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -112,9 +112,9 @@ class Exporter:
                 # The runner exists before the state says active: a scrape
                 # never sees an active plugin it cannot collect.
                 self.runners[rec.name] = PluginRunner(rec)
-                rec.state, rec.reason = "active", ""
+                rec.state, rec.reason, rec.fix = "active", "", ""
             elif outcome.state == "unsupported":
-                rec.state, rec.reason = "unsupported", outcome.reason
+                rec.state, rec.reason, rec.fix = "unsupported", outcome.reason, outcome.fix
             else:
                 rec.fail("start", outcome.reason)
         elapsed = time.monotonic() - (self.startup.began if self.startup is not None else time.monotonic())

@@ -160,6 +160,8 @@ def plugins_cmd(ctx: click.Context, /, as_json: bool, **kwargs: Any) -> None:
     rows = [("PLUGIN", "DISTRIBUTION", "VERSION", "STATE", "REASON / DETAILS")]
     for r in exporter.records:
         detail = r.reason or ", ".join(f"{k}={v}" for k, v in sorted(r.details.items()))
+        if r.reason and r.fix:
+            detail += f" (fix: {r.fix})"
         if len(detail) > 160 and not r.reason:
             detail = detail[:157] + "..."  # all of it: --json
         rows.append((r.name, r.distribution, r.version, r.state, detail))

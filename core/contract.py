@@ -174,6 +174,12 @@ class PluginContext:
     def host_proc(self) -> Path:
         return Path(self.settings.core["host_proc_path"])
 
+    @property
+    def host_root(self) -> Path | None:
+        """The host's / as configured (HOST_ROOT_PATH), or None when not set."""
+        value = self.settings.core.get("host_root_path") or ""
+        return Path(value) if value else None
+
 
 @dataclass(frozen=True)
 class PluginSpec:

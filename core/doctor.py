@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crusoe_metrics_exporter import host
+from crusoe_metrics_exporter.capabilities import unreadable
 
 if TYPE_CHECKING:
     from crusoe_metrics_exporter.app import Exporter
@@ -45,6 +46,10 @@ def _procfs_checks(proc: Path) -> Iterator[Check]:
                 fh.read(1)
             yield Check(f"read {path}", True, f"readable (used by {who})")
         except OSError as exc:
+            denied = unreadable(path, exc)
+            if denied is not None:
+                yield Check(f"read {path}", False, f"{denied.reason} (used by {who})", denied.fix)
+                continue
             yield Check(
                 f"read {path}",
                 False,

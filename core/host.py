@@ -49,6 +49,8 @@ class PluginRecord:
     spec: PluginSpec | None = None
     state: State = "loaded"
     reason: str = ""
+    #: What to do about an unsupported state (from Support.fix); empty otherwise.
+    fix: str = ""
     #: The phase a failure happened in (load, validate, start).
     failed_phase: str = ""
     details: dict[str, str] = field(default_factory=dict)
@@ -71,6 +73,7 @@ class PluginRecord:
             "version": self.version,
             "state": self.state,
             "reason": self.reason,
+            "fix": self.fix,
             "failed_phase": self.failed_phase,
             "details": dict(self.details),
         }
@@ -263,8 +266,10 @@ def check(rec: PluginRecord, settings: Settings, services: Services) -> Support 
     if not answer.supported:
         rec.state = "unsupported"
         rec.reason = answer.reason or "not supported on this host"
+        rec.fix = answer.fix
     else:
         rec.state = "active"
+        rec.fix = ""
     return answer
 
 
@@ -326,6 +331,8 @@ class Started:
     state: Literal["active", "unsupported", "failed"]
     reason: str = ""
     collector: Collector | None = None
+    #: For unsupported: what to do about it (Support.fix).
+    fix: str = ""
 
 
 def start(rec: PluginRecord, settings: Settings, services: Services) -> Started:
@@ -342,7 +349,7 @@ def start(rec: PluginRecord, settings: Settings, services: Services) -> Started:
         return Started("failed", answer)
     rec.details.update(answer.details)
     if not answer.supported:
-        return Started("unsupported", answer.reason or "not supported on this host")
+        return Started("unsupported", answer.reason or "not supported on this host", fix=answer.fix)
     assert rec.errors is not None
     collector: Collector | None = None
     try:

@@ -28,6 +28,8 @@ What is here
   :class:`PluginContext`, :data:`hookimpl`;
 * procfs: :func:`read_limited` reads a kernel text file whole with a size limit
   (a FIFO or device node put where a kernel file belongs is refused, never hangs);
+  :func:`unreadable` turns a permission error on a host file into the reason
+  ("<path> is unreadable: needs CAP_...") and the fix, as :class:`Unreadable`;
 * block devices: :class:`DeviceFilter` and :data:`DEVICE_OPTIONS` (node_exporter's
   device_include/device_exclude), :func:`device_names`;
 * histograms: :func:`geometric_bounds`, :func:`bucket_index`, :func:`cumulative_buckets`;
@@ -47,6 +49,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from crusoe_metrics_exporter.capabilities import Unreadable, unreadable
 from crusoe_metrics_exporter.contract import (
     CONTRACT_VERSION,
     Collector,
@@ -172,6 +175,7 @@ __all__ = [
     "Support",
     "TargetDirectory",
     "Tracepoint",
+    "Unreadable",
     "bucket_index",
     "cumulative_buckets",
     "device_names",
@@ -182,6 +186,7 @@ __all__ = [
     "read_limited",
     "tracepoint_exists",
     "unescape_mount_field",
+    "unreadable",
     "verify_only",
     "volume_id",
     "volume_pattern",

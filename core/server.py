@@ -148,7 +148,8 @@ def _index(exporter: Exporter) -> str:
             "<tr>"
             + "".join(
                 f"<td>{html.escape(str(c))}</td>"
-                for c in (rec.name, rec.distribution, rec.version, rec.state, rec.reason, details)
+                for c in (rec.name, rec.distribution, rec.version, rec.state,
+                          rec.reason + (f" (fix: {rec.fix})" if rec.fix else ""), details)
             )
             + "</tr>"
         )

@@ -44,6 +44,15 @@ CORE_OPTIONS: tuple[ConfigOption, ...] = (
         env="HOST_PROC_PATH",
     ),
     ConfigOption(
+        "host_root_path",
+        "path",
+        "",
+        "Where the host's / is mounted (node_exporter's --path.rootfs), e.g. /host/root mounted read-only with "
+        "HostToContainer propagation; disk_usage runs statfs under it. Empty means HOST_PROC_PATH/1/root, "
+        "which needs CAP_SYS_PTRACE from a container.",
+        env="HOST_ROOT_PATH",
+    ),
+    ConfigOption(
         "log_level",
         "str",
         "info",

@@ -218,7 +218,7 @@ def test_non_root_is_unsupported_with_a_reason(require_ebpf: None, state_dir: Pa
     result = _as_nobody(check)
     assert result == {
         "supported": False,
-        "reason": "eBPF needs root or CAP_BPF and CAP_PERFMON; running as uid 65534 without them",
+        "reason": "eBPF needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); running as uid 65534 without them",
     }
 
 
@@ -328,9 +328,11 @@ def test_no_headers_is_a_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_doctor_checks_cover_every_prerequisite(require_ebpf: None) -> None:
     checks = {c.name: c for c in doctor_checks()}
     assert set(checks) == {
-        "ebpf privileges", "bcc", "tracefs", "kernel headers", "kernel BTF", "kprobes", "bpf run-time stats",
+        "ebpf privileges", "syscall filter", "bcc", "tracefs", "kernel headers", "kernel BTF", "kprobes",
+        "bpf run-time stats",
     }
     assert checks["bcc"].ok and checks["ebpf privileges"].ok and checks["kernel headers"].ok
+    assert checks["syscall filter"].ok, checks["syscall filter"]
     for name, ok, detail, fix in checks.values():
         assert detail, name
         assert ok or fix, f"{name} failed without a fix"

@@ -30,6 +30,11 @@ def _bcc_problem() -> tuple[str | None, str]:
     return None, str(path)
 
 
+PRIVILEGE_FIX = ("run as root, or grant CAP_BPF and CAP_PERFMON (systemd: AmbientCapabilities=; "
+                 "Kubernetes: securityContext.capabilities.add: [BPF, PERFMON])")
+TRACEFS_FIX = "mount -t tracefs tracefs /sys/kernel/tracing (in a container: mount the host's /sys)"
+
+
 def check_environment(mount_tracefs: bool = True, state_dir: Path | None = None) -> Support:
     """Support.ok with facts (headers, tracefs, bcc path), or unsupported with the first blocker.
 
@@ -38,13 +43,17 @@ def check_environment(mount_tracefs: bool = True, state_dir: Path | None = None)
     """
     problem = kernel.privilege_problem()
     if problem:
-        return Support.unsupported(problem)
+        return Support.unsupported(problem, fix=PRIVILEGE_FIX)
+    filtered = kernel.syscall_filter_problem()
+    if filtered:
+        return Support.unsupported(filtered, fix=kernel.SECCOMP_FIX)
     bcc_problem, bcc_path = _bcc_problem()
     if bcc_problem:
         return Support.unsupported(bcc_problem)
     root, tracefs_detail = kernel.ensure_tracefs(mount_tracefs)
     if root is None:
-        return Support.unsupported(tracefs_detail)
+        denied = kernel.tracefs_unreadable()
+        return Support.unsupported(tracefs_detail, fix=denied.fix if denied else TRACEFS_FIX)
     try:
         headers = resolve_headers(state_dir or default_state_dir())
     except HeadersUnavailable as exc:
@@ -67,24 +76,34 @@ def doctor_checks(state_dir: Path | None = None) -> list[DoctorCheck]:
         DoctorCheck(
             "ebpf privileges",
             problem is None,
-            "root" if os.geteuid() == 0 else (problem or "CAP_BPF and CAP_PERFMON present"),
-            "" if problem is None else "run as root, or grant CAP_BPF, CAP_PERFMON (and CAP_SYS_ADMIN for tracefs)",
+            problem or ("root" if os.geteuid() == 0 else "CAP_BPF and CAP_PERFMON present"),
+            "" if problem is None else PRIVILEGE_FIX,
         )
     )
+    if problem is None:
+        filtered = kernel.syscall_filter_problem()
+        checks.append(
+            DoctorCheck(
+                "syscall filter",
+                filtered is None,
+                filtered or f"bpf() and perf_event_open() reach the kernel (seccomp mode {kernel.seccomp_mode()})",
+                "" if filtered is None else kernel.SECCOMP_FIX,
+            )
+        )
     bcc_problem, bcc_path = _bcc_problem()
     checks.append(
         DoctorCheck("bcc", bcc_problem is None, bcc_problem or f"bcc Python bindings at {bcc_path}",
                     "" if bcc_problem is None else "apt-get install python3-bpfcc")
     )
     root = kernel.tracefs_root()
-    checks.append(
-        DoctorCheck(
-            "tracefs",
-            root is not None,
-            f"mounted at {root}" if root else "not mounted (the exporter mounts it at start when running as root)",
-            "" if root else "mount -t tracefs tracefs /sys/kernel/tracing",
-        )
-    )
+    denied = kernel.tracefs_unreadable() if root is None else None
+    if root is not None:
+        checks.append(DoctorCheck("tracefs", True, f"mounted at {root}"))
+    elif denied is not None:
+        checks.append(DoctorCheck("tracefs", False, denied.reason, denied.fix))
+    else:
+        checks.append(DoctorCheck("tracefs", False,
+                                  "not mounted (the exporter mounts it at start when running as root)", TRACEFS_FIX))
     try:
         headers = resolve_headers(state_dir or default_state_dir())
         checks.append(

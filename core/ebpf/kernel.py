@@ -7,12 +7,16 @@ kprobe PMU), never from version numbers: distributions backport freely.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import subprocess
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+
+from crusoe_metrics_exporter import capabilities
+from crusoe_metrics_exporter.capabilities import Unreadable
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +38,24 @@ def tracefs_root() -> Path | None:
             if (root / "events").is_dir():
                 return root
         except PermissionError:
-            # tracefs is root-only (mode 700): for anyone else it is as good as absent.
+            # tracefs is root-only (mode 700): for anyone else it is as good
+            # as absent; tracefs_unreadable() says so.
             continue
     return None
 
 
 #: Plugins start in parallel: one mount, not one per plugin.
 _MOUNT_LOCK = threading.Lock()
+
+
+def tracefs_unreadable() -> Unreadable | None:
+    """When tracefs is mounted but this process may not search it (mode 0700 and no CAP_DAC_READ_SEARCH)."""
+    for root in TRACEFS_MOUNTS:
+        try:
+            (root / "events").is_dir()
+        except PermissionError as exc:
+            return capabilities.unreadable(root, exc)
+    return None
 
 
 def ensure_tracefs(allow_mount: bool) -> tuple[Path | None, str]:
@@ -56,6 +71,9 @@ def _ensure_tracefs(allow_mount: bool) -> tuple[Path | None, str]:
     root = tracefs_root()
     if root is not None:
         return root, f"tracefs at {root}"
+    denied = tracefs_unreadable()
+    if denied is not None:
+        return None, denied.reason
     if not allow_mount:
         return None, "tracefs is not mounted and mounting it is disabled (mount_tracefs = false)"
     target = TRACEFS_MOUNTS[0]
@@ -146,24 +164,64 @@ def traceable_functions(names: Iterable[str], root: Path | None = None) -> set[s
     return found
 
 
-def effective_capabilities() -> int:
+effective_capabilities = capabilities.effective
+
+
+def privilege_problem() -> str | None:
+    """None when this process may load and attach tracing programs, else why not.
+
+    Root in a container holds only the capabilities it was given, so the
+    capability set decides, not the uid.
+    """
+    caps = effective_capabilities()
+    if caps >> CAP_SYS_ADMIN & 1 or (caps >> CAP_BPF & 1 and caps >> CAP_PERFMON & 1):
+        return None
+    who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+    return f"eBPF needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); running as {who} without them"
+
+
+SECCOMP_FIX = (
+    "run the exporter under the shipped seccomp profile (deploy/seccomp/crusoe-metrics-exporter.json; "
+    "Kubernetes: seccompProfile type Localhost, podman: --security-opt seccomp=PATH) or Unconfined"
+)
+
+
+def seccomp_mode() -> int:
+    """0 (none), 1 (strict) or 2 (filter) from /proc/self/status."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
+            if line.startswith("Seccomp:"):
+                return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
     return 0
 
 
-def privilege_problem() -> str | None:
-    """None when this process may load and attach tracing programs, else why not."""
-    if os.geteuid() == 0:
+_KERNEL_ANSWERS = {"bpf": errno.EINVAL, "perf_event_open": errno.EFAULT}
+
+
+def syscall_filter_problem() -> str | None:
+    """None when bpf() and perf_event_open() reach the kernel, else which filter denies them.
+
+    Container runtimes' default seccomp profiles (podman's, CRI-O's) deny
+    both unless CAP_SYS_ADMIN is held; without this check the first symptom
+    is a map or attach error deep inside the loader. Call it only once the
+    capabilities are known to be there.
+    """
+    from crusoe_metrics_exporter.ebpf import syscalls
+
+    try:
+        answers = syscalls.filter_probe()
+    except OSError:
+        return None  # architecture without known syscall numbers: the loader reports that
+    denied = [name for name, err in answers.items() if err != _KERNEL_ANSWERS[name]]
+    if not denied:
         return None
-    caps = effective_capabilities()
-    if caps >> CAP_SYS_ADMIN & 1 or (caps >> CAP_BPF & 1 and caps >> CAP_PERFMON & 1):
-        return None
-    return f"eBPF needs root or CAP_BPF and CAP_PERFMON; running as uid {os.geteuid()} without them"
+    calls = " and ".join(f"{name}()" for name in denied)
+    if seccomp_mode() == 2:
+        return f"seccomp denies {calls}; use the shipped profile or Unconfined"
+    codes = ", ".join(f"{name}: {errno.errorcode.get(answers[name], answers[name])}" for name in denied)
+    return f"{calls} denied before reaching the kernel ({codes}) by an LSM policy (AppArmor, SELinux) or lockdown"
 
 
 def btf_available() -> bool:

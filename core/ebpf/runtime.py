@@ -284,7 +284,7 @@ def load(
     """
     started = time.monotonic()
     _validate(spec)
-    problem = kernel.privilege_problem()
+    problem = kernel.privilege_problem() or kernel.syscall_filter_problem()
     if problem:
         raise BpfUnavailable(problem)
     tracefs, tracefs_detail = kernel.ensure_tracefs(mount_tracefs)

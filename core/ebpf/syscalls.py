@@ -204,3 +204,26 @@ def fdinfo(fd: int, pid: int | str = "self") -> dict[str, str]:
         if sep:
             out[key.strip()] = value.strip()
     return out
+
+
+#: A bpf(2) command no kernel defines: the kernel answers EINVAL after its
+#: own checks, so any other answer comes from a filter in front of it.
+_BPF_CMD_NONE = 0x7FFF
+
+
+def filter_probe() -> dict[str, int]:
+    """errno of a deliberately invalid bpf() and perf_event_open() call, per syscall name.
+
+    The kernel rejects both calls on their arguments (bpf: EINVAL for an
+    unknown command; perf_event_open: EFAULT for a NULL attr) without side
+    effects. A seccomp filter or LSM that denies the syscall answers first,
+    usually with EPERM (container runtimes' default profiles) or ENOSYS.
+    """
+    bpf_nr, perf_nr = _numbers()
+    out = {}
+    for name, args in (("bpf", (bpf_nr, _BPF_CMD_NONE, 0, 0)), ("perf_event_open", (perf_nr, 0, -1, 0, -1, 0))):
+        ret = _libc.syscall(*(ctypes.c_long(a) for a in args))
+        out[name] = ctypes.get_errno() if ret < 0 else 0
+        if ret >= 0:
+            os.close(int(ret))
+    return out

@@ -1,8 +1,10 @@
 """disk_usage: space and inodes of the host's disk filesystems, via statfs.
 
 The mount table is the host's PID 1's (``HOST_PROC_PATH/1/mounts``) and
-statfs goes through ``HOST_PROC_PATH/1/root``, so a containerised exporter
-sees the host's filesystems. statfs runs on a small thread pool with a
+statfs goes through the host's root: ``HOST_ROOT_PATH`` when set (the host's
+/ mounted into a container, node_exporter's ``--path.rootfs``), else
+``HOST_PROC_PATH/1/root``, so a containerised exporter sees the host's
+filesystems. statfs runs on a small thread pool with a
 per-mount timeout: a hung filesystem is reported stuck, never blocks a scrape.
 """
 
@@ -70,8 +72,10 @@ def _check_support(ctx: PluginContext) -> Support:
         return Support.unsupported(f"{mounts} does not exist: HOST_PROC_PATH must be the host's /proc")
     from crusoe_metrics_exporter.plugins.disk_usage.collector import resolve_statfs_root
 
-    _root, note = resolve_statfs_root(ctx.host_proc)
-    return Support.ok(mounts=str(mounts), statfs_root=note)
+    root = resolve_statfs_root(ctx.host_proc, ctx.host_root)
+    if root.problem is not None:
+        return Support.unsupported(root.problem.reason, fix=root.problem.fix, mounts=str(mounts))
+    return Support.ok(mounts=str(mounts), statfs_root=root.note)
 
 
 def _factory(ctx: PluginContext) -> Collector:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from crusoe_metrics_exporter.plugins.disk_usage.parser import (
     DEFAULT_DEVICE_INCLUDE,
@@ -19,7 +20,7 @@ from crusoe_metrics_exporter.plugins.disk_usage.statfs import (
     StatfsOutcome,
     StatfsPool,
 )
-from crusoe_metrics_exporter.sdk import DEFAULT_READ_LIMIT, PluginContext, Sample, read_limited
+from crusoe_metrics_exporter.sdk import DEFAULT_READ_LIMIT, PluginContext, Sample, Unreadable, read_limited, unreadable
 
 ERRORS_METRIC = "disk_usage_collection_errors_total"
 #: statfs is cheap; more workers than this only multiplies threads.
@@ -35,29 +36,53 @@ def mounts_path(ctx: PluginContext) -> Path:
     return ctx.host_proc / "1" / "mounts"
 
 
-def resolve_statfs_root(host_proc: Path) -> tuple[bytes, str]:
-    """The prefix statfs paths get, and how it was chosen (shown in details).
+class StatfsRoot(NamedTuple):
+    """Where statfs paths start, and how that was chosen (shown as ``statfs_root`` in details)."""
 
-    PID 1's root is the right one: it is the host's view even from a
-    container. Reading it needs ptrace-level access to PID 1, which a
+    prefix: bytes
+    note: str
+    #: Why no root that reaches the host's filesystems is usable, and the fix; None when one is.
+    problem: Unreadable | None = None
+
+
+HOST_ROOT_FIX = ("mount the host's / read-only at /host/root (Kubernetes: hostPath / with mountPropagation "
+                 "HostToContainer) and set HOST_ROOT_PATH=/host/root")
+
+
+def resolve_statfs_root(host_proc: Path, host_root: Path | None = None) -> StatfsRoot:
+    """The prefix statfs paths get: HOST_ROOT_PATH, else PID 1's root, else our own /.
+
+    HOST_ROOT_PATH (node_exporter's --path.rootfs) is the host's / mounted
+    into a container; "/" there means the host's own paths. PID 1's root is
+    the host's view too, but reading that link needs ptrace-level access to
+    PID 1 (CAP_SYS_PTRACE from a container or a non-root user), which a
     sandbox may deny even to root. Then, if this process demonstrably shares
     PID 1's mount table (the same mounts text), the mount points are the same
-    paths here and are used as they are; otherwise PID 1's root is kept and
-    each statfs failure is counted.
+    paths here and are used as they are.
     """
+    if host_root is not None:
+        try:
+            os.stat(host_root)
+        except OSError as exc:
+            why = f"{host_root} (HOST_ROOT_PATH) is not accessible: {exc.strerror or exc}"
+            return StatfsRoot(os.fsencode(host_root), why, Unreadable(why, "mount the host's / there or unset it"))
+        prefix = b"" if host_root == Path("/") else os.fsencode(host_root)
+        return StatfsRoot(prefix, f"{host_root} (HOST_ROOT_PATH)")
     root = host_proc / "1" / "root"
     try:
         os.stat(root)
-        return os.fsencode(root), str(root)
+        return StatfsRoot(os.fsencode(root), f"{root} (PID 1's root)")
     except OSError as exc:
-        reason = exc.strerror or str(exc)
+        denied = unreadable(root, exc, needs="CAP_SYS_PTRACE")
+        reason = denied.reason if denied else f"{root} is not accessible: {exc.strerror or exc}"
     try:
         same = (host_proc / "1" / "mounts").read_bytes() == (host_proc / "self" / "mounts").read_bytes()
     except OSError:
         same = False
     if same:
-        return b"", f"/ ({root}: {reason}; this process shares PID 1's mount table)"
-    return os.fsencode(root), f"{root} (not accessible: {reason})"
+        return StatfsRoot(b"", f"/ ({reason}; this process shares PID 1's mount table)")
+    fix = f"{HOST_ROOT_FIX}; or {denied.fix}" if denied else HOST_ROOT_FIX
+    return StatfsRoot(os.fsencode(root), reason, Unreadable(f"cannot reach the host's filesystems: {reason}", fix))
 
 
 def effective_mount_timeout(ctx: PluginContext) -> float:
@@ -74,7 +99,9 @@ class DiskUsageCollector:
                  read_limit: int = DEFAULT_READ_LIMIT) -> None:
         self._ctx = ctx
         self._mounts = mounts_path(ctx)
-        self._root, self._root_note = resolve_statfs_root(ctx.host_proc)
+        statfs_root = resolve_statfs_root(ctx.host_proc, ctx.host_root)
+        self._root, self._root_note = statfs_root.prefix, statfs_root.note
+        self._root_problem = statfs_root.problem
         opts = ctx.options
         self._selector = MountSelector(
             str(opts.get("device_include", DEFAULT_DEVICE_INCLUDE)),
@@ -99,8 +126,8 @@ class DiskUsageCollector:
         self._pool.start()
         self._ctx.details["mounts"] = str(self._mounts)
         self._ctx.details["statfs_root"] = self._root_note
-        if "not accessible" in self._root_note:
-            self._ctx.log.warning("statfs root %s: every statfs will fail", self._root_note)
+        if self._root_problem is not None:
+            self._ctx.log.warning("%s: every statfs will fail (%s)", self._root_problem.reason, self._root_problem.fix)
         self._ctx.details["mount_timeout"] = f"{self._pool.timeout:g}s"
 
     def stop(self) -> None:
@@ -153,7 +180,10 @@ class DiskUsageCollector:
             Sample("disk_inodes_used", labels, float(max(0, st.f_files - st.f_ffree))),
             Sample("disk_inodes_total", labels, float(st.f_files)),
             Sample("disk_bytes_available", labels, float(st.f_bavail * unit)),
-            Sample("disk_filesystem_readonly", labels, 1.0 if st.f_flag & os.ST_RDONLY else 0.0),
+            # The host's mount table says how the host mounted it; statfs's
+            # flag also reflects a read-only HOST_ROOT_PATH bind or ProtectSystem.
+            Sample("disk_filesystem_readonly", labels,
+                   1.0 if (mount.read_only if mount.read_only is not None else st.f_flag & os.ST_RDONLY) else 0.0),
             stuck,
         ]
 

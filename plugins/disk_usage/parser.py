@@ -18,6 +18,13 @@ class MountEntry(NamedTuple):
     #: The mount point as the kernel's path, octal escapes decoded (bytes: a path need not be UTF-8).
     mount_point: bytes
     fstype: str
+    #: The mount options as the host's table lists them ("rw,relatime"); empty when the line has none.
+    options: str = ""
+
+    @property
+    def read_only(self) -> bool | None:
+        """Whether the host mounted it read-only; None when the line carries no options."""
+        return "ro" in self.options.split(",") if self.options else None
 
 
 class MountsResult(NamedTuple):
@@ -49,7 +56,8 @@ def parse_mounts(data: bytes) -> MountsResult:
             continue
         source = unescape(parts[0]).decode("utf-8", "replace")
         fstype = parts[2].decode("utf-8", "replace") if len(parts) > 2 else ""
-        entries.append(MountEntry(source, unescape(parts[1]), fstype))
+        options = parts[3].decode("utf-8", "replace") if len(parts) > 3 else ""
+        entries.append(MountEntry(source, unescape(parts[1]), fstype, options))
     return MountsResult(entries, errors)
 
 
@@ -58,6 +66,8 @@ class SelectedMount(NamedTuple):
     mount_point: str
     #: The raw mount point, for statfs.
     path: bytes
+    #: From the host's mount table (None: the table does not say); statfs's flag is the fallback.
+    read_only: bool | None = None
 
 
 class MountSelector:
@@ -111,5 +121,5 @@ class MountSelector:
             if self.mount_point_exclude is not None and self.mount_point_exclude.search(mount_point):
                 continue
             seen.add(device)
-            chosen.append(SelectedMount(device, mount_point, entry.mount_point))
+            chosen.append(SelectedMount(device, mount_point, entry.mount_point, entry.read_only))
         return chosen

@@ -58,7 +58,7 @@ def _factory(ctx: PluginContext) -> Collector:
 
 def _check_support(ctx: PluginContext) -> Support:
     from crusoe_metrics_exporter.plugins.nfs_stats.collector import mountstats_path
-    from crusoe_metrics_exporter.sdk import read_limited
+    from crusoe_metrics_exporter.sdk import read_limited, unreadable
 
     path = mountstats_path(ctx)
     try:
@@ -66,6 +66,9 @@ def _check_support(ctx: PluginContext) -> Support:
         # in open(); it is refused like any other non-regular file.
         read_limited(path, 1)
     except OSError as exc:
+        denied = unreadable(path, exc)
+        if denied is not None:
+            return Support.unsupported(denied.reason, fix=denied.fix, path=str(path))
         return Support.unsupported(f"cannot read {path}: {exc.strerror or type(exc).__name__}", path=str(path))
     return Support.ok(path=str(path))
 

@@ -50,15 +50,17 @@ def free_port() -> int:
 
 @contextmanager
 def running_exporter(env: Mapping[str, str] | None = None, args: tuple[str, ...] = (),
-                     ready_timeout: float = 60.0, wait_for: str = "/ready") -> Iterator[RunningExporter]:
+                     ready_timeout: float = 60.0, wait_for: str = "/ready",
+                     wrapper: tuple[str, ...] = ()) -> Iterator[RunningExporter]:
     """Start ``crusoe-metrics-exporter serve`` and wait until ``wait_for`` answers 200.
 
     ``/ready``: every plugin has settled (started, unsupported or failed);
     ``/health``: the server listens, plugins may still be starting.
+    ``wrapper`` is a command the exporter runs under (e.g. setpriv to drop to a user with capabilities).
     """
     port = free_port()
     full_env = {**os.environ, "PORT": str(port), "LISTEN_ADDRESS": "127.0.0.1", **(env or {})}
-    proc = subprocess.Popen([CLI, "serve", *args], env=full_env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([*wrapper, CLI, "serve", *args], env=full_env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     running = RunningExporter(proc, port)
     try:

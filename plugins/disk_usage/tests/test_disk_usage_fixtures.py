@@ -195,16 +195,52 @@ def test_statfs_root_choice(tmp_path: Path) -> None:
     (proc / "1" / "mounts").write_bytes(b"/dev/vda / ext4 rw 0 0\n")
     (proc / "self" / "mounts").write_bytes(b"/dev/vda / ext4 rw 0 0\n")
     # No usable 1/root, same mount table: mount points are used as they are.
-    root, note = resolve_statfs_root(proc)
-    assert root == b"" and "shares PID 1's mount table" in note
-    # A different mount table (a container without the host's PID 1 root): keep 1/root, say it fails.
+    root = resolve_statfs_root(proc)
+    assert root.prefix == b"" and "shares PID 1's mount table" in root.note and root.problem is None
+    # A different mount table (a container without the host's PID 1 root): no way to the host's
+    # filesystems, and the fix names HOST_ROOT_PATH.
     (proc / "self" / "mounts").write_bytes(b"overlay / overlay rw 0 0\n")
-    root, note = resolve_statfs_root(proc)
-    assert root == os.fsencode(proc / "1" / "root") and "not accessible" in note
-    # An accessible 1/root always wins.
+    root = resolve_statfs_root(proc)
+    assert root.problem is not None and "cannot reach the host's filesystems" in root.problem.reason
+    assert "HOST_ROOT_PATH=/host/root" in root.problem.fix
+    # HOST_ROOT_PATH wins over everything and says so; "/" means the paths as they are.
+    host_root = tmp_path / "host-root"
+    host_root.mkdir()
+    root = resolve_statfs_root(proc, host_root)
+    assert root.prefix == os.fsencode(host_root) and root.note == f"{host_root} (HOST_ROOT_PATH)"
+    assert resolve_statfs_root(proc, Path("/")).prefix == b""
+    missing = resolve_statfs_root(proc, tmp_path / "absent")
+    assert missing.problem is not None and "HOST_ROOT_PATH" in missing.problem.reason
+    # An accessible 1/root is used when HOST_ROOT_PATH is not set.
     (proc / "1" / "root").symlink_to("/")
-    root, note = resolve_statfs_root(proc)
-    assert root == os.fsencode(proc / "1" / "root") and note == str(proc / "1" / "root")
+    root = resolve_statfs_root(proc)
+    assert root.prefix == os.fsencode(proc / "1" / "root") and root.note == f"{proc / '1' / 'root'} (PID 1's root)"
+
+
+def test_host_root_path_statfs_and_readonly_from_the_host_table(make_ctx: Any, proc_tree: Any,
+                                                                tmp_path: Path) -> None:
+    """With HOST_ROOT_PATH, statfs goes under it; read-only comes from the host's table, not the bind."""
+    if os.geteuid() != 0:
+        pytest.skip("LOUD SKIP: a read-only bind of the host's / needs root; the HOST_ROOT_PATH check cannot run")
+    libc = ctypes.CDLL(None, use_errno=True)
+    host_root = tmp_path / "host-root"
+    host_root.mkdir()
+    ms_bind, ms_remount, ms_rdonly = 4096, 32, 1
+    assert libc.mount(b"/", os.fsencode(host_root), None, ms_bind, None) == 0, ctypes.get_errno()
+    try:
+        assert libc.mount(None, os.fsencode(host_root), None, ms_bind | ms_remount | ms_rdonly, None) == 0
+        ctx = make_ctx(proc_tree(b"/dev/vdq / ext4 rw,relatime 0 0\n"))
+        ctx.settings.core["host_root_path"] = str(host_root)
+        values, errors = collect(ctx)
+    finally:
+        libc.umount2(os.fsencode(host_root), 2)
+    assert errors == 0
+    expected = expected_for("/")
+    assert values[("disk_bytes_total", "vdq", "/")] == expected["disk_bytes_total"]
+    assert values[("disk_inodes_total", "vdq", "/")] == expected["disk_inodes_total"]
+    # statfs through the read-only bind says ST_RDONLY; the host mounted it rw.
+    assert os.statvfs(tmp_path).f_flag & os.ST_RDONLY == 0
+    assert values[("disk_filesystem_readonly", "vdq", "/")] == 0
 
 
 def test_parse_mounts_counts_non_records() -> None:
