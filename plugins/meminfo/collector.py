@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from crusoe_metrics_exporter.contract import PluginContext, Sample
 from crusoe_metrics_exporter.plugins.meminfo import ERRORS_METRIC, MEM_AVAILABLE, SWAP_USED
 from crusoe_metrics_exporter.plugins.meminfo.parser import parse_meminfo
-from crusoe_metrics_exporter.procfs import read_limited
+from crusoe_metrics_exporter.sdk import PluginContext, Sample, read_limited
 
 #: /proc/meminfo is ~1.5 KiB; the limit only guards against a runaway file.
 READ_LIMIT = 1 << 20

@@ -8,8 +8,7 @@ of the I/O pressure collector is the ``psi`` plugin.
 
 from __future__ import annotations
 
-from crusoe_metrics_exporter import hookimpl
-from crusoe_metrics_exporter.contract import Collector, MetricSpec, PluginContext, PluginSpec, Support
+from crusoe_metrics_exporter.sdk import Collector, MetricSpec, PluginContext, PluginSpec, Support, hookimpl
 
 VERSION = "1.0.0"
 

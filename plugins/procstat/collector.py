@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-from crusoe_metrics_exporter.contract import PluginContext, Sample
 from crusoe_metrics_exporter.plugins.procstat import (
     CPU_ERRORS,
     CPU_STEAL,
@@ -13,7 +12,7 @@ from crusoe_metrics_exporter.plugins.procstat import (
     PROCS_RUNNING,
 )
 from crusoe_metrics_exporter.plugins.procstat import parser as p
-from crusoe_metrics_exporter.procfs import read_limited
+from crusoe_metrics_exporter.sdk import PluginContext, Sample, read_limited
 
 #: /proc/stat of a 1,000-CPU host with a megabyte intr line stays far below this.
 READ_LIMIT = 64 << 20

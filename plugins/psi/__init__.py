@@ -8,8 +8,17 @@ host's /proc mounted reads the host's pressure.
 
 from __future__ import annotations
 
-from crusoe_metrics_exporter import hookimpl
-from crusoe_metrics_exporter.contract import Collector, MetricSpec, PluginContext, PluginSpec, Support
+import errno
+
+from crusoe_metrics_exporter.sdk import (
+    Collector,
+    MetricSpec,
+    PluginContext,
+    PluginSpec,
+    Support,
+    hookimpl,
+    read_limited,
+)
 
 VERSION = "1.0.0"
 
@@ -52,10 +61,6 @@ NO_PSI_FIX = ("boot the kernel with psi=1 (kernels built with CONFIG_PSI_DEFAULT
 
 
 def _check_support(ctx: PluginContext) -> Support:
-    import errno
-
-    from crusoe_metrics_exporter.procfs import read_limited
-
     directory = ctx.host_proc / "pressure"
     if not directory.is_dir():
         return Support.unsupported(NO_PSI, NO_PSI_FIX, path=str(directory))

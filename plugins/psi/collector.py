@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from crusoe_metrics_exporter.contract import PluginContext, Sample
 from crusoe_metrics_exporter.plugins.psi import ERRORS_METRIC, RESOURCES, ratio_metric, stall_metric
 from crusoe_metrics_exporter.plugins.psi.parser import SCOPES, WINDOWS, parse_pressure
-from crusoe_metrics_exporter.procfs import read_limited
+from crusoe_metrics_exporter.sdk import PluginContext, Sample, read_limited
 
 #: A pressure file is two lines of ~60 bytes; anything near this is damage.
 READ_LIMIT = 4096

@@ -10,10 +10,10 @@ from helpers.node_exporter import node_exporter_series
 from helpers.plugin_context import plugin_context
 
 from crusoe_metrics_exporter import host
-from crusoe_metrics_exporter.contract import PluginSpec, Sample
 from crusoe_metrics_exporter.plugins.psi import crusoe_metrics_exporter_plugin
 from crusoe_metrics_exporter.plugins.psi.collector import PsiCollector
 from crusoe_metrics_exporter.plugins.psi.parser import parse_pressure
+from crusoe_metrics_exporter.sdk import PluginSpec, Sample
 from crusoe_metrics_exporter.services import Services
 
 DATA = Path(__file__).parent / "data"
