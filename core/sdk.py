@@ -30,6 +30,7 @@ What is here
   (a FIFO or device node put where a kernel file belongs is refused, never hangs);
   :func:`unreadable` turns a permission error on a host file into the reason
   ("<path> is unreadable: needs CAP_...") and the fix, as :class:`Unreadable`;
+* logging: :class:`ProblemLog` logs a collector's trouble when it changes, not every scrape;
 * block devices: :class:`DeviceFilter` and :data:`DEVICE_OPTIONS` (node_exporter's
   device_include/device_exclude), :func:`device_names`;
 * histograms: :func:`geometric_bounds`, :func:`bucket_index`, :func:`cumulative_buckets`;
@@ -72,6 +73,7 @@ from crusoe_metrics_exporter.devices import (
 )
 from crusoe_metrics_exporter.histogram import bucket_index, cumulative_buckets, geometric_bounds
 from crusoe_metrics_exporter.hookspecs import hookimpl
+from crusoe_metrics_exporter.problems import ProblemLog
 from crusoe_metrics_exporter.procfs import DEFAULT_READ_LIMIT, FileContent, read_limited
 
 if TYPE_CHECKING:
@@ -168,6 +170,7 @@ __all__ = [
     "OptionType",
     "PluginContext",
     "PluginSpec",
+    "ProblemLog",
     "ProgramSpec",
     "ProgramStats",
     "ProgramStatus",

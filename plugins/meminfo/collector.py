@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from crusoe_metrics_exporter.plugins.meminfo import ERRORS_METRIC, MEM_AVAILABLE, SWAP_USED
 from crusoe_metrics_exporter.plugins.meminfo.parser import parse_meminfo
-from crusoe_metrics_exporter.sdk import PluginContext, Sample, read_limited
+from crusoe_metrics_exporter.sdk import PluginContext, ProblemLog, Sample, read_limited
 
 #: /proc/meminfo is ~1.5 KiB; the limit only guards against a runaway file.
 READ_LIMIT = 1 << 20
@@ -15,7 +15,7 @@ class MeminfoCollector:
     def __init__(self, ctx: PluginContext) -> None:
         self._ctx = ctx
         self._path = ctx.host_proc / "meminfo"
-        self._last_problem = ""
+        self._problems = ProblemLog(ctx.log, str(self._path))
 
     def start(self) -> None:
         self._ctx.details["path"] = str(self._path)
@@ -28,7 +28,7 @@ class MeminfoCollector:
             content = read_limited(self._path, READ_LIMIT)
         except OSError as exc:
             self._ctx.errors.inc(ERRORS_METRIC)
-            self._report(f"cannot read {self._path}: {exc.strerror or exc}")
+            self._problems.report(f"cannot read {self._path}: {exc.strerror or exc}")
             return []
         result = parse_meminfo(content.data, WANTED)
         errors = result.errors + content.truncated
@@ -53,13 +53,5 @@ class MeminfoCollector:
                 problems.append(f"SwapFree ({free}) exceeds SwapTotal ({total})")
         if errors:
             self._ctx.errors.inc(ERRORS_METRIC, errors)
-        self._report(f"{self._path}: " + "; ".join(problems) if problems else "")
+        self._problems.report(f"{self._path}: " + "; ".join(problems) if problems else "")
         return samples
-
-    def _report(self, problem: str) -> None:
-        # Log when the trouble changes, not on every scrape.
-        if problem and problem != self._last_problem:
-            self._ctx.log.warning("meminfo: %s", problem)
-        elif not problem and self._last_problem:
-            self._ctx.log.info("meminfo: %s reads cleanly again", self._path)
-        self._last_problem = problem

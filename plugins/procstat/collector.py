@@ -12,7 +12,7 @@ from crusoe_metrics_exporter.plugins.procstat import (
     PROCS_RUNNING,
 )
 from crusoe_metrics_exporter.plugins.procstat import parser as p
-from crusoe_metrics_exporter.sdk import PluginContext, Sample, read_limited
+from crusoe_metrics_exporter.sdk import PluginContext, ProblemLog, Sample, read_limited
 
 #: /proc/stat of a 1,000-CPU host with a megabyte intr line stays far below this.
 READ_LIMIT = 64 << 20
@@ -38,7 +38,7 @@ class ProcStatCollector:
         self._ctx = ctx
         self._path = ctx.host_proc / "stat"
         self._ticks_per_second = float(user_hz())
-        self._last_problem = ""
+        self._problems = ProblemLog(ctx.log, str(self._path))
 
     def start(self) -> None:
         self._ctx.details["path"] = str(self._path)
@@ -53,7 +53,7 @@ class ProcStatCollector:
             # Both of the Go exporter's collectors counted an unreadable file.
             self._ctx.errors.inc(CPU_ERRORS)
             self._ctx.errors.inc(IO_ERRORS)
-            self._report(f"cannot read {self._path}: {exc.strerror or exc}")
+            self._problems.report(f"cannot read {self._path}: {exc.strerror or exc}")
             return []
         result = p.parse_stat(content.data)
         samples: list[Sample] = []
@@ -67,13 +67,5 @@ class ProcStatCollector:
         problems = list(result.problems)
         if content.truncated:
             problems.append(f"larger than {READ_LIMIT} bytes; the rest was ignored")
-        self._report(f"{self._path}: " + "; ".join(problems) if problems else "")
+        self._problems.report(f"{self._path}: " + "; ".join(problems) if problems else "")
         return samples
-
-    def _report(self, problem: str) -> None:
-        # Log when the trouble changes, not on every scrape.
-        if problem and problem != self._last_problem:
-            self._ctx.log.warning("procstat: %s", problem)
-        elif not problem and self._last_problem:
-            self._ctx.log.info("procstat: %s reads cleanly again", self._path)
-        self._last_problem = problem

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from crusoe_metrics_exporter.plugins.psi import ERRORS_METRIC, RESOURCES, ratio_metric, stall_metric
 from crusoe_metrics_exporter.plugins.psi.parser import SCOPES, WINDOWS, parse_pressure
-from crusoe_metrics_exporter.sdk import PluginContext, Sample, read_limited
+from crusoe_metrics_exporter.sdk import PluginContext, ProblemLog, Sample, read_limited
 
 #: A pressure file is two lines of ~60 bytes; anything near this is damage.
 READ_LIMIT = 4096
@@ -16,7 +16,7 @@ class PsiCollector:
     def __init__(self, ctx: PluginContext) -> None:
         self._ctx = ctx
         self._directory = ctx.host_proc / "pressure"
-        self._last_problem = ""
+        self._problems = ProblemLog(ctx.log, str(self._directory))
 
     def start(self) -> None:
         self._ctx.details["path"] = str(self._directory)
@@ -52,13 +52,5 @@ class PsiCollector:
                         samples.append(Sample(ratio, (scope, window), value))
                 if values.stall_seconds is not None:
                     samples.append(Sample(stall, (scope,), values.stall_seconds))
-        self._report("; ".join(problems))
+        self._problems.report("; ".join(problems))
         return samples
-
-    def _report(self, problem: str) -> None:
-        # Log when the trouble changes, not on every scrape.
-        if problem and problem != self._last_problem:
-            self._ctx.log.warning("psi: %s", problem)
-        elif not problem and self._last_problem:
-            self._ctx.log.info("psi: %s reads cleanly again", self._directory)
-        self._last_problem = problem
