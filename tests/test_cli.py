@@ -9,9 +9,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from helpers.builtins import builtin_plugins
 from helpers.server import CLI
 
-BUILTINS = {"disk_latency", "disk_stats", "disk_usage", "nfs_latency", "nfs_stats", "objstore", "probes"}
+BUILTINS = builtin_plugins()
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -11,9 +11,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from helpers.builtins import builtin_plugins
 
 REPO = Path(__file__).resolve().parent.parent
-BUILTINS = {"disk_latency", "disk_stats", "disk_usage", "nfs_latency", "nfs_stats", "objstore", "probes"}
+BUILTINS = builtin_plugins()
 
 
 @pytest.fixture(scope="module")
