@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
+import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,9 +23,11 @@ from crusoe_metrics_exporter.app import Exporter, StrictModeError
 from crusoe_metrics_exporter.options import SettingError
 from crusoe_metrics_exporter.settings import Overrides
 
+log = logging.getLogger(__name__)
+
 PROG = "crusoe-metrics-exporter"
 #: How long shutdown waits for plugins to stop before the process exits anyway.
-STOP_TIMEOUT = 2.0
+STOP_TIMEOUT = 1.5
 F = TypeVar("F", bound=Callable[..., Any])
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
@@ -122,27 +125,45 @@ def cli(ctx: click.Context, /, **kwargs: Any) -> None:
 @click.pass_context
 def serve_cmd(ctx: click.Context, /, **kwargs: Any) -> None:
     """Start plugins and serve /metrics (the default command)."""
-    from crusoe_metrics_exporter.server import serve
+    from crusoe_metrics_exporter.web.server import CannotListen, serve
 
     _merge(ctx, kwargs)
     exporter = _build(ctx)
-    # SIGTERM (Kubernetes, systemd) should shut down as cleanly as Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    failure: RunFailure | None = None
     try:
         # A plugin that failed to load or validate is known before anything
         # listens; in strict mode that ends start-up here.
         exporter.raise_if_strict_failed()
         serve(exporter, exporter.settings.core["listen_address"], exporter.settings.core["port"])
     except StrictModeError as exc:
-        raise RunFailure(str(exc)) from None
-    except OSError as exc:
-        port = exporter.settings.core["port"]
-        raise RunFailure(f"cannot listen on port {port}: {exc.strerror or exc}") from None
-    except KeyboardInterrupt:
-        pass
+        failure = RunFailure(str(exc))
+    except CannotListen as exc:
+        failure = RunFailure(str(exc))
     finally:
         if not exporter.stop(timeout=STOP_TIMEOUT):
-            logging.getLogger(__name__).warning("plugins did not stop within %gs; exiting anyway", STOP_TIMEOUT)
+            log.warning("plugins did not stop within %gs; exiting anyway", STOP_TIMEOUT)
+    _exit_despite_stuck_threads(failure)
+    if failure is not None:
+        raise failure
+
+
+def _exit_despite_stuck_threads(failure: RunFailure | None) -> None:
+    """End the process now if a thread a plugin started is stuck and not a daemon.
+
+    Python joins such threads at exit, so one blocked in the kernel (a statfs
+    on a dead NFS server) would keep the exporter from ever exiting after
+    SIGTERM. The orderly part of the shutdown has run by now.
+    """
+    stuck = [t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+    if not stuck:
+        return
+    log.warning("threads still running after shutdown (%s); exiting without waiting for them", ", ".join(stuck))
+    if failure is not None:
+        failure.show()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(failure.exit_code if failure is not None else 0)
 
 
 @cli.command("plugins")

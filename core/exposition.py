@@ -116,24 +116,3 @@ def _without_clashes(families: Iterable[Metric]) -> list[Metric]:
         else:
             out.append(f)
     return out
-
-
-def wants_openmetrics(accept_header: str | None) -> bool:
-    if not accept_header:
-        return False
-    for part in accept_header.split(","):
-        media, *params = (p.strip() for p in part.split(";"))
-        if media.lower() != "application/openmetrics-text":
-            continue
-        for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    if float(value) > 0:
-                        return True
-                except ValueError:
-                    pass
-                break
-        else:
-            return True
-    return False

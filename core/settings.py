@@ -91,6 +91,14 @@ CORE_OPTIONS: tuple[ConfigOption, ...] = (
         env="CRUSOE_EXPORTER_MOUNT_TRACEFS",
     ),
     ConfigOption(
+        "max_connections",
+        "int",
+        1024,
+        "Most HTTP connections open at once (also bounded by the open-file limit, which is raised to its hard "
+        "limit at start). At the limit a new connection closes the one idle longest.",
+        minimum=16,
+    ),
+    ConfigOption(
         "collect_timeout",
         "duration",
         5.0,

@@ -78,16 +78,3 @@ def test_openmetrics_has_no_clashing_families_for_a_counter_next_to_its_histogra
     assert families["crusoe_vm_disk_reads"].type == "counter"
     # The text format has no clash and keeps the counter type.
     assert "# TYPE crusoe_vm_disk_read_latency_seconds_total counter\n" in render(scrape).decode()
-
-
-def test_openmetrics_negotiation_honours_case_and_zero_quality() -> None:
-    from crusoe_metrics_exporter.exposition import wants_openmetrics
-
-    prometheus = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
-                  "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
-    assert wants_openmetrics(prometheus)
-    assert wants_openmetrics("Application/OpenMetrics-Text; version=1.0.0")
-    assert not wants_openmetrics(None) and not wants_openmetrics("text/plain")
-    # q=0 means "not acceptable" (RFC 9110 12.4.2).
-    assert not wants_openmetrics("application/openmetrics-text;q=0, text/plain")
-    assert not wants_openmetrics("application/openmetrics-text; q=0.000")

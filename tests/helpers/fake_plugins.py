@@ -137,7 +137,9 @@ def install_distribution(site: Path, dist: str, version: str, modules: dict[str,
 
 #: Source of a plugin module whose start() blocks until the file named by the
 #: environment variable ``<NAME>_GATE`` exists (at most 60 s), then raises if
-#: ``<NAME>_FAIL`` is set; it exports ``<name>_value 1``.
+#: ``<NAME>_FAIL`` is set; it exports ``<name>_value 1``. Its collect appends a
+#: line to the file ``<NAME>_CALLS`` names (if set) and then waits for the
+#: file ``<NAME>_COLLECT_GATE`` names (if set; at most 30 s).
 GATED_PLUGIN = '''
 import os
 import time
@@ -160,6 +162,14 @@ class Collector:
             raise RuntimeError("the gate opened onto a failure")
 
     def collect(self):
+        calls = os.environ.get(NAME.upper() + "_CALLS")
+        if calls:
+            with open(calls, "a") as fh:
+                fh.write("collect\\n")
+        gate = os.environ.get(NAME.upper() + "_COLLECT_GATE")
+        deadline = time.monotonic() + 30
+        while gate and not Path(gate).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
         return [Sample(NAME + "_value", (), 1.0)]
 
     def stop(self):
@@ -170,5 +180,40 @@ class Collector:
 def crusoe_metrics_exporter_plugin():
     return PluginSpec(name=NAME, version="1.0", description="starts when its gate opens",
                       metrics=(MetricSpec(NAME + "_value", "gauge", "One, once started."),),
+                      factory=Collector, check_support=lambda ctx: Support.ok())
+'''
+
+
+#: Source of a plugin that misbehaves everywhere after starting: its collect
+#: never returns, its stop never returns, and start leaves a non-daemon
+#: thread blocked for good (as a statfs on a dead NFS server would).
+HUNG_PLUGIN = '''
+import threading
+
+from crusoe_metrics_exporter.sdk import MetricSpec, PluginSpec, Support, hookimpl
+
+NAME = {name!r}
+FOREVER = threading.Event()
+
+
+class Collector:
+    def __init__(self, ctx):
+        pass
+
+    def start(self):
+        threading.Thread(target=FOREVER.wait, name=NAME + "-stuck", daemon=False).start()
+
+    def collect(self):
+        FOREVER.wait()
+        return []
+
+    def stop(self):
+        FOREVER.wait()
+
+
+@hookimpl
+def crusoe_metrics_exporter_plugin():
+    return PluginSpec(name=NAME, version="1.0", description="hangs in collect and stop",
+                      metrics=(MetricSpec(NAME + "_value", "gauge", "Never produced."),),
                       factory=Collector, check_support=lambda ctx: Support.ok())
 '''

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from helpers.processes import stop
 
@@ -21,6 +23,9 @@ CLI = str(Path(sys.executable).parent / "crusoe-metrics-exporter")
 class RunningExporter:
     proc: subprocess.Popen[bytes]
     port: int
+    #: The process's stderr goes to a file, never a pipe: a pipe nobody reads
+    #: fills up and then blocks the exporter's logging, and with it the server.
+    stderr: IO[bytes]
 
     @property
     def url(self) -> str:
@@ -32,12 +37,9 @@ class RunningExporter:
             return resp.status, resp.headers.get("Content-Type", ""), resp.read().decode()
 
     def log(self) -> str:
-        if self.proc.stderr is None:
-            return ""
-        try:
-            return self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None else ""
-        except OSError:
-            return ""
+        """Everything the exporter wrote to stderr so far."""
+        self.stderr.seek(0)
+        return self.stderr.read().decode(errors="replace")
 
 
 def free_port() -> int:
@@ -60,24 +62,22 @@ def running_exporter(env: Mapping[str, str] | None = None, args: tuple[str, ...]
     """
     port = free_port()
     full_env = {**os.environ, "PORT": str(port), "LISTEN_ADDRESS": "127.0.0.1", **(env or {})}
-    proc = subprocess.Popen([*wrapper, CLI, "serve", *args], env=full_env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    running = RunningExporter(proc, port)
-    try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"exporter exited with {proc.returncode}: {running.log()}")
-            try:
-                if running.get(wait_for, timeout=2)[0] == 200:
-                    break
-            except OSError:  # refused, or HTTPError 503 while plugins start
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("exporter did not become ready")
-            time.sleep(0.1)
-        yield running
-    finally:
-        stop(proc)
-        if proc.stderr is not None:
-            proc.stderr.close()
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen([*wrapper, CLI, "serve", *args], env=full_env, stdout=subprocess.DEVNULL, stderr=stderr)
+        running = RunningExporter(proc, port, stderr)
+        try:
+            deadline = time.monotonic() + ready_timeout
+            while True:
+                if proc.poll() is not None:
+                    raise AssertionError(f"exporter exited with {proc.returncode}: {running.log()}")
+                try:
+                    if running.get(wait_for, timeout=2)[0] == 200:
+                        break
+                except OSError:  # refused, or HTTPError 503 while plugins start
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"exporter did not become ready: {running.log()[-2000:]}")
+                time.sleep(0.1)
+            yield running
+        finally:
+            stop(proc)
