@@ -140,14 +140,24 @@ TARGET_OPTIONS: tuple[ConfigOption, ...] = (
         "objstore_endpoint_fqdn",
         "host",
         "",
-        "Object store host name; its A and AAAA records are the endpoints.",
+        "Object store host name; its A and AAAA records are the endpoints. When unset, it is derived from "
+        "node_name: object.<region>.crusoecloudcompute.com.",
         env="OBJSTORE_ENDPOINT_FQDN",
+    ),
+    ConfigOption(
+        "node_name",
+        "str",
+        "",
+        "The Kubernetes node name (the DaemonSet passes spec.nodeName). Its second dot-separated part is the "
+        "region the object-store FQDN is derived from when objstore_endpoint_fqdn is unset.",
+        env="NODE_NAME",
     ),
     ConfigOption(
         "objstore_endpoint_ips",
         "ip_list",
         [],
-        "Object store endpoint IPs, used only when no FQDN is set.",
+        "Object store endpoint IPs, used when no FQDN is set or derived, and while the FQDN resolves to no "
+        "address.",
         env="OBJSTORE_ENDPOINT_IPS",
     ),
     ConfigOption(
@@ -272,8 +282,31 @@ def resolve(
         from crusoe_metrics_exporter.targets.volumes import compile_volume_pattern
 
         compile_volume_pattern(targets["nfs_volume_id_pattern"])
+    _derive_objstore_fqdn(targets, sources, warnings)
     plugins = {section.removeprefix("plugins."): values for section, values in resolved.items()}
     return Settings(core, targets, plugins, sources, path), warnings
+
+
+def _derive_objstore_fqdn(targets: dict[str, Any], sources: dict[str, str], warnings: list[str]) -> None:
+    """Without an object-store FQDN, take it from the node name's region (the Go exporter's rule).
+
+    A node name that yields no region is one warning, never a start-up
+    failure: the exporter then uses OBJSTORE_ENDPOINT_IPS, if given.
+    """
+    if targets["objstore_endpoint_fqdn"] or not targets["node_name"].strip():
+        return
+    from crusoe_metrics_exporter.targets.region import NoRegion, objstore_endpoint, region_from_node_name
+
+    try:
+        fqdn = objstore_endpoint(region_from_node_name(targets["node_name"]))
+    except NoRegion as exc:
+        source = sources["targets.node_name"]
+        where = source.removeprefix("environment ") if source.startswith("environment ") else "[targets] node_name"
+        fallback = "OBJSTORE_ENDPOINT_IPS is used" if targets["objstore_endpoint_ips"] else "no object store is known"
+        warnings.append(f"{where}={targets['node_name']!r} {exc}; no object-store FQDN derived ({fallback})")
+        return
+    targets["objstore_endpoint_fqdn"] = fqdn
+    sources["targets.objstore_endpoint_fqdn"] = f"derived from node_name ({sources['targets.node_name']})"
 
 
 #: [exporter] options that have a flag of their own (see cli._common_options).

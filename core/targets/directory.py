@@ -354,16 +354,28 @@ class TargetDirectory:
                     log.warning("target discovery: cannot resolve object store %r (%s)%s", fqdn, error,
                                 "; keeping its last addresses" if addresses else "")
                 endpoints.extend(ObjstoreEndpoint(a, family_of(a), ports, fqdn) for a in addresses)
+                if not addresses and self._targets.get("objstore_endpoint_ips"):
+                    # The Go exporter dropped the literal list once a name was
+                    # set or derived from NODE_NAME, even when the name never
+                    # resolved; the list is the fallback until it does.
+                    self._warn_once(f"objfallback:{fqdn}", "target discovery: object store %r has no address; "
+                                    "using OBJSTORE_ENDPOINT_IPS until it resolves", fqdn)
+                    endpoints.extend(self._literal_objstore_endpoints(ports))
         else:
-            for entry in self._targets.get("objstore_endpoint_ips") or []:
-                norm = normalize(entry)
-                if norm is None:
-                    self._warn_once(f"objip:{entry}", "target discovery: ignoring OBJSTORE_ENDPOINT_IPS entry %r: "
-                                    "not an IP address (set OBJSTORE_ENDPOINT_FQDN for a name)", entry)
-                    continue
-                endpoints.append(ObjstoreEndpoint(norm[0], norm[1], ports, ""))
+            endpoints.extend(self._literal_objstore_endpoints(ports))
         unique = tuple(sorted(dict.fromkeys(endpoints), key=lambda e: sort_key(e.address)))
         with self._lock:
             changed = unique != self._objstore
             self._objstore = unique
         return changed
+
+    def _literal_objstore_endpoints(self, ports: tuple[int, ...]) -> list[ObjstoreEndpoint]:
+        endpoints = []
+        for entry in self._targets.get("objstore_endpoint_ips") or []:
+            norm = normalize(entry)
+            if norm is None:
+                self._warn_once(f"objip:{entry}", "target discovery: ignoring OBJSTORE_ENDPOINT_IPS entry %r: "
+                                "not an IP address (set OBJSTORE_ENDPOINT_FQDN for a name)", entry)
+                continue
+            endpoints.append(ObjstoreEndpoint(norm[0], norm[1], ports, ""))
+        return endpoints
