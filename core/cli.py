@@ -60,6 +60,8 @@ def _common_options(func: F) -> F:
         click.option("--strict/--no-strict", default=None, help="Exit non-zero if any plugin fails."),
         click.option("--enable", "enable", help="Comma-separated plugins to run (default: all)."),
         click.option("--disable", "disable", help="Comma-separated plugins not to run."),
+        click.option("--web.config.file", "web_config_file", metavar="PATH",
+                     help="Web configuration file (TLS, basic auth), as node_exporter's."),
         click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
                      help="Set any option, e.g. --set plugins.probes.interval=30s."),
     ]
@@ -81,7 +83,7 @@ def _merge(ctx: click.Context, /, kwargs: dict[str, Any]) -> None:
 
 def _overrides(store: dict[str, Any]) -> Overrides:
     values: dict[str, str] = {}
-    for flag in ("port", "listen_address", "host_proc_path", "log_level", "enable", "disable"):
+    for flag in ("port", "listen_address", "host_proc_path", "log_level", "enable", "disable", "web_config_file"):
         if flag in store:
             values[f"exporter.{flag}"] = str(store[flag])
     if "strict" in store:
@@ -125,16 +127,22 @@ def cli(ctx: click.Context, /, **kwargs: Any) -> None:
 @click.pass_context
 def serve_cmd(ctx: click.Context, /, **kwargs: Any) -> None:
     """Start plugins and serve /metrics (the default command)."""
+    from crusoe_metrics_exporter.web.config import WebConfig, WebConfigError, load
     from crusoe_metrics_exporter.web.server import CannotListen, serve
 
     _merge(ctx, kwargs)
     exporter = _build(ctx)
+    web_config_file = exporter.settings.core["web_config_file"]
+    try:
+        web = load(Path(web_config_file)) if web_config_file else WebConfig()
+    except WebConfigError as exc:
+        raise UsageFailure(str(exc)) from None
     failure: RunFailure | None = None
     try:
         # A plugin that failed to load or validate is known before anything
         # listens; in strict mode that ends start-up here.
         exporter.raise_if_strict_failed()
-        serve(exporter, exporter.settings.core["listen_address"], exporter.settings.core["port"])
+        serve(exporter, exporter.settings.core["listen_address"], exporter.settings.core["port"], web)
     except StrictModeError as exc:
         failure = RunFailure(str(exc))
     except CannotListen as exc:

@@ -91,6 +91,15 @@ CORE_OPTIONS: tuple[ConfigOption, ...] = (
         env="CRUSOE_EXPORTER_MOUNT_TRACEFS",
     ),
     ConfigOption(
+        "web_config_file",
+        "path",
+        "",
+        "Web configuration file (node_exporter's --web.config.file format, YAML): TLS, client certificates, "
+        "basic auth users with bcrypt hashes, response headers, rate limit. Empty means plain HTTP without "
+        "authentication. Reloaded when it or a file it names changes, and on SIGHUP.",
+        env="CRUSOE_EXPORTER_WEB_CONFIG_FILE",
+    ),
+    ConfigOption(
         "max_connections",
         "int",
         1024,
@@ -310,11 +319,14 @@ def _derive_objstore_fqdn(targets: dict[str, Any], sources: dict[str, str], warn
 
 
 #: [exporter] options that have a flag of their own (see cli._common_options).
-_FLAGS = frozenset({"port", "listen_address", "host_proc_path", "log_level", "strict", "enable", "disable"})
+_FLAGS = frozenset({"port", "listen_address", "host_proc_path", "log_level", "strict", "enable", "disable",
+                    "web_config_file"})
+#: Flags spelt as node_exporter spells them.
+_FLAG_SPELLING = {"web_config_file": "--web.config.file"}
 
 
 def _cli_flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return _FLAG_SPELLING.get(name, "--" + name.replace("_", "-"))
 
 
 def _copy_default(value: Any) -> Any:

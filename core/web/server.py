@@ -39,6 +39,7 @@ import math
 import resource
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ from typing import Any
 
 from crusoe_metrics_exporter.app import Exporter
 from crusoe_metrics_exporter.host import PluginRecord
+from crusoe_metrics_exporter.web.auth import BasicAuth
+from crusoe_metrics_exporter.web.config import RateLimit, Watcher, WebConfig
 from crusoe_metrics_exporter.web.endpoints import Endpoints, Response, plain
 from crusoe_metrics_exporter.web.wire import MAX_HEAD_BYTES, BadRequest, Request, parse_head, response_head
 
@@ -77,6 +80,8 @@ SMALL_RESPONSE = 16 * 1024
 class _Connection:
     sock: socket.socket
     peer: str
+    #: The web configuration when it was accepted (its TLS settings hold for its lifetime).
+    config: WebConfig
     #: Set once the transport is up (after the TLS handshake, with TLS).
     writer: asyncio.StreamWriter | None = None
     #: Answering a request (not evictable) rather than waiting for one.
@@ -95,10 +100,31 @@ class _Connection:
                 self.sock.shutdown(socket.SHUT_RDWR)
 
 
+class _TokenBucket:
+    """exporter-toolkit's rate_limit: ``burst`` requests at once, then one per ``interval``."""
+
+    def __init__(self, limit: RateLimit) -> None:
+        self.limit = limit
+        self._tokens = float(limit.burst)
+        self._stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(float(self.limit.burst), self._tokens + (now - self._stamp) / self.limit.interval)
+        self._stamp = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+
 class HttpServer:
-    def __init__(self, endpoints: Endpoints, max_connections: int) -> None:
+    def __init__(self, endpoints: Endpoints, max_connections: int, web: Watcher) -> None:
         self.endpoints = endpoints
         self.max_connections = max_connections
+        self.web = web
+        self._auth = BasicAuth()
+        self._bucket: _TokenBucket | None = None
         self._loop = asyncio.get_running_loop()
         self._connections: set[_Connection] = set()
         self._listeners: list[socket.socket] = []
@@ -173,7 +199,7 @@ class HttpServer:
                     return
                 continue  # ECONNABORTED and the like: that client is gone, take the next
             sock.setblocking(False)
-            conn = _Connection(sock, _format_peer(address), since=self._loop.time())
+            conn = _Connection(sock, _format_peer(address), self.web.current(), since=self._loop.time())
             self._connections.add(conn)
             conn.task = self._loop.create_task(self._serve_connection(conn))
 
@@ -217,14 +243,20 @@ class HttpServer:
         reader = asyncio.StreamReader(limit=MAX_HEAD_BYTES)  # bounds what a connection may buffer unread
         protocol = asyncio.StreamReaderProtocol(reader)
         clean = False
+        tls = conn.config.tls
         try:
-            transport, _ = await self._loop.connect_accepted_socket(lambda: protocol, conn.sock)
+            transport, _ = await self._loop.connect_accepted_socket(
+                lambda: protocol, conn.sock, ssl=tls, ssl_handshake_timeout=HEADER_TIMEOUT if tls else None)
             writer = conn.writer = asyncio.StreamWriter(transport, protocol, reader, self._loop)
+            if tls is not None and not conn.config.san_allowed(transport.get_extra_info("peercert")):
+                log.debug("connection from %s: client certificate has none of client_allowed_sans", conn.peer)
+                return
             # Flow control: drain() waits while more than one chunk is unsent.
             transport.set_write_buffer_limits(high=CHUNK)
             await self._converse(conn, reader, writer)
             clean = True
-        except (OSError, EOFError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+        except (OSError, EOFError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ssl.SSLError) as exc:
             log.debug("connection from %s ended: %s", conn.peer, _describe(exc))
         finally:
             self._connections.discard(conn)
@@ -246,10 +278,10 @@ class HttpServer:
             try:
                 head = await _read_head(reader, HEADER_TIMEOUT if first else IDLE_TIMEOUT)
             except _HeadTimeout:
-                await self._send(writer, None, plain(408, "request head not received in time\n"), keep=False)
+                await self._send(writer, None, plain(408, "request head not received in time\n"), False, conn.config)
                 return
             except BadRequest as exc:
-                await self._send(writer, None, plain(exc.status, exc.detail + "\n"), keep=False)
+                await self._send(writer, None, plain(exc.status, exc.detail + "\n"), False, conn.config)
                 return
             if head is None:
                 return  # closed, or idle too long between requests
@@ -257,12 +289,13 @@ class HttpServer:
             try:
                 request = parse_head(head)
             except BadRequest as exc:
-                await self._send(writer, None, plain(exc.status, exc.detail + "\n"), keep=False)
+                await self._send(writer, None, plain(exc.status, exc.detail + "\n"), False, conn.config)
                 return
             started = time.monotonic()
-            response = await self._respond(request, conn.peer)
+            config = self.web.current()
+            response = await self._respond(request, conn.peer, config)
             keep = request.keep_alive and not self._stopping
-            await self._send(writer, request, response, keep)
+            await self._send(writer, request, response, keep, config)
             log.debug("%s %s %s %d %d bytes %.3fs", conn.peer, request.method, request.path, response.status,
                       len(response.body), time.monotonic() - started)
             self._set_busy(conn, False)
@@ -270,7 +303,16 @@ class HttpServer:
                 return
             first = False
 
-    async def _respond(self, request: Request, peer: str) -> Response:
+    async def _respond(self, request: Request, peer: str, config: WebConfig) -> Response:
+        """The rate limit, then basic auth, then the page (exporter-toolkit's order)."""
+        if config.rate_limit is not None:
+            if self._bucket is None or self._bucket.limit != config.rate_limit:
+                self._bucket = _TokenBucket(config.rate_limit)
+            if not self._bucket.take():
+                return plain(429, "too many requests\n")
+        if config.users and not await self._auth.allows(request.header("authorization"), config.users):
+            log.debug("%s %s %s: not authorized", peer, request.method, request.path)
+            return plain(401, "unauthorized\n", ("WWW-Authenticate", 'Basic realm="crusoe-metrics-exporter"'))
         try:
             return await self.endpoints.respond(request)
         except Exception as exc:
@@ -280,9 +322,9 @@ class HttpServer:
             return plain(500, "internal error\n")
 
     async def _send(self, writer: asyncio.StreamWriter, request: Request | None, response: Response,
-                    keep: bool) -> None:
+                    keep: bool, config: WebConfig) -> None:
         headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body))),
-                   *response.headers]
+                   *response.headers, *config.headers]
         if not keep:
             headers.append(("Connection", "close"))
         elif request is not None and request.version == "HTTP/1.0":
@@ -445,7 +487,7 @@ def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
 
 # -- entry point --------------------------------------------------------------
 
-def serve(exporter: Exporter, host: str, port: int) -> None:
+def serve(exporter: Exporter, host: str, port: int, web: WebConfig) -> None:
     """Listen, start the plugins in the background, serve until SIGTERM/SIGINT.
 
     Raises CannotListen when the address cannot be bound, and StrictModeError
@@ -458,23 +500,24 @@ def serve(exporter: Exporter, host: str, port: int) -> None:
     except OSError as exc:
         raise CannotListen(f"cannot listen on port {port}: {exc.strerror or exc}") from None
     cap = connection_cap(int(exporter.settings.core["max_connections"]), open_files)
-    code = asyncio.run(_serve(exporter, sock, cap))
+    code = asyncio.run(_serve(exporter, sock, cap, Watcher(web)))
     if code:
         exporter.raise_if_strict_failed()
 
 
-async def _serve(exporter: Exporter, sock: socket.socket, cap: int) -> int:
+async def _serve(exporter: Exporter, sock: socket.socket, cap: int, web: Watcher) -> int:
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_loop_exception)
-    server = HttpServer(Endpoints(exporter), cap)
+    server = HttpServer(Endpoints(exporter), cap, web)
     server.start([sock])
     address = sock.getsockname()
     bound = str(address[0])
-    log.info("listening on %s:%d (HTTP/1.1, at most %d connections, listen backlog %d)",
-             f"[{bound}]" if ":" in bound else bound, address[1], cap, min(BACKLOG, _somaxconn()))
+    log.info("listening on %s:%d (%s; at most %d connections, listen backlog %d)",
+             f"[{bound}]" if ":" in bound else bound, address[1], web.current().describe(), cap,
+             min(BACKLOG, _somaxconn()))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _stop_on_signal(server, sig))
-    loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP: no web configuration file to reload"))
+    loop.add_signal_handler(signal.SIGHUP, web.reload)
 
     def settled(rec: PluginRecord) -> None:
         if exporter.settings.core["strict"] and rec.state == "failed":

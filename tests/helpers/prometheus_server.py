@@ -35,8 +35,10 @@ class Prometheus:
 
 
 @contextmanager
-def prometheus(target: str, workdir: Path, scrape_interval: str = "1s") -> Iterator[Prometheus]:
+def prometheus(target: str, workdir: Path, scrape_interval: str = "1s", job_yaml: str = "") -> Iterator[Prometheus]:
+    """Prometheus scraping ``target``; ``job_yaml`` adds settings to the scrape job (scheme, tls_config, ...)."""
     port = free_port("127.0.0.1")
+    job_extra = "".join(f"    {line}\n" for line in job_yaml.splitlines())
     config = workdir / "prometheus.yml"
     config.write_text(
         "global:\n"
@@ -44,7 +46,7 @@ def prometheus(target: str, workdir: Path, scrape_interval: str = "1s") -> Itera
         f"  evaluation_interval: {scrape_interval}\n"
         "scrape_configs:\n"
         "  - job_name: exporter\n"
-        f"    static_configs: [{{targets: ['{target}']}}]\n"
+        f"    static_configs: [{{targets: ['{target}']}}]\n" + job_extra
     )
     log = (workdir / "prometheus.log").open("wb")
     proc = subprocess.Popen(

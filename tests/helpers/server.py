@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -26,14 +27,18 @@ class RunningExporter:
     #: The process's stderr goes to a file, never a pipe: a pipe nobody reads
     #: fills up and then blocks the exporter's logging, and with it the server.
     stderr: IO[bytes]
+    #: With TLS: how the test client connects (https then).
+    tls: ssl.SSLContext | None = None
+    #: Sent with every request (e.g. Authorization).
+    headers: Mapping[str, str] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def get(self, path: str, headers: Mapping[str, str] | None = None, timeout: float = 20.0) -> tuple[int, str, str]:
-        req = urllib.request.Request(self.url + path, headers=dict(headers or {}))
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        req = urllib.request.Request(self.url + path, headers={**(self.headers or {}), **(headers or {})})
+        with urllib.request.urlopen(req, timeout=timeout, context=self.tls) as resp:
             return resp.status, resp.headers.get("Content-Type", ""), resp.read().decode()
 
     def log(self) -> str:
@@ -53,18 +58,20 @@ def free_port() -> int:
 @contextmanager
 def running_exporter(env: Mapping[str, str] | None = None, args: tuple[str, ...] = (),
                      ready_timeout: float = 60.0, wait_for: str = "/ready",
-                     wrapper: tuple[str, ...] = ()) -> Iterator[RunningExporter]:
+                     wrapper: tuple[str, ...] = (), tls: ssl.SSLContext | None = None,
+                     headers: Mapping[str, str] | None = None) -> Iterator[RunningExporter]:
     """Start ``crusoe-metrics-exporter serve`` and wait until ``wait_for`` answers 200.
 
     ``/ready``: every plugin has settled (started, unsupported or failed);
     ``/health``: the server listens, plugins may still be starting.
     ``wrapper`` is a command the exporter runs under (e.g. setpriv to drop to a user with capabilities).
+    ``tls`` and ``headers`` are how the test client talks to it (HTTPS, credentials).
     """
     port = free_port()
     full_env = {**os.environ, "PORT": str(port), "LISTEN_ADDRESS": "127.0.0.1", **(env or {})}
     with tempfile.TemporaryFile() as stderr:
         proc = subprocess.Popen([*wrapper, CLI, "serve", *args], env=full_env, stdout=subprocess.DEVNULL, stderr=stderr)
-        running = RunningExporter(proc, port, stderr)
+        running = RunningExporter(proc, port, stderr, tls, headers)
         try:
             deadline = time.monotonic() + ready_timeout
             while True:
