@@ -1,12 +1,14 @@
 # Two commands do everything on a fresh Debian/Ubuntu machine:
 #   make run   - install what is missing, then serve on :9500
-#   make test  - install what is missing (test tools too), then run every test
+#   make test  - install what is missing (test tools too), then run every test:
+#                the host suite, then the guest suite in a QEMU guest (Debian's 6.1 kernel)
+#   make test-host / make test-vm - either half alone
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench setup clean
+.PHONY: run test test-host test-vm lint typecheck bench setup setup-test clean
 
 $(VENV)/bin/python:
 	@$(PYTHON) -m venv $(VENV) || (scripts/setup-system.sh && $(PYTHON) -m venv $(VENV))
@@ -25,10 +27,20 @@ setup-test: $(STAMP)
 run: setup
 	$(VENV)/bin/crusoe-metrics-exporter serve
 
-test: setup-test
+test: test-host
+	$(PY) -m tests.vm test
+
+# Lint, types and the pytest suite on this machine's kernel; kernel_vm tests
+# are deselected here (pyproject addopts) and run by test-vm.
+test-host: setup-test
 	$(PY) -m ruff check core plugins tests benchmarks examples
 	scripts/typecheck.sh
 	$(PY) -m pytest
+
+# The kernel_vm tests in one boot of the QEMU guest (image built and cached
+# under ~/.cache/crusoe-metrics-exporter/vm on first use).
+test-vm: setup-test
+	$(PY) -m tests.vm test
 
 lint:
 	$(PY) -m ruff check core plugins tests benchmarks examples

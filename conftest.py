@@ -11,7 +11,20 @@ import pytest
 # Tests that exercise the real kernel or real networks. On a developer laptop
 # they may skip (not root, no bcc); in CI a skip would hide a broken feature,
 # so there it counts as a failure.
-MUST_RUN_IN_CI = ("ebpf", "netns", "deploy")
+MUST_RUN_IN_CI = ("ebpf", "netns", "deploy", "kernel_vm")
+
+#: Set by the guest's boot script (tests/vm/guest_boot.py): we are inside the test guest.
+IN_GUEST = os.environ.get("CME_TEST_GUEST") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """kernel_vm tests run only inside the test guest (``make test-vm``); elsewhere they skip and say how."""
+    if IN_GUEST:
+        return
+    skip = pytest.mark.skip(reason="!!! GUEST TEST SKIPPED: runs only inside the test guest: make test-vm !!!")
+    for item in items:
+        if item.get_closest_marker("kernel_vm"):
+            item.add_marker(skip)
 
 
 @pytest.hookimpl(hookwrapper=True)

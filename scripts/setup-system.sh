@@ -11,6 +11,9 @@ runtime_pkgs=(python3-bpfcc python3-venv)
 # package when the distribution has it; otherwise the nearest packaged headers
 # (the exporter's eBPF runtime makes those usable, see README "Kernel headers").
 test_pkgs=(prometheus prometheus-node-exporter fio iperf3 nftables iproute2 util-linux kmod)
+# The guest lane (tests/vm): QEMU boots Debian's stock kernel from an image
+# mmdebstrap builds; mkfs.ext4 (e2fsprogs) turns it into a disk.
+test_pkgs+=(qemu-system-x86 mmdebstrap e2fsprogs)
 
 missing=()
 for p in "${runtime_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -18,7 +18,7 @@ from crusoe_metrics_exporter.contract import Support
 from crusoe_metrics_exporter.ebpf import kernel
 from crusoe_metrics_exporter.ebpf.environment import check_environment
 from crusoe_metrics_exporter.ebpf.runtime import LoadedBpf, attach_plan, default_state_dir, load, plan_details
-from crusoe_metrics_exporter.ebpf.spec import BpfSpec
+from crusoe_metrics_exporter.ebpf.spec import BpfSpec, ProgramStatus
 from crusoe_metrics_exporter.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,12 @@ class EbpfService:
             if not objs:
                 self._loaded.pop(plugin, None)
         loaded.close()
+
+    def programs(self, plugin: str) -> list[ProgramStatus]:
+        """Every program ``plugin`` holds now: variant, attach state and kernel id (tests, diagnostics)."""
+        with self._lock:
+            objs = list(self._loaded.get(plugin, []))
+        return [status for obj in objs for status in obj.programs]
 
     def metric_families(self) -> list[Metric]:
         attached = GaugeMetricFamily(
