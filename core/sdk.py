@@ -30,6 +30,8 @@ What is here
   (a FIFO or device node put where a kernel file belongs is refused, never hangs);
   :func:`unreadable` turns a permission error on a host file into the reason
   ("<path> is unreadable: needs CAP_...") and the fix, as :class:`Unreadable`;
+* capabilities: :func:`has_capability` (``"CAP_SYS_ADMIN"`` in the effective set?) and
+  :func:`grant_hint`, the one wording of how to grant one in each shipped artefact;
 * logging: :class:`ProblemLog` logs a collector's trouble when it changes, not every scrape;
 * block devices: :class:`DeviceFilter` and :data:`DEVICE_OPTIONS` (node_exporter's
   device_include/device_exclude), :func:`device_names`;
@@ -50,7 +52,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from crusoe_metrics_exporter.capabilities import Unreadable, unreadable
+from crusoe_metrics_exporter.capabilities import Unreadable, grant_hint, unreadable
+from crusoe_metrics_exporter.capabilities import has as has_capability
 from crusoe_metrics_exporter.contract import (
     CONTRACT_VERSION,
     Collector,
@@ -183,6 +186,8 @@ __all__ = [
     "cumulative_buckets",
     "device_names",
     "geometric_bounds",
+    "grant_hint",
+    "has_capability",
     "hookimpl",
     "normalize_address",
     "parse_device_table",

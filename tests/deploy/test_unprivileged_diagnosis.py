@@ -16,24 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.privileges import USER, setpriv
 from helpers.server import CLI, running_exporter
 
 pytestmark = pytest.mark.deploy
 
-USER = "nobody"
 UNREADABLE = "unreadable: needs CAP_DAC_READ_SEARCH"
 GRANT = "AmbientCapabilities=CAP_DAC_READ_SEARCH"
-
-
-def setpriv(caps: list[str]) -> tuple[str, ...]:
-    """A command prefix that runs the rest as ``nobody`` with exactly ``caps`` (ambient, so they survive exec)."""
-    names = ",".join("+" + c.removeprefix("CAP_").lower() for c in caps)
-    argv = ["setpriv", f"--reuid={USER}", "--regid=nogroup", "--clear-groups"]
-    if caps:
-        argv += [f"--inh-caps={names}", f"--ambient-caps={names}"]
-    else:
-        argv += ["--inh-caps=-all"]
-    return (*argv, "--")
 
 
 @pytest.fixture
