@@ -1,17 +1,28 @@
 """Runs probes in the background on a jittered fixed-rate schedule.
 
-Scrapes never wait for a probe and never start one: a round only submits
-work to a bounded pool and returns; each probe writes its result when it
-finishes. A probe still running from the previous round is not started
-again, so a target that hangs past every timeout costs one worker, not one
-per round.
+Scrapes never wait for a probe and never start one: a round only queues
+work and returns; each probe writes its result when it finishes. A probe
+still running from the previous round is not started again, so a target
+that hangs past every timeout costs one thread, not one per round.
+
+Probes of a round are staggered rather than fired all at once: each runs
+alone for its first ``alone_for`` seconds (or until it finishes, if sooner),
+and only a probe still running after that overlaps the next ones, up to
+``concurrency`` at a time. Healthy endpoints answer within a few ms, so they
+are probed one after another and never measure each other: sixteen probes
+released together on a 2-core VM queue behind each other's system calls,
+TLS handshakes and (on loopback) server work, which read as several times
+the real round trip. A round of dead targets still overlaps their timeouts.
+
+Threads exist only while there is work: a dispatcher while probes are
+queued and one short-lived thread per probe, so an idle exporter holds none.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
-import queue
 import random
 import threading
 import time
@@ -22,42 +33,85 @@ from crusoe_metrics_exporter.plugins.probes.results import INTERNAL, Outcome, Pr
 
 log = logging.getLogger(__name__)
 
+#: How long a probe runs alone before the next may start beside it.
+ALONE_FOR = 0.05
+
 
 class _WorkerPool:
-    """A fixed set of daemon worker threads.
+    """Runs each job on a daemon thread of its own, staggered and bounded.
 
-    Not ThreadPoolExecutor: its workers are joined at interpreter exit, so a
-    probe stuck in a socket call would hold up the exporter's shutdown for
-    as long as its timeout.
+    Not ThreadPoolExecutor: its workers are joined at interpreter exit (a
+    probe stuck in a socket call would hold up shutdown for its whole
+    timeout) and they linger idle between rounds.
     """
 
-    def __init__(self, workers: int, work: Callable[[ProbeJob], None]) -> None:
-        self._queue: queue.SimpleQueue[ProbeJob | None] = queue.SimpleQueue()
+    def __init__(self, limit: int, work: Callable[[ProbeJob], None], alone_for: float) -> None:
+        self._limit = limit
         self._work = work
-        self._stopped = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._loop, name=f"probe-{i}", daemon=True) for i in range(workers)
-        ]
-        for t in self._threads:
-            t.start()
+        self._alone_for = alone_for
+        self._cond = threading.Condition()
+        self._queue: collections.deque[ProbeJob] = collections.deque()
+        self._running = 0
+        #: The job started last while it is within its alone_for window.
+        self._alone: object | None = None
+        self._alone_until = 0.0
+        self._dispatching = False
+        self._stopped = False
 
     def submit(self, job: ProbeJob) -> bool:
-        if self._stopped.is_set():
-            return False
-        self._queue.put(job)
+        with self._cond:
+            if self._stopped:
+                return False
+            self._queue.append(job)
+            if self._dispatching:
+                self._cond.notify_all()
+                return True
+            self._dispatching = True
+        threading.Thread(target=self._dispatch, name="probe-dispatch", daemon=True).start()
         return True
 
     def shutdown(self) -> None:
-        self._stopped.set()
-        for _ in self._threads:
-            self._queue.put(None)
+        with self._cond:
+            self._stopped = True
+            self._queue.clear()
+            self._cond.notify_all()
 
-    def _loop(self) -> None:
+    def _dispatch(self) -> None:
         while True:
-            job = self._queue.get()
-            if job is None or self._stopped.is_set():
-                return
+            with self._cond:
+                job = self._next_job()
+                if job is None:
+                    self._dispatching = False
+                    return
+                token = object()
+                self._running += 1
+                self._alone, self._alone_until = token, time.monotonic() + self._alone_for
+            threading.Thread(target=self._run, args=(job, token), name="probe", daemon=True).start()
+
+    def _next_job(self) -> ProbeJob | None:
+        """Wait (holding the condition) until the next job may start; None when there is none."""
+        while True:
+            if self._stopped or not self._queue:
+                return None
+            wait: float | None = None
+            if self._alone is not None:
+                wait = self._alone_until - time.monotonic()
+            if self._running < self._limit and (wait is None or wait <= 0):
+                return self._queue.popleft()
+            # Woken early when a job finishes or stop() is called.
+            self._cond.wait(wait if self._running < self._limit else None)
+            if self._alone is not None and time.monotonic() >= self._alone_until:
+                self._alone = None
+
+    def _run(self, job: ProbeJob, token: object) -> None:
+        try:
             self._work(job)
+        finally:
+            with self._cond:
+                self._running -= 1
+                if self._alone is token:
+                    self._alone = None
+                self._cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -77,6 +131,7 @@ class ProbeScheduler:
         concurrency: int,
         on_error: Callable[[], None],
         rng: random.Random | None = None,
+        alone_for: float = ALONE_FOR,
     ) -> None:
         if interval <= 0:
             raise ValueError("probe interval must be greater than zero")
@@ -88,7 +143,7 @@ class ProbeScheduler:
         self.jitter = min(max(jitter, 0.0), interval / 2)
         self._on_error = on_error
         self._rng = rng or random.Random()
-        self._pool = _WorkerPool(max(1, concurrency), self._execute)
+        self._pool = _WorkerPool(max(1, concurrency), self._execute, alone_for)
         #: Probes submitted and not finished, with when they were submitted.
         self._in_flight: dict[ProbeKey, float] = {}
         self._lock = threading.Lock()

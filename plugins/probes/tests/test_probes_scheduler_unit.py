@@ -94,28 +94,89 @@ def test_overrunning_probe_is_not_started_twice() -> None:
         scheduler.stop()
 
 
+class Overlap:
+    """A probe body that records how many probes ran at the same time."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.running = 0
+        self.peak = 0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> Outcome:
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        time.sleep(self.seconds)
+        with self.lock:
+            self.running -= 1
+        return Outcome(True, self.seconds)
+
+
 def test_concurrency_is_bounded(wait: Callable[..., Any]) -> None:
-    running = 0
-    peak = 0
-    lock = threading.Lock()
-
-    def slow() -> Outcome:
-        nonlocal running, peak
-        with lock:
-            running += 1
-            peak = max(peak, running)
-        time.sleep(0.05)
-        with lock:
-            running -= 1
-        return Outcome(True, 0.05)
-
+    slow = Overlap(0.2)  # far longer than alone_for: every probe overlaps the next
     keys = [ProbeKey("icmp", "nfs", f"10.0.0.{i}") for i in range(12)]
     errors: list[int] = []
-    scheduler, store = make(lambda: [ProbeJob(k, slow) for k in keys], errors, concurrency=3)
+    scheduler, store = make(lambda: [ProbeJob(k, slow) for k in keys], errors, concurrency=3, alone_for=0.01)
     scheduler.run_round()
-    assert wait(lambda: len(store.snapshot()[0]) == 12, 3.0)
+    assert wait(lambda: len(store.snapshot()[0]) == 12, 5.0)
     scheduler.stop()
-    assert peak == 3
+    assert slow.peak == 3
+
+
+def test_quick_probes_run_one_after_another(wait: Callable[..., Any]) -> None:
+    # Healthy endpoints answer well within alone_for: no probe of the round
+    # shares the machine with another, however high the concurrency.
+    quick = Overlap(0.002)
+    keys = [ProbeKey("nfs_rpc", "nfs", f"10.0.0.{i}", 2049) for i in range(16)]
+    errors: list[int] = []
+    scheduler, store = make(lambda: [ProbeJob(k, quick) for k in keys], errors, concurrency=16, alone_for=1.0)
+    started = time.monotonic()
+    scheduler.run_round()
+    assert wait(lambda: len(store.snapshot()[0]) == 16, 5.0)
+    scheduler.stop()
+    assert quick.peak == 1
+    # Each started as soon as the previous finished, not after alone_for.
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_hanging_probe_does_not_hold_up_the_round(wait: Callable[..., Any]) -> None:
+    release = threading.Event()
+    hung = ProbeKey("nfs_rpc", "nfs", "10.0.0.1", 2049)
+    healthy = [ProbeKey("icmp", "nfs", f"10.0.0.{i}") for i in range(2, 6)]
+
+    def job(key: ProbeKey) -> ProbeJob:
+        if key == hung:
+            return ProbeJob(key, lambda: release.wait(5) and Outcome(True, 0.0))
+        return ProbeJob(key, lambda: Outcome(True, 0.0))
+
+    errors: list[int] = []
+    scheduler, store = make(lambda: [job(k) for k in (hung, *healthy)], errors, alone_for=0.1)
+    try:
+        scheduler.run_round()
+        # The others start once the hung probe has had its 0.1 s alone.
+        assert wait(lambda: all(store.has_result(k) for k in healthy), 2.0)
+        assert not store.has_result(hung)
+    finally:
+        release.set()
+        scheduler.stop()
+
+
+def test_no_probe_threads_between_rounds(wait: Callable[..., Any]) -> None:
+    def probe_threads() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("probe") and t.name != "probe-scheduler"]
+
+    keys = [ProbeKey("icmp", "nfs", f"10.0.0.{i}") for i in range(20)]
+    errors: list[int] = []
+    scheduler, store = make(lambda: [ProbeJob(k, Overlap(0.05)) for k in keys], errors, concurrency=16,
+                            alone_for=0.0)
+    # (Threads of earlier tests' probes finish on their own.)
+    assert wait(lambda: probe_threads() == [], 2.0), probe_threads()
+    scheduler.run_round()
+    assert wait(lambda: len(probe_threads()) > 2, 1.0)  # the round runs in parallel
+    assert wait(lambda: len(store.snapshot()[0]) == 20, 5.0)
+    assert wait(lambda: probe_threads() == [], 2.0), probe_threads()
+    scheduler.stop()
 
 
 def test_run_new_probes_only_targets_without_results(wait: Callable[..., Any]) -> None:
