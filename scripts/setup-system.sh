@@ -14,6 +14,8 @@ test_pkgs=(prometheus prometheus-node-exporter fio iperf3 nftables iproute2 util
 # The guest lane (tests/vm): QEMU boots Debian's stock kernel from an image
 # mmdebstrap builds; mkfs.ext4 (e2fsprogs) turns it into a disk.
 test_pkgs+=(qemu-system-x86 mmdebstrap e2fsprogs)
+# iputils-ping and openssl are the independent references of the probe timing tests.
+test_pkgs+=(iputils-ping openssl)
 
 missing=()
 for p in "${runtime_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

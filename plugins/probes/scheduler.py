@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from crusoe_metrics_exporter.plugins.probes import timing
 from crusoe_metrics_exporter.plugins.probes.results import INTERNAL, Outcome, ProbeKey, ProbeResult, ResultStore
 
 log = logging.getLogger(__name__)
@@ -77,16 +78,19 @@ class _WorkerPool:
             self._cond.notify_all()
 
     def _dispatch(self) -> None:
-        while True:
-            with self._cond:
-                job = self._next_job()
-                if job is None:
-                    self._dispatching = False
-                    return
-                token = object()
-                self._running += 1
-                self._alone, self._alone_until = token, time.monotonic() + self._alone_for
-            threading.Thread(target=self._run, args=(job, token), name="probe", daemon=True).start()
+        # Receive timestamps stay switched on for the whole round rather than
+        # being switched on and off around every probe.
+        with timing.held():
+            while True:
+                with self._cond:
+                    job = self._next_job()
+                    if job is None:
+                        self._dispatching = False
+                        return
+                    token = object()
+                    self._running += 1
+                    self._alone, self._alone_until = token, time.monotonic() + self._alone_for
+                threading.Thread(target=self._run, args=(job, token), name="probe", daemon=True).start()
 
     def _next_job(self) -> ProbeJob | None:
         """Wait (holding the condition) until the next job may start; None when there is none."""

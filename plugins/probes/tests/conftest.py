@@ -12,10 +12,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from helpers.gil import gil_held_elsewhere as hold_gil_elsewhere
 from helpers.tls_certs import TestPki, make_pki
 
 T = TypeVar("T")
@@ -80,6 +82,39 @@ def _netns_possible() -> str:
     if shutil.which("ip") is None:
         return "iproute2 'ip' not installed (scripts/setup-system.sh --test installs it)"
     return ""
+
+
+@dataclass(frozen=True)
+class VethPeer:
+    """``client`` and ``server`` namespaces joined by a veth pair, the server answering pings."""
+
+    client: NetNs
+    server: NetNs
+    v4: str
+    v6: str
+
+
+def make_veth_peer(netns: Callable[[], NetNs], subnet: int) -> VethPeer:
+    """10.213.<subnet>.1/.2 and fd00:213:<subnet>::1/::2 on a fresh veth pair, checked reachable."""
+    from crusoe_metrics_exporter.plugins.probes import icmp
+
+    client, server = netns(), netns()
+    tag = f"{os.getpid() % 10000}{client.name[-1]}{subnet}"
+    a, b = f"cpa{tag}", f"cpb{tag}"
+    client.exec("ip", "link", "add", a, "type", "veth", "peer", "name", b, "netns", server.name)
+    for ns, dev, host in ((client, a, 1), (server, b, 2)):
+        ns.exec("ip", "addr", "add", f"10.213.{subnet}.{host}/24", "dev", dev)
+        ns.exec("ip", "addr", "add", f"fd00:213:{subnet}::{host}/64", "dev", dev, "nodad")
+        ns.exec("ip", "link", "set", dev, "up")
+    peer = VethPeer(client, server, f"10.213.{subnet}.2", f"fd00:213:{subnet}::2")
+    # A fresh veth may need a moment (carrier, neighbour discovery) before
+    # the first echo gets through, hence a few attempts.
+    for address, family in ((peer.v4, 4), (peer.v6, 6)):
+        attempts = [client.call(icmp.ping, address, family, 1.0, icmp.MODE_RAW)]
+        while not attempts[-1].success and len(attempts) < 5:
+            attempts.append(client.call(icmp.ping, address, family, 1.0, icmp.MODE_RAW))
+        assert attempts[-1].success, attempts
+    return peer
 
 
 @pytest.fixture
@@ -356,3 +391,15 @@ def wait_until(predicate: Callable[[], Any], timeout: float, step: float = 0.05)
 def wait() -> Callable[..., Any]:
     """``wait(predicate, timeout)``: poll until truthy; returns the last value."""
     return wait_until
+
+
+@pytest.fixture
+def veth_peer(netns: Callable[[], NetNs]) -> Callable[[int], VethPeer]:
+    """``veth_peer(subnet)``: see :func:`make_veth_peer`."""
+    return lambda subnet: make_veth_peer(netns, subnet)
+
+
+@pytest.fixture
+def gil_held_elsewhere() -> Callable[[], Any]:
+    """``with gil_held_elsewhere(): ...`` (see helpers.gil)."""
+    return hold_gil_elsewhere

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from icmplib import ICMPRequest, ICMPv4Socket
 
 from crusoe_metrics_exporter.plugins.probes import icmp
 
@@ -26,34 +25,18 @@ def test_loopback_answers(address: str, family: int) -> None:
     assert 0 < rtt <= outcome.duration < 1.0
 
 
-def _silent_peer(netns: Callable[[], Any]) -> tuple[Any, str, str]:
+def _silent_peer(veth_peer: Callable[[int], Any]) -> tuple[Any, str, str]:
     """A client namespace linked by veth to a server namespace that ignores echo requests."""
-    client, server = netns(), netns()
-    tag = f"{os.getpid() % 10000}{client.name[-1]}"
-    a, b = f"cpa{tag}", f"cpb{tag}"
-    client.exec("ip", "link", "add", a, "type", "veth", "peer", "name", b, "netns", server.name)
-    client.exec("ip", "addr", "add", "10.213.7.1/24", "dev", a)
-    client.exec("ip", "addr", "add", "fd00:213:7::1/64", "dev", a, "nodad")
-    client.exec("ip", "link", "set", a, "up")
-    server.exec("ip", "addr", "add", "10.213.7.2/24", "dev", b)
-    server.exec("ip", "addr", "add", "fd00:213:7::2/64", "dev", b, "nodad")
-    server.exec("ip", "link", "set", b, "up")
-    # Control: the peer is reachable and answers until told to stay silent,
+    # Control (inside veth_peer): the peer answers until told to stay silent,
     # so the timeouts below come from silence, not from a broken link.
-    # A fresh veth may need a moment (carrier, neighbour discovery) before
-    # the first echo gets through, hence a few attempts.
-    for address, family in (("10.213.7.2", 4), ("fd00:213:7::2", 6)):
-        attempts = [client.call(icmp.ping, address, family, 1.0, icmp.MODE_RAW)]
-        while not attempts[-1].success and len(attempts) < 5:
-            attempts.append(client.call(icmp.ping, address, family, 1.0, icmp.MODE_RAW))
-        assert attempts[-1].success, attempts
-    server.sysctl("net.ipv4.icmp_echo_ignore_all", "1")
-    server.sysctl("net.ipv6.icmp.echo_ignore_all", "1")
-    return client, "10.213.7.2", "fd00:213:7::2"
+    peer = veth_peer(7)
+    peer.server.sysctl("net.ipv4.icmp_echo_ignore_all", "1")
+    peer.server.sysctl("net.ipv6.icmp.echo_ignore_all", "1")
+    return peer.client, peer.v4, peer.v6
 
 
-def test_silent_peer_times_out(netns: Callable[[], Any]) -> None:
-    client, v4, v6 = _silent_peer(netns)
+def test_silent_peer_times_out(veth_peer: Callable[[int], Any]) -> None:
+    client, v4, v6 = _silent_peer(veth_peer)
     for address, family in ((v4, 4), (v6, 6)):
         outcome = client.call(icmp.ping, address, family, 0.5, icmp.MODE_RAW)
         assert (outcome.success, outcome.reason) == (False, "timeout"), outcome
@@ -82,8 +65,8 @@ def _forge_replies(stop: threading.Event, identifier: int, sequence: int) -> Non
         sock.close()
 
 
-def test_reply_from_another_peer_is_not_accepted(netns: Callable[[], Any]) -> None:
-    client, silent, _ = _silent_peer(netns)
+def test_reply_from_another_peer_is_not_accepted(veth_peer: Callable[[int], Any]) -> None:
+    client, silent, _ = _silent_peer(veth_peer)
     identifier, sequence = 0x4242, 7
     stop = threading.Event()
     forger = threading.Thread(target=client.call, args=(_forge_replies, stop, identifier, sequence))
@@ -91,15 +74,21 @@ def test_reply_from_another_peer_is_not_accepted(netns: Callable[[], Any]) -> No
     try:
         time.sleep(0.1)
 
-        def plain_icmplib() -> Any:
-            # Control: icmplib's own matching (id and sequence only) takes the forged reply.
-            with ICMPv4Socket(privileged=True) as sock:
-                request = ICMPRequest(silent, identifier, sequence, payload=icmp.PAYLOAD)
-                sock.send(request)
-                return sock.receive(request, 1.0)
+        def forged_reply_seen() -> tuple[str, int, int] | None:
+            # Control: a raw ICMP socket on this host receives the forged reply,
+            # with our identifier and sequence; only the sender gives it away.
+            with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+                sock.settimeout(1.0)
+                deadline = time.monotonic() + 1.0
+                while time.monotonic() < deadline:
+                    packet, (source, _port) = sock.recvfrom(2048)
+                    header = (packet[0] & 0x0F) * 4
+                    kind, _code, _sum, ident, seq = struct.unpack_from("!BBHHH", packet, header)
+                    if kind == 0:
+                        return source, ident, seq
+            return None
 
-        forged = client.call(plain_icmplib)
-        assert forged.source == "127.0.0.1" and forged.id == identifier
+        assert client.call(forged_reply_seen) == ("127.0.0.1", identifier, sequence)
 
         outcome = client.call(icmp.ping, silent, 4, 0.5, icmp.MODE_RAW, identifier=identifier, sequence=sequence)
         assert (outcome.success, outcome.reason) == (False, "timeout"), outcome
@@ -122,10 +111,15 @@ def test_unprivileged_datagram_sockets_where_ping_group_range_allows(netns: Call
     assert (refused.success, refused.reason) == (False, "permission")
 
 
-def test_icmp_error_from_a_router_is_a_failure_not_a_timeout(netns: Callable[[], Any]) -> None:
+@pytest.mark.parametrize("mode", [icmp.MODE_RAW, icmp.MODE_UNPRIVILEGED])
+def test_icmp_error_from_a_router_is_a_failure_not_a_timeout(netns: Callable[[], Any], mode: str) -> None:
     # client --veth-- router; the router has no route to 10.77/16 and answers
-    # with ICMP destination unreachable quoting our echo request.
+    # with ICMP destination unreachable quoting our echo request. A raw socket
+    # reads the error like any ICMP packet; a datagram socket only gets it
+    # through its error queue (IP_RECVERR), or the kernel drops it.
     client, router = netns(), netns()
+    if mode == icmp.MODE_UNPRIVILEGED:
+        client.sysctl("net.ipv4.ping_group_range", "0 2147483647")
     tag = f"{os.getpid() % 10000}{client.name[-1]}"
     a, b = f"cra{tag}", f"crb{tag}"
     client.exec("ip", "link", "add", a, "type", "veth", "peer", "name", b, "netns", router.name)
@@ -142,7 +136,7 @@ def test_icmp_error_from_a_router_is_a_failure_not_a_timeout(netns: Callable[[],
     router.exec("ip", "route", "add", "unreachable", "10.77.0.0/16")
     router.exec("ip", "-6", "route", "add", "unreachable", "fd00:77::/32")
     for address, family, router_address in (("10.77.1.1", 4, "10.213.8.2"), ("fd00:77::1", 6, "fd00:213:8::2")):
-        outcomes = [client.call(icmp.ping, address, family, 1.0, icmp.MODE_RAW) for _ in range(3)]
+        outcomes = [client.call(icmp.ping, address, family, 1.0, mode) for _ in range(3)]
         # The first attempt may time out while the fresh link resolves neighbours.
         outcome = next((o for o in outcomes if o.reason != "timeout"), outcomes[-1])
         assert (outcome.success, outcome.reason) == (False, "icmp_unreachable"), outcomes
