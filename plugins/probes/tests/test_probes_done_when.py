@@ -17,7 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from helpers.processes import stop
+
+#: Runs inside a network namespace of its own: in CI a skip (not root) is a failure.
+pytestmark = pytest.mark.netns
 
 CLI = str(Path(sys.executable).parent / "crusoe-metrics-exporter")
 INTERVAL = 5.0

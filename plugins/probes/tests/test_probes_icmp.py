@@ -14,6 +14,9 @@ import pytest
 
 from crusoe_metrics_exporter.plugins.probes import icmp
 
+#: Raw sockets and network namespaces: in CI a skip (not root) is a failure.
+pytestmark = pytest.mark.netns
+
 
 @pytest.mark.parametrize(("address", "family"), [("127.0.0.1", 4), ("::1", 6)])
 def test_loopback_answers(address: str, family: int) -> None:

@@ -47,6 +47,9 @@ from crusoe_metrics_exporter.plugins.probes.http_probe import http_get, tls_cont
 from crusoe_metrics_exporter.plugins.probes.nfs_rpc import null_rpc
 from crusoe_metrics_exporter.plugins.probes.results import Outcome
 
+#: Real peers, raw ICMP and namespaces: in CI a skip (no root, no ping) is a failure.
+pytestmark = pytest.mark.netns
+
 SLACK = 50e-6
 #: Between echoes, ours and ping's alike.
 SPACING = 0.02
