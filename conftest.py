@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# Fixtures of the guest suite (NFS server and mounts, exporters on them); only kernel_vm tests use them.
+pytest_plugins = ("helpers.guest_fixtures",)
+
 # Tests that exercise the real kernel or real networks. On a developer laptop
 # they may skip (not root, no bcc); in CI a skip would hide a broken feature,
 # so there it counts as a failure.

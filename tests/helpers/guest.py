@@ -22,7 +22,7 @@ from pathlib import Path
 from helpers.exporter_scrape import Series, scrape
 
 from crusoe_metrics_exporter.app import Exporter
-from crusoe_metrics_exporter.ebpf import BpfSpec, Kprobe, ProgramSpec
+from crusoe_metrics_exporter.ebpf import EBPF_SERVICE, BpfSpec, Kprobe, ProgramSpec
 from crusoe_metrics_exporter.settings import Overrides
 
 #: Serial numbers tests/vm/qemu.py gives the disks it attaches.
@@ -199,3 +199,14 @@ def attached_targets(prog_ids: Sequence[int]) -> set[str]:
         else:
             out.add(f"{kind}:{entry.get('func') or entry.get('tracepoint')}")
     return out
+
+
+def attachments(ex: GuestExporter, plugin: str) -> tuple[set[str], set[str]]:
+    """(what the runtime says ``plugin`` attached, what the kernel lists for those program ids).
+
+    Both in bpftool's terms: ``tracepoint:<event>``, ``kprobe:<fn>``, ``kretprobe:<fn>``.
+    """
+    programs = ex.exporter.services.get(EBPF_SERVICE).programs(plugin)
+    assert programs and all(p.attached for p in programs), programs
+    ours = {p.target if p.method == "kprobe" else f"tracepoint:{p.target.split(':')[-1]}" for p in programs}
+    return ours, attached_targets([p.prog_id for p in programs])

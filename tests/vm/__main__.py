@@ -100,7 +100,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         print("guest tests: no test_*_guest.py files found", file=sys.stderr)
         return 1
     pytest_args = [a for a in args.pytest_args if a != "--"]
-    argv = ["python", "-m", "pytest", "-p", "no:cacheprovider", "-m", "kernel_vm",
+    argv = ["python", "-m", "pytest", "-p", "no:cacheprovider", "-m", "kernel_vm", "-o", "junit_logging=system-out",
             "--junitxml=/mnt/out/junit.xml", *pytest_args, *files]
     env = {"CI": "true"} if ci else {}
     try:

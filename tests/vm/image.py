@@ -110,8 +110,10 @@ DOC_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*", "
 INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "ext4", "crc32c_generic")
 
 #: Python packages the guest tests need beyond the project's own dependencies
-#: (read from pyproject.toml): the guest runs pytest, nothing else from [test].
-GUEST_TEST_REQUIREMENTS = ("pytest>=8",)
+#: (read from pyproject.toml): pytest, and what the conftests and shared test
+#: helpers import at collection (cryptography: tests/helpers/tls_certs.py).
+#: A guest test importing another test dependency must add it here.
+GUEST_TEST_REQUIREMENTS = ("pytest>=8", "cryptography>=42")
 
 #: PID 1 of the guest. Kept minimal because changing it rebuilds the image:
 #: everything else the guest does at boot is in tests/vm/guest_boot.py, read

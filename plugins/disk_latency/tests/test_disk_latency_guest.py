@@ -14,7 +14,7 @@ from helpers.exporter_scrape import Series, value
 from helpers.guest import (
     SCRATCH_SERIAL,
     GuestExporter,
-    attached_targets,
+    attachments,
     block_device_by_serial,
     diskstats,
     kernel_release,
@@ -23,7 +23,7 @@ from helpers.guest import (
     start_exporter,
 )
 
-from crusoe_metrics_exporter.ebpf import EBPF_SERVICE, attach_plan, plan_details
+from crusoe_metrics_exporter.ebpf import attach_plan, plan_details
 from crusoe_metrics_exporter.plugins.disk_latency import collector
 
 pytestmark = pytest.mark.kernel_vm
@@ -88,20 +88,12 @@ def _count(series: Series, side: str, dev: str) -> float:
     return value(series, f"crusoe_vm_disk_{side}_latency_seconds_count", device=dev)
 
 
-def _kernel_sees(ex: GuestExporter) -> tuple[set[str], set[str]]:
-    """(targets the runtime says it attached, targets the kernel lists for those program ids)."""
-    programs = ex.exporter.services.get(EBPF_SERVICE).programs("disk_latency")
-    assert programs and all(p.attached for p in programs), programs
-    ours = {p.target if p.method == "kprobe" else f"tracepoint:{p.target.split(':')[-1]}" for p in programs}
-    return ours, attached_targets([p.prog_id for p in programs])
-
-
 def test_disk_latency_attaches_by_the_detected_plan_on_6_1(planned: GuestExporter) -> None:
     plan = attach_plan(collector.bpf_spec())
     details = planned.details["disk_latency"]
     for key, text in plan_details(plan).items():
         assert details.get(key) == text, f"{key}: plugin says {details.get(key)!r}, feature detection {text!r}"
-    ours, kernel = _kernel_sees(planned)
+    ours, kernel = attachments(planned, "disk_latency")
     assert ours == kernel, f"runtime attached {ours}, the kernel (bpftool perf) lists {kernel}"
     assert kernel_release().startswith("6.1."), kernel_release()
 
@@ -113,7 +105,7 @@ def test_disk_latency_counts_virtio_io_one_for_one_with_diskstats(planned: Guest
 def test_disk_latency_attaches_by_kprobe_on_6_1_and_counts_like_diskstats(kprobed: GuestExporter, scratch: str) -> None:
     details = kprobed.details["disk_latency"]
     assert details["attach_method"] == "kprobe"
-    ours, kernel = _kernel_sees(kprobed)
+    ours, kernel = attachments(kprobed, "disk_latency")
     assert ours == kernel == {"kprobe:blk_mq_start_request", "kprobe:blk_mq_end_request"}
     _io_reconciles_with_diskstats(kprobed, scratch)
 
