@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     test.set_defaults(func=cmd_test)
     args = parser.parse_args(argv)
     if args.log is None:
-        args.log = image_mod.cache_root() / "build.log"
+        args.log = image_mod.cache_root() / f"build-{image_mod.recipe_hash()}.log"
         args.log.parent.mkdir(parents=True, exist_ok=True)
     status: int = args.func(args)
     return status
