@@ -140,3 +140,16 @@ def test_every_guest_test_is_marked_kernel_vm_and_deselected_on_the_host() -> No
     assert ids(everything.stdout), everything.stdout + everything.stderr
     assert ids(marked.stdout) == ids(everything.stdout), "a test in a *_guest.py file lacks the kernel_vm mark"
     assert ids(default.stdout) == set(), "the host run would collect guest tests"
+
+
+def test_a_guest_test_selected_on_the_host_skips_and_fails_in_ci() -> None:
+    """Outside the guest a kernel_vm test skips saying how to run it; CI=true makes that a failure."""
+    target = "plugins/disk_latency/tests/test_disk_latency_guest.py"
+    base = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-m", "kernel_vm", "-k", "plan", target]
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "CME_TEST_GUEST")}
+    local = subprocess.run(base, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert local.returncode == 0 and "1 skipped" in local.stdout, local.stdout
+    assert "make test-vm" in local.stdout
+    ci = subprocess.run(base, cwd=REPO, env={**env, "CI": "true"}, capture_output=True, text=True, timeout=120,
+                        check=False)
+    assert ci.returncode == 1 and "must run in CI" in ci.stdout, ci.stdout

@@ -172,41 +172,40 @@ def only_kprobes(spec: BpfSpec) -> BpfSpec:
     return dataclasses.replace(spec, programs=tuple(programs))
 
 
-def kernel_attachments() -> list[dict[str, object]]:
-    """What the kernel says is attached through perf events (``bpftool perf``): the independent reference."""
-    proc = subprocess.run(["bpftool", "-j", "perf", "list"], capture_output=True, text=True, timeout=60, check=True)
+def _bpftool(*args: str) -> list[dict[str, object]]:
+    proc = subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True, timeout=60, check=True)
     entries: list[dict[str, object]] = json.loads(proc.stdout or "[]")
     return entries
 
 
-def attached_targets(prog_ids: Sequence[int]) -> set[str]:
-    """``tracepoint:category:event``-style names of what ``prog_ids`` are attached to, per the kernel.
+def kernel_attachments() -> list[dict[str, object]]:
+    """Everything the kernel has attached through perf events or BPF links (``bpftool perf``/``link``)."""
+    return _bpftool("perf", "list") + _bpftool("link", "list")
 
-    bpftool names a tracepoint by its event only and a kretprobe as a kprobe
-    with retprobe set; the result uses the runtime's spelling
-    (``tracepoint:block_rq_issue``, ``kprobe:tcp_sendmsg``, ``kretprobe:tcp_sendmsg``).
-    """
-    wanted = set(prog_ids)
-    out = set()
-    for entry in kernel_attachments():
-        if entry.get("prog_id") not in wanted:
-            continue
-        kind = entry.get("fd_type")
-        if kind == "tracepoint":
-            out.add(f"tracepoint:{entry.get('tracepoint')}")
-        elif kind in ("kprobe", "kretprobe"):
-            out.add(f"{kind}:{entry.get('func')}")
-        else:
-            out.add(f"{kind}:{entry.get('func') or entry.get('tracepoint')}")
-    return out
+
+def _name(method: str, target: str) -> str:
+    """The runtime's (method, target) in bpftool's terms: ``tracepoint:<event>``, ``kprobe:<fn>``, ..."""
+    return target if method == "kprobe" else f"{method}:{target.rsplit(':', maxsplit=1)[-1]}"
 
 
 def attachments(ex: GuestExporter, plugin: str) -> tuple[set[str], set[str]]:
     """(what the runtime says ``plugin`` attached, what the kernel lists for those program ids).
 
-    Both in bpftool's terms: ``tracepoint:<event>``, ``kprobe:<fn>``, ``kretprobe:<fn>``.
+    Perf-event attachments (tracepoints, kprobes, kretprobes) are named by
+    the kernel itself; for BPF links (raw and BTF tracepoints) the kernel
+    confirms a link holds the program and the name is the runtime's.
     """
     programs = ex.exporter.services.get(EBPF_SERVICE).programs(plugin)
     assert programs and all(p.attached for p in programs), programs
-    ours = {p.target if p.method == "kprobe" else f"tracepoint:{p.target.split(':')[-1]}" for p in programs}
-    return ours, attached_targets([p.prog_id for p in programs])
+    ours = {_name(p.method, p.target) for p in programs}
+    perf = {int(str(e["prog_id"])): e for e in _bpftool("perf", "list") if "prog_id" in e}
+    links = {int(str(e["prog_id"])) for e in _bpftool("link", "list") if "prog_id" in e}
+    kernel = set()
+    for p in programs:
+        entry = perf.get(p.prog_id)
+        if entry is not None:
+            kind = str(entry.get("fd_type"))
+            kernel.add(f"{kind}:{entry.get('tracepoint') if kind == 'tracepoint' else entry.get('func')}")
+        elif p.prog_id in links:
+            kernel.add(_name(p.method, p.target))
+    return ours, kernel
