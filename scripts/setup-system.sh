@@ -16,6 +16,12 @@ test_pkgs=(prometheus prometheus-node-exporter fio iperf3 nftables iproute2 util
 test_pkgs+=(qemu-system-x86 mmdebstrap e2fsprogs)
 # iputils-ping and openssl are the independent references of the probe timing tests.
 test_pkgs+=(iputils-ping openssl)
+# Deployment tests: the image is built and run with podman (runc; no registry:
+# the Debian base is made with mmdebstrap), manifests rendered with kubectl,
+# the unit checked with systemd-analyze.
+test_pkgs+=(podman buildah runc uidmap systemd)
+# Debian's kubectl is kubernetes-client; a kubectl from elsewhere does as well.
+command -v kubectl >/dev/null 2>&1 || test_pkgs+=(kubernetes-client)
 
 missing=()
 for p in "${runtime_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
