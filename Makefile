@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-host test-vm lint typecheck bench setup setup-test clean
+.PHONY: run test test-host test-vm lint typecheck bench setup setup-test clean image install dist
 
 $(VENV)/bin/python:
 	@$(PYTHON) -m venv $(VENV) || (scripts/setup-system.sh && $(PYTHON) -m venv $(VENV))
@@ -33,7 +33,7 @@ test: test-host
 # Lint, types and the pytest suite on this machine's kernel; kernel_vm tests
 # are deselected here (pyproject addopts) and run by test-vm.
 test-host: setup-test
-	$(PY) -m ruff check core plugins tests benchmarks examples
+	$(PY) -m ruff check core plugins tests benchmarks examples deploy
 	scripts/typecheck.sh
 	$(PY) -m pytest
 
@@ -43,13 +43,21 @@ test-vm: setup-test
 	$(PY) -m tests.vm test
 
 lint:
-	$(PY) -m ruff check core plugins tests benchmarks examples
+	$(PY) -m ruff check core plugins tests benchmarks examples deploy
 
 typecheck:
 	scripts/typecheck.sh
 
 bench: setup-test
 	$(PY) benchmarks/run_all.py
+
+# The container image (podman; a Debian 12 base is built locally when no registry is reachable).
+image: setup-test
+	$(PY) deploy/image/build.py
+
+# systemd service: venv in /opt/crusoe-metrics-exporter, unit, config, user crusoe-exporter (root).
+install:
+	scripts/install.sh
 
 clean:
 	rm -rf $(VENV) build dist .typecheck *.egg-info
