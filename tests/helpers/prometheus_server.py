@@ -35,16 +35,20 @@ class Prometheus:
 
 
 @contextmanager
-def prometheus(target: str, workdir: Path, scrape_interval: str = "1s", job_yaml: str = "") -> Iterator[Prometheus]:
-    """Prometheus scraping ``target``; ``job_yaml`` adds settings to the scrape job (scheme, tls_config, ...)."""
+def prometheus(target: str, workdir: Path, scrape_interval: str = "1s", job_yaml: str = "",
+               rule_files: tuple[Path, ...] = ()) -> Iterator[Prometheus]:
+    """Prometheus scraping ``target``; ``job_yaml`` adds settings to the scrape job (scheme, tls_config, ...),
+    ``rule_files`` are evaluated every ``scrape_interval``."""
     port = free_port("127.0.0.1")
     job_extra = "".join(f"    {line}\n" for line in job_yaml.splitlines())
     config = workdir / "prometheus.yml"
+    rules = "".join(f"  - {path}\n" for path in rule_files)
     config.write_text(
         "global:\n"
         f"  scrape_interval: {scrape_interval}\n"
         f"  evaluation_interval: {scrape_interval}\n"
-        "scrape_configs:\n"
+        + (f"rule_files:\n{rules}" if rules else "")
+        + "scrape_configs:\n"
         "  - job_name: exporter\n"
         f"    static_configs: [{{targets: ['{target}']}}]\n" + job_extra
     )

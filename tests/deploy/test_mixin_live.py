@@ -1,0 +1,141 @@
+"""Every recording rule and every dashboard query returns data from a real Prometheus scraping a real exporter.
+
+The exporter (``serve``, root, every plugin) sees real traffic: direct I/O on
+a loop device (disk_latency, disk_stats), request/reply exchanges with a
+delay server on 127.0.0.1:2049 (nfs_latency, the NFS probes), S3 requests to
+moto's server (objstore, the HTTP probe). One stand-in: this kernel has no
+NFS client, so nfs_stats reads a real kernel mountstats sample
+(nfs_stats/tests/data/mountstats_real_nconnect16.txt) whose READ/WRITE
+counters the test advances every second, as a busy mount's would.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helpers.delay_server import delay_server, run_client
+from helpers.moto_s3 import moto_s3
+from helpers.prometheus_server import PROMETHEUS, Prometheus, prometheus
+from helpers.server import running_exporter
+
+pytestmark = [pytest.mark.deploy, pytest.mark.ebpf, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+MIXIN = REPO / "deploy" / "mixin"
+MOUNTSTATS = REPO / "plugins" / "nfs_stats" / "tests" / "data" / "mountstats_real_nconnect16.txt"
+PER_OP = re.compile(r"^(\s+(?:READ|WRITE): )(.*)$", re.MULTILINE)
+
+
+def advance(text: str, step: int) -> str:
+    """The sample with every READ/WRITE counter grown by ``step`` operations' worth (monotonic)."""
+
+    def grow(m: re.Match[str]) -> str:
+        ops, trans, timeouts, sent, recv, queue, rtt, exe, *rest = (int(v) for v in m.group(2).split())
+        grown = [ops + 10 * step, trans + 10 * step, timeouts + step, sent + 1400 * step, recv + 4096 * step,
+                 queue + 2 * step, rtt + 30 * step, exe + 35 * step, *rest]
+        return m.group(1) + " ".join(map(str, grown))
+
+    return PER_OP.sub(grow, text)
+
+
+@pytest.fixture
+def live_mountstats(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "mountstats"
+    original = MOUNTSTATS.read_text()
+    path.write_text(original)
+    stop = threading.Event()
+
+    def run() -> None:
+        step = 0
+        while not stop.wait(1.0):
+            step += 1
+            tmp = path.with_suffix(".new")
+            tmp.write_text(advance(original, step))
+            tmp.rename(path)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield path
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(where, PromQL) of every panel target, with the variables set to All."""
+    board = json.loads((MIXIN / "dashboards" / "crusoe-metrics-exporter.json").read_text())
+    out = []
+    for panel in board["panels"]:
+        for target in panel.get("targets", []):
+            expr = re.sub(r"\$(instance|device|volume|endpoint)\b", ".*", target["expr"])
+            out.append((f"panel {panel['title']!r} {target['refId']}", expr))
+    for variable in board["templating"]["list"]:
+        if variable["type"] != "query":
+            continue
+        m = re.fullmatch(r"label_values\((.*), (\w+)\)", variable["query"]["query"])
+        assert m, variable["query"]
+        selector = re.sub(r"\$instance\b", ".*", m.group(1))
+        out.append((f"variable {variable['name']}", f"group by ({m.group(2)}) ({selector})"))
+    return out
+
+
+def recording_rules() -> list[tuple[str, str]]:
+    groups = yaml.safe_load((MIXIN / "recording.yaml").read_text())["groups"]
+    return [(f"recording rule {r['record']}", r["record"]) for g in groups for r in g["rules"]]
+
+
+def has_data(result: list[dict[str, Any]]) -> bool:
+    return any(r["value"][1] not in ("NaN", "+Inf", "-Inf") for r in result)
+
+
+def test_every_recording_rule_and_dashboard_query_returns_data(require_ebpf: None, loop_device: str,
+                                                               live_mountstats: Path,
+                                                               tmp_path: Path) -> None:
+    if not Path(PROMETHEUS).exists():
+        pytest.skip("!!! DEPLOY TEST SKIPPED: prometheus is not installed !!!")
+    import boto3
+
+    with moto_s3("127.0.0.1") as s3, delay_server("127.0.0.1", 2049, 0.002):
+        env = {
+            "NFS_SERVER_IPS": "127.0.0.1",
+            "OBJSTORE_ENDPOINT_IPS": "127.0.0.1",
+            "OBJSTORE_ENDPOINT_PORT": str(s3.port),
+            "MOUNTSTATS_PATH": str(live_mountstats),
+            "PROBE_INTERVAL": "2s", "PROBE_JITTER": "0s", "PROBE_TIMEOUT": "1s",
+        }
+        args = ("--set", f"plugins.disk_latency.device_include=^{loop_device}$")
+        with running_exporter(env, args=args) as exporter, prometheus(
+                f"127.0.0.1:{exporter.port}", tmp_path, rule_files=(MIXIN / "recording.yaml",)) as prom:
+            client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1",
+                                  aws_access_key_id="testing", aws_secret_access_key="testing")
+            client.create_bucket(Bucket="mixin")
+            pending = dict(recording_rules() + dashboard_queries())
+            deadline = time.monotonic() + 90
+            round_ = 0
+            while pending and time.monotonic() < deadline:
+                round_ += 1
+                subprocess.run(["dd", "if=/dev/zero", f"of=/dev/{loop_device}", "bs=4k", "count=64",
+                                "oflag=direct", "status=none"], check=True, timeout=30)
+                subprocess.run(["dd", f"if=/dev/{loop_device}", "of=/dev/null", "bs=4k", "count=64",
+                                "iflag=direct", "status=none"], check=True, timeout=30)
+                run_client("127.0.0.1", 2049, 5)
+                client.put_object(Bucket="mixin", Key=f"k{round_}", Body=b"x" * 4096)
+                client.get_object(Bucket="mixin", Key=f"k{round_}")["Body"].read()
+                time.sleep(1.0)
+                pending = {where: q for where, q in pending.items() if not has_data(_query(prom, q))}
+            client.close()
+    assert not pending, "no data for:\n" + "\n".join(f"{w}: {q}" for w, q in sorted(pending.items()))
+
+
+def _query(prom: Prometheus, promql: str) -> list[dict[str, Any]]:
+    return prom.query(promql)
