@@ -55,6 +55,13 @@ bench: setup-test
 image: setup-test
 	$(PY) deploy/image/build.py
 
+# Release artefacts: wheel, sdist and their SHA-256 sums in dist/.
+dist: setup-test
+	rm -rf dist build/lib
+	$(PY) -m build --no-isolation --outdir dist . >/dev/null
+	cd dist && sha256sum *.whl *.tar.gz > SHA256SUMS
+	@cat dist/SHA256SUMS
+
 # systemd service: venv in /opt/crusoe-metrics-exporter, unit, config, user crusoe-exporter (root).
 install:
 	scripts/install.sh
