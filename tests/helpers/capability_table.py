@@ -16,6 +16,8 @@ class Row:
     plugins: tuple[str, ...]
     in_unit: bool
     in_daemonset: bool
+    #: Not granted by the shipped artefacts; an operator adds it to run its plugins.
+    opt_in: bool
 
 
 def readme_rows() -> list[Row]:
@@ -27,7 +29,8 @@ def readme_rows() -> list[Row]:
         if len(cells) != 5 or not cells[0].startswith("`CAP_"):
             continue
         rows.append(Row(cells[0].strip("`"), tuple(re.findall(r"`([a-z_]+)`", cells[1])),
-                        cells[3].startswith("yes"), cells[4].startswith("yes")))
+                        cells[3].startswith("yes"), cells[4].startswith("yes"),
+                        "opt-in" in cells[3] and "opt-in" in cells[4]))
     return rows
 
 
@@ -38,3 +41,15 @@ def unit_setting(name: str, unit: Path = UNIT) -> list[str]:
         if line.startswith(f"{name}="):
             values += line.partition("=")[2].split()
     return values
+
+
+def opt_in_plugins(rows: list[Row] | None = None) -> set[str]:
+    """Plugins whose capability the shipped artefacts do not grant: unsupported until an operator opts in."""
+    rows = readme_rows() if rows is None else rows
+    granted = {p for r in rows if r.in_unit or r.in_daemonset for p in r.plugins}
+    return {p for r in rows if r.opt_in for p in r.plugins} - granted
+
+
+def opt_in_capabilities(plugin: str, rows: list[Row] | None = None) -> list[str]:
+    rows = readme_rows() if rows is None else rows
+    return [r.capability for r in rows if plugin in r.plugins and r.opt_in]
