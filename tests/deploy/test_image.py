@@ -133,9 +133,10 @@ def test_daemonset_settings_every_plugin_disk_usage_and_ebpf_counting(image: str
         # Opt-in plugins (README "Capabilities") wait for a capability the DaemonSet does not grant.
         on_host = host_plugins(env)
         wanted = {n for n, r in on_host.items() if r["state"] == "active"} - opt_in_plugins()
-        assert {n for n, r in served.items() if r["state"] == "active"} == wanted, served
-        for name in opt_in_plugins():
-            assert served[name]["state"] == "unsupported" and served[name]["fix"], served[name]
+        assert {n for n, r in served.items() if r["state"] == "active"} == wanted, {
+            n: (r["state"], r["reason"]) for n, r in served.items() if r["state"] != "active"}
+        for plugin in opt_in_plugins():
+            assert served[plugin]["state"] == "unsupported" and served[plugin]["fix"], served[plugin]
 
         # disk_usage: the host's filesystems through HOST_ROOT_PATH, with the host's numbers.
         assert served["disk_usage"]["details"]["statfs_root"] == "/host/root (HOST_ROOT_PATH)"
