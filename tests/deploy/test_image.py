@@ -109,7 +109,7 @@ def test_image_is_slim_non_root_and_labelled(image: str) -> None:
 def test_daemonset_settings_every_plugin_disk_usage_and_ebpf_counting(image: str, loop_device: str,
                                                                      tmp_path: Path) -> None:
     port = free_port()
-    env = {**TARGET_ENV, "PORT": str(port)}
+    env = {**TARGET_ENV, "PORT": str(port), "PROBE_INTERVAL": "1s", "PROBE_JITTER": "0s", "PROBE_TIMEOUT": "1s"}
     args = daemonset_args(tmp_path, env=env)
     name = f"cme-test-{os.getpid()}"
     podman("run", "-d", "--name", name, *args, image, "serve",
@@ -157,6 +157,13 @@ def test_daemonset_settings_every_plugin_disk_usage_and_ebpf_counting(image: str
         written = diskstats_written_bytes(loop_device) - stats_before
         assert written == 256 * 4096
         assert metrics(port)[key] - before == written
+
+        # ICMP from the container (NET_RAW, the seccomp profile) reaches the host's loopback.
+        icmp = frozenset({("probe", "icmp"), ("target", "nfs"), ("endpoint", "127.0.0.1"), ("port", "")})
+        deadline = time.monotonic() + 30
+        while metrics(port).get(("crusoe_vm_probe_success", icmp)) != 1.0:
+            assert time.monotonic() < deadline, sorted(k for k in metrics(port) if k[0] == "crusoe_vm_probe_success")
+            time.sleep(0.5)
 
         health = podman("healthcheck", "run", name, check=False)
         assert health.returncode == 0, health.stdout + health.stderr
