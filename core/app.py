@@ -15,12 +15,12 @@ from prometheus_client.samples import Sample as PromSample
 
 from crusoe_metrics_exporter import host
 from crusoe_metrics_exporter.exposition import Scrape
-from crusoe_metrics_exporter.host import PluginRecord, Started
+from crusoe_metrics_exporter.host import PluginRecord, ServiceRecord, Started
 from crusoe_metrics_exporter.lifecycle import StartTask, Startup
 from crusoe_metrics_exporter.meta import meta_families
 from crusoe_metrics_exporter.naming import PREFIX
 from crusoe_metrics_exporter.runner import CollectResult, PluginRunner
-from crusoe_metrics_exporter.services import Services
+from crusoe_metrics_exporter.services import ServiceRegistry
 from crusoe_metrics_exporter.settings import Overrides, Settings, resolve
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,15 @@ class StrictModeError(RuntimeError):
 
 
 class Exporter:
-    def __init__(self, records: list[PluginRecord], settings: Settings, services: Services | None = None) -> None:
+    def __init__(self, records: list[PluginRecord], settings: Settings,
+                 service_records: list[ServiceRecord] | None = None) -> None:
+        """Raises SettingError when an option value is refused by its plugin's or service's options class."""
         self.records = records
         self.settings = settings
-        self.services = services or Services(settings)
+        self.service_records = list(service_records or [])
+        host.reject_service_metric_clashes(records, self.service_records)
+        host.build_options([*self.service_records, *records], settings)
+        self.services = ServiceRegistry(self.service_records, settings)
         self.runners: dict[str, PluginRunner] = {}
         self.startup: Startup | None = None
         # Guards runners and the state of a settling plugin against a concurrent scrape.
@@ -48,13 +53,16 @@ class Exporter:
         overrides: Overrides | None = None,
         environ: Mapping[str, str] | None = None,
         entry_points: Iterable[tuple[Any, str, str]] | None = None,
+        service_entry_points: Iterable[tuple[Any, str, str]] | None = None,
     ) -> Exporter:
-        """Discover plugins and resolve settings (raises SettingError on bad input)."""
+        """Discover plugins and services and resolve settings (raises SettingError on bad input)."""
         records = host.discover(entry_points)
-        settings, warnings = resolve(host.plugin_options(records), config_path, environ, overrides)
+        service_records = host.discover_services(service_entry_points)
+        settings, warnings = resolve(host.declared_options(records), config_path, environ, overrides,
+                                     service_options=host.declared_options(service_records))
         for w in warnings:
             log.warning("%s", w)
-        return cls(records, settings)
+        return cls(records, settings, service_records)
 
     # -- lifecycle -------------------------------------------------------
     def check_all(self) -> None:
@@ -71,12 +79,9 @@ class Exporter:
         """
         wanted = set(only) if only is not None else None
         tasks = []
+        # Failures of load and validate were logged when they happened (host), one line each.
         for rec in self.records:
-            if rec.state == "failed":
-                log.error("plugin %s (%s %s) failed to %s: %s", rec.name, rec.distribution, rec.version,
-                          rec.failed_phase, rec.reason)
-                continue
-            if rec.state == "disabled":
+            if rec.state in ("failed", "disabled"):
                 continue
             if wanted is not None and rec.name not in wanted:
                 rec.state, rec.reason = "disabled", "not selected"
@@ -116,14 +121,13 @@ class Exporter:
             elif outcome.state == "unsupported":
                 rec.state, rec.reason, rec.fix = "unsupported", outcome.reason, outcome.fix
             else:
-                rec.fail("start", outcome.reason)
+                # Logged by fail(): one warning with the file:line of the cause.
+                rec.fail("start", outcome.reason, outcome.where)
         elapsed = time.monotonic() - (self.startup.began if self.startup is not None else time.monotonic())
         if rec.state == "active":
             log.info("plugin %s active after %.2fs%s", rec.name, elapsed, host.details_suffix(dict(rec.details)))
         elif rec.state == "unsupported":
             log.warning("plugin %s unsupported: %s", rec.name, rec.reason)
-        else:
-            log.error("plugin %s failed to start after %.2fs: %s", rec.name, elapsed, rec.reason)
         if on_settled is not None:
             on_settled(rec)
 
@@ -175,7 +179,7 @@ class Exporter:
                     samples = result.by_metric.get(spec.name)
                     if samples:
                         scrape.groups.append((spec, samples))
-            if rec.spec is not None and rec.errors is not None and rec.state in ("active", "failed"):
+            if rec.spec is not None and rec.errors is not None and rec.state in ("active", "degraded", "failed"):
                 totals = rec.errors.metric_totals()
                 for spec in rec.spec.metrics:
                     if spec.error_counter:

@@ -98,6 +98,11 @@ def _overrides(store: dict[str, Any]) -> Overrides:
 
 def _build(ctx: click.Context) -> Exporter:
     store: dict[str, Any] = ctx.ensure_object(dict)
+    # The level as given on the command line or in LOG_LEVEL, before discovery:
+    # a plugin that fails to import logs its traceback at debug level then.
+    early = str(store.get("log_level") or os.environ.get("LOG_LEVEL", "")).strip().lower()
+    if early in _LEVELS:
+        _configure_logging(early)
     try:
         exporter = Exporter.from_environment(store.get("config_path"), _overrides(store))
     except SettingError as exc:
@@ -176,13 +181,24 @@ def _exit_despite_stuck_threads(failure: RunFailure | None) -> None:
 
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--collect", "run_collect", is_flag=True,
+              help="Start the plugins and run one collection first, so the states include 'degraded'.")
 @_common_options
 @click.pass_context
-def plugins_cmd(ctx: click.Context, /, as_json: bool, **kwargs: Any) -> None:
-    """List every discovered plugin with its state and reason (nothing is started)."""
+def plugins_cmd(ctx: click.Context, /, as_json: bool, run_collect: bool, **kwargs: Any) -> None:
+    """List every discovered plugin with its state and reason (nothing is started without --collect)."""
     _merge(ctx, kwargs)
     exporter = _build(ctx)
-    exporter.check_all()
+    if run_collect:
+        try:
+            exporter.start()
+            exporter.collect()
+        except StrictModeError:
+            pass  # reported below, with every plugin's state
+        finally:
+            exporter.stop()
+    else:
+        exporter.check_all()
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in exporter.records], indent=2))
         return
@@ -246,7 +262,7 @@ def config_init_cmd(ctx: click.Context, /, path: Path | None, force: bool, **kwa
     if target.exists() and not force:
         raise RunFailure(f"{target} exists; use --force to overwrite it")
     try:
-        write_atomically(target, starter_toml(exporter.records))
+        write_atomically(target, starter_toml(exporter))
     except OSError as exc:
         raise RunFailure(f"cannot write {target}: {exc.strerror or exc}") from None
     click.echo(f"wrote {target}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,16 +16,16 @@ import tomli_w
 
 from crusoe_metrics_exporter import __version__
 from crusoe_metrics_exporter.contract import ConfigOption
+from crusoe_metrics_exporter.host import declared_options
 from crusoe_metrics_exporter.options import to_toml_value
 from crusoe_metrics_exporter.settings import all_sections
 
 if TYPE_CHECKING:
     from crusoe_metrics_exporter.app import Exporter
-    from crusoe_metrics_exporter.host import PluginRecord
 
 
-def _plugin_options(records: Iterable[PluginRecord]) -> dict[str, tuple[ConfigOption, ...]]:
-    return {r.name: r.spec.options for r in records if r.spec is not None}
+def _sections(exporter: Exporter) -> dict[str, tuple[ConfigOption, ...]]:
+    return all_sections(declared_options(exporter.records), declared_options(exporter.service_records))
 
 
 def _line(option: ConfigOption, value: Any) -> str:
@@ -38,14 +37,14 @@ def _line(option: ConfigOption, value: Any) -> str:
     return tomli_w.dumps({option.name: rendered}).rstrip("\n")
 
 
-def starter_toml(records: Iterable[PluginRecord]) -> str:
+def starter_toml(exporter: Exporter) -> str:
     """A complete configuration: every section and option at its default."""
     out = [
         f"# crusoe-metrics-exporter {__version__} configuration.",
         "# Precedence: command-line flags > environment variables > this file > defaults.",
         "",
     ]
-    for section, options in all_sections(_plugin_options(records)).items():
+    for section, options in _sections(exporter).items():
         out.append(f"[{section}]")
         for option in options:
             help_text = option.help + (f" (env {option.env})" if option.env else "")
@@ -73,10 +72,10 @@ def write_atomically(path: Path, text: str) -> None:
 
 def _effective(exporter: Exporter) -> dict[str, list[tuple[ConfigOption, Any, str]]]:
     settings = exporter.settings
-    tables: dict[str, dict[str, Any]] = {"exporter": settings.core, "targets": settings.targets}
+    tables: dict[str, dict[str, Any]] = {"exporter": settings.core, **settings.services}
     tables.update({f"plugins.{name}": values for name, values in settings.plugins.items()})
     out: dict[str, list[tuple[ConfigOption, Any, str]]] = {}
-    for section, options in all_sections(_plugin_options(exporter.records)).items():
+    for section, options in _sections(exporter).items():
         values = tables.get(section, {})
         out[section] = [
             (o, values.get(o.name, o.default), settings.sources.get(f"{section}.{o.name}", "default")) for o in options

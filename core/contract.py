@@ -15,12 +15,10 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
-    from crusoe_metrics_exporter.errors import ErrorCounters
-    from crusoe_metrics_exporter.services import Services
-    from crusoe_metrics_exporter.settings import Settings
+    from crusoe_metrics_exporter.service_types import EbpfRuntime, TargetsService
 
 MetricType = Literal["counter", "gauge", "histogram"]
 
@@ -150,50 +148,110 @@ class Collector(Protocol):
     def stop(self) -> None: ...
 
 
-def _no_services() -> Services:
-    from crusoe_metrics_exporter.services import Services
+class ErrorReporter(Protocol):
+    """``ctx.errors``: count problems into the plugin's declared error counters."""
 
-    return Services(None, {})
+    def inc(self, metric: str | None = None, amount: int = 1) -> None:
+        """Add ``amount`` to the error counter ``metric`` (optional when the plugin declares exactly one)."""
 
 
-@dataclass
-class PluginContext:
-    """What the core hands a plugin: its resolved options and shared services."""
+class ServiceLookup(Protocol):
+    """Where a context finds shared services by name; use the typed accessors instead."""
+
+    def get(self, name: str) -> object: ...
+
+
+class _NoServices:
+    def get(self, name: str) -> object:
+        raise LookupError(f"no shared service named {name!r}: this context was built without services")
+
+
+#: The options type of a plugin or service (a frozen dataclass; see ``schema.option``).
+OptionsT = TypeVar("OptionsT")
+#: The same, in a context that only hands the options out (a plugin written
+#: against a Protocol of its options accepts any options class that has them).
+OptionsT_co = TypeVar("OptionsT_co", covariant=True)
+T = TypeVar("T")
+
+#: The names the shared services are registered under.
+TARGETS_SERVICE = "targets"
+EBPF_SERVICE = "ebpf"
+
+@dataclass(frozen=True)
+class PluginContext(Generic[OptionsT_co]):
+    """What the core hands a plugin: its typed options and the shared services.
+
+    ``options`` is an instance of the plugin's options class, parsed and
+    checked. ``host_proc`` is the machine's /proc as the exporter sees it
+    (``/host/proc`` in a container). ``details`` are facts the plugin wants
+    shown next to its state (attach method, paths).
+    """
 
     plugin: str
-    options: Mapping[str, Any]
-    settings: Settings
-    errors: ErrorCounters
+    options: OptionsT_co
+    host_proc: Path
+    errors: ErrorReporter
     log: logging.Logger
-    #: Extra facts the running collector wants shown (attach method, paths).
     details: dict[str, str] = field(default_factory=dict)
-    #: Shared services (target discovery, eBPF runtime): ``services.get(name)``.
-    services: Services = field(default_factory=_no_services)
+    #: How long one collect may take before a scrape goes on without it.
+    collect_timeout: float = 5.0
+    #: Where the host's / is mounted (HOST_ROOT_PATH), or None when not set.
+    host_root: Path | None = None
+    services: ServiceLookup = field(default_factory=_NoServices)
 
     @property
-    def host_proc(self) -> Path:
-        return Path(self.settings.core["host_proc_path"])
+    def targets(self) -> TargetsService:
+        """Target discovery: the NFS servers, NFS mounts and object-store endpoints."""
+        from crusoe_metrics_exporter.service_types import TargetsService
+
+        value = self.services.get(TARGETS_SERVICE)
+        if not isinstance(value, TargetsService):
+            raise _wrong_kind(TARGETS_SERVICE, value, "TargetsService")
+        return value
 
     @property
-    def host_root(self) -> Path | None:
-        """The host's / as configured (HOST_ROOT_PATH), or None when not set."""
-        value = self.settings.core.get("host_root_path") or ""
-        return Path(value) if value else None
+    def ebpf(self) -> EbpfRuntime:
+        """The eBPF runtime: checks, loads and releases a plugin's eBPF object."""
+        from crusoe_metrics_exporter.service_types import EbpfRuntime
+
+        value = self.services.get(EBPF_SERVICE)
+        if not isinstance(value, EbpfRuntime):
+            raise _wrong_kind(EBPF_SERVICE, value, "EbpfRuntime")
+        return value
+
+    def service(self, name: str, kind: type[T]) -> T:
+        """A third party's shared service ``name``, checked to be an instance of the class ``kind``.
+
+        (For a runtime-checkable Protocol, call ``ctx.services.get(name)`` and
+        check it with ``isinstance``: mypy refuses a Protocol where a class is
+        expected.)
+        """
+        value = self.services.get(name)
+        if not isinstance(value, kind):
+            raise _wrong_kind(name, value, kind.__name__)
+        return value
+
+
+def _wrong_kind(name: str, value: object, expected: str) -> TypeError:
+    return TypeError(f"shared service {name!r} is a {type(value).__name__}, not a {expected}")
 
 
 @dataclass(frozen=True)
-class PluginSpec:
-    """Everything the core needs to know about a plugin, declared up front."""
+class PluginSpec(Generic[OptionsT]):
+    """Everything the core needs to know about a plugin, declared up front.
+
+    ``options`` is the plugin's options class (a frozen dataclass whose fields
+    are declared with ``option(...)``), or None when it has no settings; the
+    context's ``options`` is then an empty ``NoOptions``. The version shown
+    for a plugin is its distribution's.
+    """
 
     name: str
-    version: str
     description: str
     metrics: tuple[MetricSpec, ...]
-    factory: Callable[[PluginContext], Collector]
-    check_support: Callable[[PluginContext], Support]
-    options: tuple[ConfigOption, ...] = ()
-    #: Whether the plugin runs eBPF programs (shown by ``plugins``/``doctor``).
-    uses_ebpf: bool = False
+    factory: Callable[[PluginContext[OptionsT]], Collector]
+    check_support: Callable[[PluginContext[OptionsT]], Support]
+    options: type[OptionsT] | None = None
     contract_version: int = CONTRACT_VERSION
 
     def metric(self, name: str) -> MetricSpec:
@@ -201,3 +259,46 @@ class PluginSpec:
             if m.name == name:
                 return m
         raise KeyError(name)
+
+
+class DoctorCheck(NamedTuple):
+    """One line of ``doctor``: what was checked, whether it is fine, and what to do if not."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class ServiceContext(Generic[OptionsT_co]):
+    """What the core hands a shared service's factory."""
+
+    name: str
+    options: OptionsT_co
+    host_proc: Path
+    #: A directory the exporter owns (caches such as merged kernel headers).
+    state_dir: Path
+    log: logging.Logger
+
+
+@dataclass(frozen=True)
+class ServiceSpec(Generic[OptionsT]):
+    """A shared service (target discovery, the eBPF runtime) offered to plugins.
+
+    Registered like a plugin, through an entry point in the
+    ``crusoe_metrics_exporter.services`` group whose module implements
+    ``crusoe_metrics_exporter_service``. Its options form the top-level table
+    ``[<name>]``. The service object is built on the first plugin's request
+    and may have ``start()``/``stop()``, and ``collect() -> Iterable[Sample]``
+    for its own ``metrics``, which the core validates and exposes like a
+    plugin's. ``doctor`` adds host checks to ``crusoe-metrics-exporter doctor``.
+    """
+
+    name: str
+    description: str
+    factory: Callable[[ServiceContext[OptionsT]], object]
+    options: type[OptionsT] | None = None
+    metrics: tuple[MetricSpec, ...] = ()
+    doctor: Callable[[ServiceContext[OptionsT]], Iterable[tuple[str, bool, str, str]]] | None = None
+    contract_version: int = CONTRACT_VERSION

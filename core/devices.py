@@ -12,32 +12,36 @@ Names come from the kernel's own table, /proc/diskstats, rather than from
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from crusoe_metrics_exporter.contract import ConfigOption
+from crusoe_metrics_exporter.schema import option
 
 #: Whole virtio disks (vda, vdb, ..., vdaa); partitions such as vda1 are not
 #: matched, so a disk's I/O is never counted twice.
 DEFAULT_DEVICE_INCLUDE = r"^vd[a-z]+$"
 
-DEVICE_OPTIONS: tuple[ConfigOption, ...] = (
-    ConfigOption(
-        "device_include",
-        "regex",
-        DEFAULT_DEVICE_INCLUDE,
+
+@dataclass(frozen=True)
+class DeviceOptions:
+    """The two device-selection options; a plugin's options class inherits them.
+
+    ``class DiskStatsOptions(DeviceOptions): ...`` gives the plugin
+    ``device_include`` and ``device_exclude`` in its ``[plugins.<name>]``
+    table, and ``ctx.options.device_filter()`` builds the filter.
+    """
+
+    device_include: str = option(
+        "regex", DEFAULT_DEVICE_INCLUDE,
         "Regular expression a kernel block device name must match to be reported (searched, so anchor it); "
-        "empty means every device. The default selects whole virtio disks and no partitions.",
-    ),
-    ConfigOption(
-        "device_exclude",
-        "regex",
-        "",
+        "empty means every device. The default selects whole virtio disks and no partitions.")
+    device_exclude: str = option(
+        "regex", "",
         "Regular expression of kernel block device names never reported, applied after device_include; "
-        "empty excludes nothing.",
-    ),
-)
+        "empty excludes nothing.")
+
+    def device_filter(self) -> DeviceFilter:
+        return DeviceFilter(self.device_include, self.device_exclude)
 
 #: A filter remembers its answers; the kernel's device set is small, but a
 #: hostile /proc could feed endless distinct names, hence the bound.
@@ -56,14 +60,6 @@ class DeviceFilter:
         self.include = re.compile(include) if include else None
         self.exclude = re.compile(exclude) if exclude else None
         self._cache: dict[str, bool] = {}
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> DeviceFilter:
-        """Build from a plugin's resolved options (missing keys take the defaults)."""
-        return cls(
-            str(options.get("device_include", DEFAULT_DEVICE_INCLUDE)),
-            str(options.get("device_exclude", "")),
-        )
 
     def matches(self, name: str) -> bool:
         cached = self._cache.get(name)

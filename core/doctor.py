@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,51 +23,41 @@ class Check:
 
 
 def run_checks(exporter: Exporter) -> Iterator[Check]:
-    yield from _ebpf_checks()
-    yield from _procfs_checks(Path(exporter.settings.core["host_proc_path"]))
-    yield from _endpoint_checks(exporter)
+    yield from _procfs_check(Path(exporter.settings.core["host_proc_path"]))
+    yield from _service_checks(exporter)
     yield from _plugin_checks(exporter)
 
 
-def _ebpf_checks() -> Iterator[Check]:
-    from crusoe_metrics_exporter.ebpf import doctor_checks
+def _procfs_check(proc: Path) -> Iterator[Check]:
+    """HOST_PROC_PATH is a procfs: what each plugin reads from it is checked by the plugin's support check."""
+    path = proc / "1" / "mounts"
+    try:
+        with path.open("rb") as fh:
+            fh.read(1)
+        yield Check(f"read {path}", True, "HOST_PROC_PATH is a readable /proc")
+    except OSError as exc:
+        denied = unreadable(path, exc)
+        if denied is not None:
+            yield Check(f"read {path}", False, denied.reason, denied.fix)
+            return
+        yield Check(f"read {path}", False, f"{exc.strerror or exc}: HOST_PROC_PATH is not the host's /proc",
+                    "set HOST_PROC_PATH to the host's /proc (in a container mount it at /host/proc)")
 
-    for name, ok, detail, fix in doctor_checks():
-        yield Check(name, ok, detail, fix)
 
-
-def _procfs_checks(proc: Path) -> Iterator[Check]:
-    for rel, who in (("diskstats", "disk_stats"), ("1/mounts", "disk_usage, NFS discovery"),
-                     ("1/mountstats", "nfs_stats")):
-        path = proc / rel
+def _service_checks(exporter: Exporter) -> Iterator[Check]:
+    """What each shared service checks about this host, for the services some enabled plugin may use."""
+    for rec in exporter.service_records:
+        if rec.spec is None or rec.state == "failed":
+            yield Check(f"service {rec.name}", False, f"failed to {rec.failed_phase}: {rec.reason}",
+                        f"reinstall or remove the distribution {rec.distribution}")
+            continue
+        if rec.spec.doctor is None:
+            continue
         try:
-            with path.open("rb") as fh:
-                fh.read(1)
-            yield Check(f"read {path}", True, f"readable (used by {who})")
-        except OSError as exc:
-            denied = unreadable(path, exc)
-            if denied is not None:
-                yield Check(f"read {path}", False, f"{denied.reason} (used by {who})", denied.fix)
-                continue
-            yield Check(
-                f"read {path}",
-                False,
-                f"{exc.strerror or exc} (used by {who})",
-                "set HOST_PROC_PATH to the host's /proc (in a container mount it at /host/proc)",
-            )
-
-
-def _endpoint_checks(exporter: Exporter) -> Iterator[Check]:
-    t = exporter.settings.targets
-    names = [("objectstore", t["objstore_endpoint_fqdn"])] if t["objstore_endpoint_fqdn"] else []
-    names += [("nfs", n) for n in t["nfs_server_ips"]]
-    for kind, name in names:
-        try:
-            infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
-            addrs = sorted({str(i[4][0]) for i in infos})
-            yield Check(f"resolve {kind} {name}", True, ", ".join(addrs))
-        except OSError as exc:
-            yield Check(f"resolve {kind} {name}", False, str(exc), "check the name and the host's DNS resolver")
+            for name, ok, detail, fix in rec.spec.doctor(exporter.services.context(rec.name)):
+                yield Check(name, ok, detail, fix)
+        except Exception as exc:  # noqa: BLE001 - one service's broken check must not end doctor
+            yield Check(f"service {rec.name}", False, f"its checks raised {type(exc).__name__}: {exc}")
 
 
 def _plugin_checks(exporter: Exporter) -> Iterator[Check]:

@@ -23,6 +23,7 @@ class ErrorCounters:
         self._lock = threading.Lock()
         self._by_metric: Counter[str] = Counter({name: 0 for name in declared})
         self._by_phase: Counter[str] = Counter({phase: 0 for phase in PHASES})
+        self._invalid: Counter[str] = Counter()
         self._primary = declared[0] if declared else None
 
     def inc(self, metric: str | None = None, amount: int = 1) -> None:
@@ -47,6 +48,16 @@ class ErrorCounters:
             # view too: show it on the plugin's own (seed-named) counter.
             if phase in ("collect", "timeout") and self._primary is not None:
                 self._by_metric[self._primary] += amount
+
+    def invalid_sample(self, reason: str, amount: int = 1) -> None:
+        """Count samples the core dropped, per reason (and in the ``invalid_sample`` phase)."""
+        with self._lock:
+            self._invalid[reason] += amount
+            self._by_phase["invalid_sample"] += amount
+
+    def invalid_totals(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._invalid)
 
     def metric_totals(self) -> dict[str, int]:
         with self._lock:

@@ -1,9 +1,15 @@
-"""Discovering, validating and starting plugins.
+"""The plugin host: discovering, validating and starting plugins and shared services.
 
 We do not use pluggy's ``load_setuptools_entrypoints``: one plugin that fails to
 import would abort it for all. Each entry point is loaded, registered and
-validated inside its own error boundary, and the outcome is kept in a
-:class:`PluginRecord` that ``plugins``, ``/`` and the meta-metrics report.
+validated inside its own error boundary, and the outcome is kept in a record
+(:class:`PluginRecord`, :class:`ServiceRecord`) that ``plugins``, ``/`` and
+the meta-metrics report.
+
+The phases of a plugin, each with its own boundary: load (import the module,
+call its hook), validate (the declaration), options (built from the
+settings), check (the support check, with a deadline), start (factory and
+``start()``), collect (:mod:`.runner`), stop.
 """
 
 from __future__ import annotations
@@ -12,65 +18,93 @@ import importlib.metadata
 import logging
 import re
 import threading
+import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, cast
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar, cast
 
 import pluggy
 
-from crusoe_metrics_exporter.contract import CONTRACT_VERSION, Collector, PluginContext, PluginSpec, Support
+from crusoe_metrics_exporter.contract import (
+    CONTRACT_VERSION,
+    Collector,
+    ConfigOption,
+    PluginContext,
+    PluginSpec,
+    ServiceSpec,
+    Support,
+)
 from crusoe_metrics_exporter.errors import ErrorCounters
-from crusoe_metrics_exporter.hookspecs import PROJECT, ExporterHooks
+from crusoe_metrics_exporter.hookspecs import PLUGIN_GROUP, PROJECT, SERVICE_GROUP, ExporterHooks
 from crusoe_metrics_exporter.naming import InvalidDeclaration, validate_metric_spec
 from crusoe_metrics_exporter.options import SettingError, parse_option
-from crusoe_metrics_exporter.services import Services
-from crusoe_metrics_exporter.settings import Settings
+from crusoe_metrics_exporter.schema import InvalidOptions, config_options
+from crusoe_metrics_exporter.services import ServiceRegistry
+from crusoe_metrics_exporter.settings import Settings, apply_derivations, typed_options
 
 log = logging.getLogger(__name__)
 
-ENTRY_POINT_GROUP = PROJECT
+ENTRY_POINT_GROUP = PLUGIN_GROUP
 OWN_DISTRIBUTION = "crusoe-metrics-exporter"
-#: Metric name prefixes the core itself emits; plugins may not use them.
-CORE_OWNED_PREFIXES = ("exporter_", "dns_resolve_")
+#: Metric names starting with this belong to the exporter itself (its own
+#: metrics and those of shared services); plugins may not use it.
+CORE_OWNED_PREFIX = "exporter_"
 
-#: "loaded": discovered, not started yet; "starting": its start runs in the background.
-State = Literal["starting", "active", "unsupported", "disabled", "failed", "loaded"]
-_PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+#: "loaded": discovered, not started yet; "starting": its start runs in the background;
+#: "degraded": active, but its last collect had samples the core dropped.
+State = Literal["starting", "active", "degraded", "unsupported", "disabled", "failed", "loaded"]
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 @dataclass
-class PluginRecord:
-    """What the host knows about one discovered plugin."""
+class _Record:
+    """What discovery learnt about one entry point, and what became of it."""
+
+    kind: ClassVar[str] = "extension"
 
     name: str
     distribution: str
     version: str
     entry_point: str
-    spec: PluginSpec | None = None
     state: State = "loaded"
     reason: str = ""
     #: What to do about an unsupported state (from Support.fix); empty otherwise.
     fix: str = ""
     #: The phase a failure happened in (load, validate, start).
     failed_phase: str = ""
-    details: dict[str, str] = field(default_factory=dict)
-    collector: Collector | None = None
-    errors: ErrorCounters | None = None
+    #: The options object built from the settings (see :func:`build_options`).
+    options: Any = None
 
     @property
     def builtin(self) -> bool:
         return self.distribution == OWN_DISTRIBUTION
 
-    def fail(self, phase: str, reason: str) -> None:
+    def fail(self, phase: str, reason: str, where: str = "") -> None:
+        """Mark the record failed and say so in one warning line (``where``: file:line of the cause)."""
         self.state = "failed"
         self.failed_phase = phase
         self.reason = reason
+        log.warning("%s %s failed to %s: %s%s", self.kind, self.name, phase, reason, f" (at {where})" if where else "")
+
+
+@dataclass
+class PluginRecord(_Record):
+    """What the host knows about one discovered plugin."""
+
+    kind: ClassVar[str] = "plugin"
+
+    spec: PluginSpec[Any] | None = None
+    details: dict[str, str] = field(default_factory=dict)
+    collector: Collector | None = None
+    errors: ErrorCounters | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "distribution": self.distribution,
             "version": self.version,
+            "description": self.spec.description if self.spec is not None else "",
             "state": self.state,
             "reason": self.reason,
             "fix": self.fix,
@@ -79,6 +113,16 @@ class PluginRecord:
         }
 
 
+@dataclass
+class ServiceRecord(_Record):
+    """What the host knows about one discovered shared service."""
+
+    kind: ClassVar[str] = "service"
+
+    spec: ServiceSpec[Any] | None = None
+
+
+# -- discovery ----------------------------------------------------------------
 def _entry_points(group: str) -> list[tuple[importlib.metadata.EntryPoint, str, str]]:
     seen: set[tuple[str, str, str]] = set()
     out = []
@@ -107,80 +151,152 @@ def discover(
     ``entry_points`` (objects with ``name``, ``value`` and ``load()``, with their
     distribution name and version) replaces discovery in tests.
     """
+    records = _discover(PluginRecord, entry_points, group)
+    for rec, ep in records:
+        if rec.state != "failed":
+            rec.spec = _load(rec, ep, "crusoe_metrics_exporter_plugin", validate_spec)
+    plugins = [rec for rec, _ in records]
+    _reject_duplicate_metrics(plugins)
+    return plugins
+
+
+def discover_services(
+    entry_points: Iterable[tuple[Any, str, str]] | None = None,
+    group: str = SERVICE_GROUP,
+) -> list[ServiceRecord]:
+    """Load every shared service of ``group``, each inside its own error boundary."""
+    records = _discover(ServiceRecord, entry_points, group)
+    for rec, ep in records:
+        if rec.state != "failed":
+            rec.spec = _load(rec, ep, "crusoe_metrics_exporter_service", validate_service_spec)
+    return [rec for rec, _ in records]
+
+
+_R = TypeVar("_R", bound=_Record)
+
+
+def _discover(kind: type[_R], entry_points: Iterable[tuple[Any, str, str]] | None,
+              group: str) -> list[tuple[_R, Any]]:
+    """One record per entry point; a name claimed by several distributions fails all of them."""
     candidates = list(entry_points) if entry_points is not None else _entry_points(group)
     candidates.sort(key=lambda t: (t[0].name, t[1]))
-    records: list[PluginRecord] = []
-    by_name: dict[str, list[PluginRecord]] = {}
+    records: list[tuple[_R, Any]] = []
+    by_name: dict[str, list[_R]] = {}
     for ep, dist_name, dist_version in candidates:
-        rec = PluginRecord(name=ep.name, distribution=dist_name, version=dist_version, entry_point=ep.value)
-        records.append(rec)
+        rec = kind(name=ep.name, distribution=dist_name, version=dist_version, entry_point=ep.value)
+        records.append((rec, ep))
         by_name.setdefault(ep.name, []).append(rec)
-        _load_one(rec, ep)
-
     for name, recs in by_name.items():
         if len(recs) > 1:
             dists = ", ".join(r.distribution for r in recs)
             for r in recs:
-                r.fail("load", f"plugin name {name!r} is claimed by several distributions: {dists}")
-    _reject_duplicate_metrics(records)
+                r.fail("load", f"name {name!r} is claimed by several distributions: {dists}")
     return records
 
 
-def _load_one(rec: PluginRecord, ep: Any) -> None:
-    if not _PLUGIN_NAME.match(rec.name):
-        rec.fail("load", f"entry point name {rec.name!r} is not a valid plugin name (lowercase, digits, _)")
-        return
+_S = TypeVar("_S")
+
+
+def _load(rec: _Record, ep: Any, hook: str, validate: Callable[[object, str], _S]) -> _S | None:
+    """Import the entry point's module, call its hook, validate the answer; failures become state."""
+    if not _NAME.match(rec.name):
+        rec.fail("load", f"entry point name {rec.name!r} is not a valid name (lowercase, digits, _)")
+        return None
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(ExporterHooks)
     try:
         module = ep.load()
         pm.register(module, name=rec.name)
         pm.check_pending()
-        impls = pm.hook.crusoe_metrics_exporter_plugin.get_hookimpls()
+        impls = getattr(pm.hook, hook).get_hookimpls()
         if not impls:
-            rec.fail("load", "the module does not implement crusoe_metrics_exporter_plugin")
-            return
-        spec = impls[0].function()
-    except Exception as exc:
-        log.debug("plugin %s failed to load", rec.name, exc_info=True)
-        rec.fail("load", f"{type(exc).__name__}: {exc}")
-        return
+            rec.fail("load", f"the module does not implement {hook}")
+            return None
+        declared = impls[0].function()
+    except Exception as exc:  # noqa: BLE001 - the extension's error boundary: its failure becomes its state
+        _fail_with(rec, "load", exc)
+        return None
     try:
-        rec.spec = validate_spec(spec, rec.name)
+        return validate(declared, rec.name)
     except InvalidDeclaration as exc:
         rec.fail("validate", str(exc))
+        return None
 
 
-def validate_spec(spec: object, entry_point_name: str) -> PluginSpec:
+def describe_failure(exc: BaseException) -> tuple[str, str]:
+    """(``Type: message``, ``file:line`` where it was raised, or "").
+
+    The frame is the innermost one outside the import machinery, so an import
+    error points at the plugin's own import statement, not at importlib.
+    """
+    where = ""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = f"{exc.filename}:{exc.lineno}"
+    else:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen ")]
+        if frames:
+            where = f"{frames[-1].filename}:{frames[-1].lineno}"
+    return f"{type(exc).__name__}: {exc}", where
+
+
+def _fail_with(rec: _Record, phase: str, exc: BaseException, what: str = "") -> None:
+    """Record a failure from an exception: one warning line with file:line, the traceback at debug."""
+    text, where = describe_failure(exc)
+    log.debug("%s %s: traceback of the %s failure", rec.kind, rec.name, phase, exc_info=exc)
+    rec.fail(phase, what + text, where)
+
+
+# -- validation -----------------------------------------------------------------
+def validate_spec(spec: object, entry_point_name: str) -> PluginSpec[Any]:
     """Check a PluginSpec the way the core needs it; raise InvalidDeclaration."""
     if not isinstance(spec, PluginSpec):
         raise InvalidDeclaration(f"the hook returned {type(spec).__name__}, not a PluginSpec")
+    _check_declaration(spec, entry_point_name, "plugin")
+    for metric in spec.metrics:
+        if metric.name.startswith(CORE_OWNED_PREFIX):
+            raise InvalidDeclaration(f"metric {metric.name!r}: names starting {CORE_OWNED_PREFIX!r} belong to the "
+                                     "exporter")
+    if not callable(spec.factory) or not callable(spec.check_support):
+        raise InvalidDeclaration("factory and check_support must be callables")
+    return spec
+
+
+def validate_service_spec(spec: object, entry_point_name: str) -> ServiceSpec[Any]:
+    """Check a ServiceSpec the way the core needs it; raise InvalidDeclaration."""
+    if not isinstance(spec, ServiceSpec):
+        raise InvalidDeclaration(f"the hook returned {type(spec).__name__}, not a ServiceSpec")
+    _check_declaration(spec, entry_point_name, "service")
+    if spec.name in ("exporter", "plugins"):
+        raise InvalidDeclaration(f"service name {spec.name!r} is reserved for the exporter's own tables")
+    if not callable(spec.factory):
+        raise InvalidDeclaration("factory must be a callable")
+    return spec
+
+
+def _check_declaration(spec: PluginSpec[Any] | ServiceSpec[Any], entry_point_name: str, kind: str) -> None:
     if spec.contract_version != CONTRACT_VERSION:
         raise InvalidDeclaration(
             f"written for plugin contract {spec.contract_version}; this exporter speaks {CONTRACT_VERSION}"
         )
     if spec.name != entry_point_name:
-        raise InvalidDeclaration(f"entry point {entry_point_name!r} declares a plugin named {spec.name!r}")
+        raise InvalidDeclaration(f"entry point {entry_point_name!r} declares a {kind} named {spec.name!r}")
     names: set[str] = set()
     for metric in spec.metrics:
         validate_metric_spec(metric)
-        if metric.name.startswith(CORE_OWNED_PREFIXES):
-            raise InvalidDeclaration(f"metric {metric.name!r}: names starting {CORE_OWNED_PREFIXES} belong to the core")
         if metric.name in names:
             raise InvalidDeclaration(f"metric {metric.name!r} declared twice")
         names.add(metric.name)
-    option_names: set[str] = set()
-    for option in spec.options:
-        if not _PLUGIN_NAME.match(option.name) or option.name in option_names:
-            raise InvalidDeclaration(f"option {option.name!r}: invalid or duplicate option name")
-        option_names.add(option.name)
+    try:
+        options = config_options(spec.options)
+    except InvalidOptions as exc:
+        raise InvalidDeclaration(str(exc)) from None
+    for option in options:
+        if not _NAME.match(option.name):
+            raise InvalidDeclaration(f"option {option.name!r}: invalid option name (lowercase, digits, _)")
         try:
             parse_option(option, option.default, f"default of option {option.name}")
         except SettingError as exc:
             raise InvalidDeclaration(str(exc)) from None
-    if not callable(spec.factory) or not callable(spec.check_support):
-        raise InvalidDeclaration("factory and check_support must be callables")
-    return spec
 
 
 def _reject_duplicate_metrics(records: list[PluginRecord]) -> None:
@@ -198,18 +314,50 @@ def _reject_duplicate_metrics(records: list[PluginRecord]) -> None:
             owners[m.name] = rec.name
 
 
-def _origin(settings: Settings, option: str) -> str:
-    """How the user spelt the setting ``[exporter] option`` (for one-line errors)."""
-    source = settings.sources.get(f"exporter.{option}", "")
-    if source.startswith("environment "):
-        return source.removeprefix("environment ")
-    if source == "command line":
-        return f"--{option}"
-    return f"[exporter] {option}"
+def reject_service_metric_clashes(plugins: list[PluginRecord], services: list[ServiceRecord]) -> None:
+    """A service metric name a plugin also declares fails the plugin; two services sharing one fail the later."""
+    owners: dict[str, str] = {}
+    for svc in services:
+        if svc.spec is None or svc.state == "failed":
+            continue
+        clash = next((m.name for m in svc.spec.metrics if m.name in owners), None)
+        if clash is not None:
+            svc.fail("validate", f"metric {clash!r} is already exported by service {owners[clash]!r}")
+            continue
+        owners.update({m.name: svc.name for m in svc.spec.metrics})
+    for rec in plugins:
+        if rec.spec is None or rec.state == "failed":
+            continue
+        clash = next((m.name for m in rec.spec.metrics if m.name in owners), None)
+        if clash is not None:
+            rec.fail("validate", f"metric {clash!r} is already exported by service {owners[clash]!r}")
 
 
-def plugin_options(records: Iterable[PluginRecord]) -> dict[str, Any]:
-    return {r.name: r.spec.options for r in records if r.spec is not None}
+# -- options and selection ------------------------------------------------------
+def declared_options(records: Iterable[PluginRecord | ServiceRecord]) -> dict[str, tuple[ConfigOption, ...]]:
+    """name -> the ConfigOptions its options class declares, for every record that loaded."""
+    return {r.name: config_options(r.spec.options) for r in records if r.spec is not None}
+
+
+def build_options(records: Iterable[PluginRecord | ServiceRecord], settings: Settings) -> None:
+    """Build each record's options object from the settings.
+
+    A value the options class refuses (OptionError) raises SettingError: bad
+    configuration stops start-up. Any other exception is the extension's own
+    bug and fails only that extension.
+    """
+    for rec in records:
+        if rec.spec is None or rec.state == "failed":
+            continue
+        section = f"plugins.{rec.name}" if isinstance(rec, PluginRecord) else rec.name
+        try:
+            for warning in apply_derivations(settings, section, rec.spec.options):
+                log.warning("%s", warning)
+            rec.options = typed_options(settings, section, rec.spec.options)
+        except SettingError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken options class fails its extension only
+            _fail_with(rec, "validate", exc, "its options class raised ")
 
 
 def select(records: Iterable[PluginRecord], settings: Settings) -> None:
@@ -227,10 +375,10 @@ def select(records: Iterable[PluginRecord], settings: Settings) -> None:
     unknown = [name for name in settings.core["enable"] if name not in installed]
     if unknown:
         shown = ",".join(settings.core["enable"])
-        raise SettingError(f"invalid {_origin(settings, 'enable')}={shown!r}: no installed plugin named "
+        raise SettingError(f"invalid {settings.spelling('exporter', 'enable')}={shown!r}: no installed plugin named "
                            f"{unknown[0]!r} (installed: {', '.join(sorted(installed)) or 'none'})")
     for name in sorted(disable - installed):
-        log.warning("%s names no installed plugin %r; ignored", _origin(settings, "disable"), name)
+        log.warning("%s names no installed plugin %r; ignored", settings.spelling("exporter", "disable"), name)
     for rec in records:
         if rec.state == "failed":
             continue
@@ -239,28 +387,33 @@ def select(records: Iterable[PluginRecord], settings: Settings) -> None:
             rec.reason = "disabled by configuration"
 
 
-def make_context(rec: PluginRecord, settings: Settings, services: Services) -> PluginContext:
+# -- support check, start, stop ---------------------------------------------------
+def make_context(rec: PluginRecord, settings: Settings, services: ServiceRegistry) -> PluginContext[Any]:
     assert rec.spec is not None
     if rec.errors is None:
         rec.errors = ErrorCounters(rec.name, tuple(m.name for m in rec.spec.metrics if m.error_counter))
+    if rec.options is None:
+        rec.options = typed_options(settings, f"plugins.{rec.name}", rec.spec.options)
     return PluginContext(
         plugin=rec.name,
-        options=settings.plugin(rec.name),
-        settings=settings,
+        options=rec.options,
+        host_proc=Path(settings.core["host_proc_path"]),
         errors=rec.errors,
         log=logging.getLogger(f"crusoe_metrics_exporter.plugins.{rec.name}"),
         details=rec.details,
+        collect_timeout=float(settings.core["collect_timeout"]),
+        host_root=Path(settings.core["host_root_path"]) if settings.core.get("host_root_path") else None,
         services=services,
     )
 
 
-def check(rec: PluginRecord, settings: Settings, services: Services) -> Support | None:
+def check(rec: PluginRecord, settings: Settings, services: ServiceRegistry) -> Support | None:
     """Run the support check (``plugins``, ``doctor``); updates the record. Returns the answer, if any."""
     if rec.spec is None or rec.state in ("failed", "disabled"):
         return None
     answer = _support(rec, make_context(rec, settings, services))
-    if isinstance(answer, str):
-        rec.fail("start", answer)
+    if isinstance(answer, tuple):
+        rec.fail("start", *answer)
         return None
     rec.details.update(answer.details)
     if not answer.supported:
@@ -273,20 +426,21 @@ def check(rec: PluginRecord, settings: Settings, services: Services) -> Support 
     return answer
 
 
-def _support(rec: PluginRecord, ctx: PluginContext) -> Support | str:
-    """The plugin's answer to its support check, or why there is none."""
+def _support(rec: PluginRecord, ctx: PluginContext[Any]) -> Support | tuple[str, str]:
+    """The plugin's answer to its support check, or why there is none (reason, file:line)."""
     spec = rec.spec
     assert spec is not None
     try:
         # A third-party check may return anything: typed as object, checked below.
         support: object = _with_deadline(lambda: spec.check_support(ctx), SUPPORT_CHECK_TIMEOUT)
     except TimeoutError:
-        return f"support check did not answer within {SUPPORT_CHECK_TIMEOUT:g}s"
+        return f"support check did not answer within {SUPPORT_CHECK_TIMEOUT:g}s", ""
     except Exception as exc:
-        log.debug("support check of %s raised", rec.name, exc_info=True)
-        return f"support check raised {type(exc).__name__}: {exc}"
+        log.debug("plugin %s: traceback of the support check", rec.name, exc_info=True)
+        text, where = describe_failure(exc)
+        return f"support check raised {text}", where
     if not isinstance(support, Support):
-        return f"support check returned {type(support).__name__}, not a Support"
+        return f"support check returned {type(support).__name__}, not a Support", ""
     return support
 
 
@@ -333,9 +487,11 @@ class Started:
     collector: Collector | None = None
     #: For unsupported: what to do about it (Support.fix).
     fix: str = ""
+    #: For failed: file:line of the frame that raised, if it was an exception.
+    where: str = ""
 
 
-def start(rec: PluginRecord, settings: Settings, services: Services) -> Started:
+def start(rec: PluginRecord, settings: Settings, services: ServiceRegistry) -> Started:
     """Support check, factory and ``start()``; never raises for the plugin's fault.
 
     Only ``details`` and the error counters of the record change here (they
@@ -345,8 +501,9 @@ def start(rec: PluginRecord, settings: Settings, services: Services) -> Started:
     assert rec.spec is not None
     ctx = make_context(rec, settings, services)
     answer = _support(rec, ctx)
-    if isinstance(answer, str):
-        return Started("failed", answer)
+    if isinstance(answer, tuple):
+        reason, where = answer
+        return Started("failed", reason, where=where)
     rec.details.update(answer.details)
     if not answer.supported:
         return Started("unsupported", answer.reason or "not supported on this host", fix=answer.fix)
@@ -356,11 +513,12 @@ def start(rec: PluginRecord, settings: Settings, services: Services) -> Started:
         collector = rec.spec.factory(ctx)
         collector.start()
     except Exception as exc:
-        log.debug("plugin %s failed to start", rec.name, exc_info=True)
         rec.errors.core_failure("start")
+        log.debug("plugin %s: traceback of the start failure", rec.name, exc_info=True)
         if collector is not None:
             stop_collector(rec.name, collector)
-        return Started("failed", f"{type(exc).__name__}: {exc}")
+        text, where = describe_failure(exc)
+        return Started("failed", text, where=where)
     return Started("active", collector=collector)
 
 

@@ -161,8 +161,8 @@ def _convert(option: ConfigOption, raw: Any) -> Any:
         items: list[Any]
         if isinstance(raw, str):
             items = [part.strip() for part in raw.split(",") if part.strip()]
-        elif isinstance(raw, list):
-            items = raw
+        elif isinstance(raw, (list, tuple)):
+            items = list(raw)
         else:
             raise TypeError
         if t == "str_list":
@@ -203,7 +203,7 @@ def _convert_hosts(t: str, raw: Any) -> Any:
         return value
     if isinstance(raw, str):
         items = [part.strip() for part in raw.split(",") if part.strip()]
-    elif isinstance(raw, list) and all(isinstance(i, str) for i in raw):
+    elif isinstance(raw, (list, tuple)) and all(isinstance(i, str) for i in raw):
         items = [i.strip() for i in raw if i.strip()]
     else:
         raise TypeError
@@ -223,6 +223,8 @@ def to_toml_value(option: ConfigOption, value: Any) -> Any:
     """The value as it should be written into a TOML file."""
     if option.type == "duration":
         return format_duration(float(value))
+    if isinstance(value, tuple):
+        return list(value)
     return value
 
 
@@ -230,7 +232,7 @@ def to_text(option: ConfigOption, value: Any) -> str:
     """The value as a person would type it (``config show``)."""
     if option.type == "duration":
         return format_duration(float(value))
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value)
     if isinstance(value, bool):
         return "true" if value else "false"

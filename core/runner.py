@@ -16,6 +16,7 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -26,34 +27,110 @@ from crusoe_metrics_exporter.host import PluginRecord
 log = logging.getLogger(__name__)
 
 
+#: Why a sample is dropped: reason -> the rule it broke, as the log line says it.
+RULES: dict[str, str] = {
+    "not_a_sample": "a collect must yield Sample(metric, labels, value) tuples",
+    "unknown_metric": "the metric is not declared in the plugin's PluginSpec.metrics",
+    "error_counter": "error counters are owned by the core; count into them with ctx.errors.inc(name)",
+    "label_count": "labels must be a tuple with one value per declared label name",
+    "label_type": "label values must be str",
+    "label_encoding": "label values must be encodable as UTF-8 (no lone surrogates)",
+    "value_type": "counters and gauges take an int or float, histograms a HistogramValue",
+    "nan": "the value must not be NaN",
+    "overflow": "the value must fit a float",
+    "negative_counter": "counter values must not be negative",
+    "infinite_counter": "counter values must be finite",
+    "histogram_buckets": "a HistogramValue needs one count per declared bucket bound plus the overflow count",
+    "histogram_counts": "histogram counts must be non-negative ints whose total fits a float",
+    "histogram_sum": "the histogram sum must be a finite number",
+    "duplicate_series": "one collect must not yield two samples with the same metric and labels",
+}
+
+
+@dataclass
+class Rejection:
+    """Samples of one metric dropped for one reason in one collect, with the first of them."""
+
+    metric: str
+    reason: str
+    count: int
+    labels: object
+    value: object
+    #: The declared label names, to show the example as name=value pairs.
+    label_names: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """``metric{labels} = value: rule (reason)``, bounded in length for the log."""
+        labels: object = self.labels
+        if isinstance(labels, tuple) and len(labels) == len(self.label_names) and labels:
+            labels = "{" + ",".join(f"{n}={v!r}" for n, v in zip(self.label_names, labels, strict=True)) + "}"
+        elif labels == ():
+            labels = ""
+        else:
+            labels = f" labels={_short(labels)}"
+        return f"{self.metric}{_short(labels)} = {_short(self.value)}: {RULES[self.reason]} ({self.reason})"
+
+
+def _short(value: object, limit: int = 200) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @dataclass
 class CollectResult:
-    """Validated samples of one collect, grouped by metric name."""
+    """Validated samples of one collect, grouped by metric name, and what was dropped."""
 
     by_metric: dict[str, list[Sample]] = field(default_factory=dict)
     ok: bool = True
     duration: float = 0.0
-    dropped: int = 0
+    rejections: dict[tuple[str, str], Rejection] = field(default_factory=dict)
+
+    @property
+    def dropped(self) -> int:
+        return sum(r.count for r in self.rejections.values())
+
+    @property
+    def problems(self) -> list[str]:
+        """One line per (metric, reason) dropped in this collect."""
+        return [f"{r.count} x {r.describe()}" for r in self.rejections.values()]
 
 
-def validate(samples: Iterable[Sample], metrics: dict[str, MetricSpec]) -> tuple[dict[str, list[Sample]], int]:
-    """Keep samples that match their declaration; return them and the count dropped.
+def validate(
+    samples: Iterable[Sample], metrics: dict[str, MetricSpec]
+) -> tuple[dict[str, list[Sample]], dict[tuple[str, str], Rejection]]:
+    """Keep samples that match their declaration; return them and what was dropped, by (metric, reason).
 
     This runs for every sample of every scrape (tens of thousands with
-    nconnect mountstats), so the common case is kept to a few type checks.
+    nconnect mountstats), so the common case is kept to a few type checks;
+    only a sample that fails them is examined for the reason.
     """
     grouped: dict[str, list[Sample]] = {}
     seen: dict[str, set[tuple[str, ...]]] = {}
-    dropped = 0
+    rejected: dict[tuple[str, str], Rejection] = {}
+
+    def reject(metric: str, reason: str, labels: object, value: object, names: tuple[str, ...] = ()) -> None:
+        entry = rejected.get((metric, reason))
+        if entry is None:
+            rejected[(metric, reason)] = Rejection(metric, reason, 1, labels, value, names)
+        else:
+            entry.count += 1
+
     for s in samples:
         try:
             name, labels, value = s
-            spec = metrics[name]
-        except (TypeError, ValueError, KeyError):
-            dropped += 1
+        except (TypeError, ValueError):
+            reject("?", "not_a_sample", (), _short(s))
             continue
-        if spec.error_counter or not _matches(spec, labels, value):
-            dropped += 1
+        spec = metrics.get(name) if isinstance(name, str) else None
+        if spec is None:
+            # Keyed by reason only: undeclared names are unbounded.
+            reject("?" if not isinstance(name, str) else _short(name, 100), "unknown_metric", labels, value)
+            continue
+        if spec.error_counter:
+            reject(name, "error_counter", labels, value)
+            continue
+        if not _matches(spec, labels, value):
+            reject(name, _why(spec, labels, value), labels, value, spec.labels)
             continue
         series = seen.get(name)
         if series is None:
@@ -61,11 +138,22 @@ def validate(samples: Iterable[Sample], metrics: dict[str, MetricSpec]) -> tuple
             grouped[name] = []
         if labels in series:
             # Two samples for one series would make the exposition invalid.
-            dropped += 1
+            reject(name, "duplicate_series", labels, value, spec.labels)
             continue
         series.add(labels)
         grouped[name].append(s)
-    return grouped, dropped
+    if any(r.reason == "unknown_metric" for r in rejected.values()):
+        # One entry for all undeclared names (the first one is the example).
+        merged: Rejection | None = None
+        for key in [k for k, r in rejected.items() if r.reason == "unknown_metric"]:
+            r = rejected.pop(key)
+            if merged is None:
+                merged = r
+            else:
+                merged.count += r.count
+        assert merged is not None
+        rejected[("?", "unknown_metric")] = merged
+    return grouped, rejected
 
 
 def _matches(spec: MetricSpec, labels: object, value: object) -> bool:
@@ -106,12 +194,56 @@ def _matches(spec: MetricSpec, labels: object, value: object) -> bool:
     return isinstance(value.sum, (int, float)) and math.isfinite(value.sum)
 
 
+def _why(spec: MetricSpec, labels: object, value: object) -> str:
+    """The reason :func:`_matches` refused a sample (the slow path, only for dropped samples)."""
+    if type(labels) is not tuple or len(labels) != len(spec.labels):
+        return "label_count"
+    if not all(isinstance(v, str) for v in labels):
+        return "label_type"
+    try:
+        "".join(labels).encode()
+    except UnicodeEncodeError:
+        return "label_encoding"
+    if spec.type == "histogram":
+        if not isinstance(value, HistogramValue):
+            return "value_type"
+        counts = value.counts
+        if type(counts) is not tuple or len(counts) != len(spec.buckets) + 1:
+            return "histogram_buckets"
+        if any(type(c) is not int or c < 0 for c in counts):
+            return "histogram_counts"
+        try:
+            float(sum(counts))
+        except OverflowError:
+            return "histogram_counts"
+        return "histogram_sum"
+    if type(value) not in (int, float):
+        return "value_type"
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        return "overflow"
+    if number != number:  # noqa: PLR0124 - NaN is the value unequal to itself
+        return "nan"
+    if spec.type == "counter":
+        return "negative_counter" if number < 0 else "infinite_counter"
+    return "value_type"
+
+
 class PluginRunner:
     """Drives collect() of one active plugin."""
+
+    #: Repeated drops are summarised in the log at most this often (they are counted always).
+    SUMMARY_INTERVAL = 300.0
+    #: Distinct (metric, reason) pairs whose first drop is logged in full.
+    MAX_REPORTED_KINDS = 256
 
     def __init__(self, record: PluginRecord) -> None:
         assert record.spec is not None and record.collector is not None and record.errors is not None
         self.record = record
+        self._reported: set[tuple[str, str]] = set()
+        self._unreported: Counter[str] = Counter()
+        self._summary_due = 0.0
         self._collector = record.collector
         self._metrics = {m.name: m for m in record.spec.metrics}
         self._errors = record.errors
@@ -169,11 +301,46 @@ class PluginRunner:
             log.warning("plugin %s: collect failed: %s: %s", self.record.name, type(exc).__name__, exc)
             log.debug("plugin %s: collect traceback", self.record.name, exc_info=True)
             return CollectResult(ok=False, duration=time.monotonic() - started)
-        grouped, dropped = validate(samples, self._metrics)
-        if dropped:
-            self._errors.core_failure("invalid_sample", dropped)
-            log.warning("plugin %s: dropped %d samples that do not match its declarations", self.record.name, dropped)
-        return CollectResult(grouped, True, time.monotonic() - started, dropped)
+        grouped, rejections = validate(samples, self._metrics)
+        result = CollectResult(grouped, True, time.monotonic() - started, rejections)
+        self._account(result)
+        return result
+
+    def _account(self, result: CollectResult) -> None:
+        """Count dropped samples per reason, log each new kind once and the rest in rate-limited summaries.
+
+        A plugin whose last collect dropped samples is *degraded*; its next
+        clean collect makes it active again.
+        """
+        rec = self.record
+        if not result.rejections:
+            if rec.state == "degraded":
+                rec.state, rec.reason = "active", ""
+                log.info("plugin %s: collect is clean again", rec.name)
+            return
+        now = time.monotonic()
+        for key, r in result.rejections.items():
+            self._errors.invalid_sample(r.reason, r.count)
+            if key in self._reported or len(self._reported) >= self.MAX_REPORTED_KINDS:
+                self._unreported[r.reason] += r.count
+                continue
+            self._reported.add(key)
+            more = f" (and {r.count - 1} more like it)" if r.count > 1 else ""
+            log.warning("plugin %s: dropped invalid sample %s%s; further drops of this kind are counted in "
+                        "crusoe_vm_exporter_plugin_invalid_samples_total{plugin=%r,reason=%r} and summarised here at "
+                        "most every %gs", rec.name, r.describe(), more, rec.name, r.reason, self.SUMMARY_INTERVAL)
+            self._summary_due = max(self._summary_due, now + self.SUMMARY_INTERVAL)
+        if self._unreported and now >= self._summary_due:
+            total = sum(self._unreported.values())
+            by_reason = ", ".join(f"{reason}: {n}" for reason, n in sorted(self._unreported.items()))
+            log.warning("plugin %s: dropped %d more invalid samples since the last report (%s)", rec.name, total,
+                        by_reason)
+            self._unreported.clear()
+            self._summary_due = now + self.SUMMARY_INTERVAL
+        if rec.state in ("active", "degraded"):
+            first = next(iter(result.rejections.values()))
+            rec.state = "degraded"
+            rec.reason = f"the last collect dropped {result.dropped} invalid samples, e.g. {first.describe()}"
 
     def close(self) -> None:
         """Nothing to release: a collect still running ends with its thread (never waited for)."""

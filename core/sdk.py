@@ -23,9 +23,16 @@ any release. A test fails when a built-in plugin imports from one of them.
 
 What is here
 ------------
-* the contract: :class:`PluginSpec`, :class:`MetricSpec`, :class:`ConfigOption`,
-  :class:`Sample`, :class:`HistogramValue`, :class:`Support`, :class:`Collector`,
-  :class:`PluginContext`, :data:`hookimpl`;
+* the contract: :class:`PluginSpec`, :class:`MetricSpec`, :class:`Sample`,
+  :class:`HistogramValue`, :class:`Support`, :class:`Collector`,
+  :class:`PluginContext` (``ctx.options``, ``ctx.targets``, ``ctx.ebpf``,
+  ``ctx.errors``, ``ctx.log``, ``ctx.details``), :data:`hookimpl`;
+* options: :func:`option` declares a field of a plugin's frozen options
+  dataclass as a setting; :class:`OptionError` refuses a value from
+  ``__post_init__``;
+* shared services: the interfaces :class:`TargetsService` and
+  :class:`EbpfRuntime`; :class:`ServiceSpec` and :class:`ServiceContext` to
+  write a service of one's own;
 * procfs: :func:`read_limited` reads a kernel text file whole with a size limit
   (a FIFO or device node put where a kernel file belongs is refused, never hangs);
   :func:`unreadable` turns a permission error on a host file into the reason
@@ -33,18 +40,19 @@ What is here
 * capabilities: :func:`has_capability` (``"CAP_SYS_ADMIN"`` in the effective set?) and
   :func:`grant_hint`, the one wording of how to grant one in each shipped artefact;
 * logging: :class:`ProblemLog` logs a collector's trouble when it changes, not every scrape;
-* block devices: :class:`DeviceFilter` and :data:`DEVICE_OPTIONS` (node_exporter's
-  device_include/device_exclude), :func:`device_names`;
+* block devices: :class:`DeviceOptions` (node_exporter's device_include /
+  device_exclude, for a plugin's options class to inherit), :class:`DeviceFilter`,
+  :func:`device_names`;
 * histograms: :func:`geometric_bounds`, :func:`bucket_index`, :func:`cumulative_buckets`;
-* the eBPF runtime: :class:`BpfSpec`, :class:`ProgramSpec`, :class:`Tracepoint`,
-  :class:`Kprobe` to declare an object, :class:`EbpfService` (the ``ebpf`` shared
-  service) which loads it into a :class:`LoadedBpf` with :class:`BpfMap` maps;
-* target discovery: :class:`TargetDirectory` (the ``targets`` shared service) and
-  the records it hands out, :class:`NfsServer`, :class:`NfsMount`,
-  :class:`ObjstoreEndpoint`; :func:`volume_id` and friends for NFS devices.
+* eBPF: :class:`BpfSpec`, :class:`ProgramSpec`, :class:`Tracepoint`,
+  :class:`Kprobe` declare an object; ``ctx.ebpf.load`` returns a
+  :class:`LoadedBpf` with :class:`BpfMap` maps;
+* target discovery: the records ``ctx.targets`` hands out, :class:`NfsServer`,
+  :class:`NfsMount`, :class:`ObjstoreEndpoint`; :func:`volume_id` and friends.
 
 The eBPF and target-discovery names are imported on first use, so a plugin
-that needs neither does not pay for them.
+that needs neither does not pay for them. The testing kit for plugin
+authors is :mod:`crusoe_metrics_exporter.testing`.
 """
 
 from __future__ import annotations
@@ -56,8 +64,12 @@ from crusoe_metrics_exporter.capabilities import Unreadable, grant_hint, unreada
 from crusoe_metrics_exporter.capabilities import has as has_capability
 from crusoe_metrics_exporter.contract import (
     CONTRACT_VERSION,
+    EBPF_SERVICE,
+    TARGETS_SERVICE,
     Collector,
     ConfigOption,
+    DoctorCheck,
+    ErrorReporter,
     HistogramValue,
     MetricSpec,
     MetricType,
@@ -65,12 +77,14 @@ from crusoe_metrics_exporter.contract import (
     PluginContext,
     PluginSpec,
     Sample,
+    ServiceContext,
+    ServiceSpec,
     Support,
 )
 from crusoe_metrics_exporter.devices import (
     DEFAULT_DEVICE_INCLUDE,
-    DEVICE_OPTIONS,
     DeviceFilter,
+    DeviceOptions,
     device_names,
     parse_device_table,
 )
@@ -78,10 +92,11 @@ from crusoe_metrics_exporter.histogram import bucket_index, cumulative_buckets, 
 from crusoe_metrics_exporter.hookspecs import hookimpl
 from crusoe_metrics_exporter.problems import ProblemLog
 from crusoe_metrics_exporter.procfs import DEFAULT_READ_LIMIT, FileContent, read_limited
+from crusoe_metrics_exporter.schema import NoOptions, OptionError, option
+from crusoe_metrics_exporter.service_types import EbpfRuntime, TargetsService
 
 if TYPE_CHECKING:
     from crusoe_metrics_exporter.ebpf import (
-        EBPF_SERVICE,
         AttachCandidate,
         AttachMethod,
         BpfMap,
@@ -97,33 +112,27 @@ if TYPE_CHECKING:
         want_macro,
     )
     from crusoe_metrics_exporter.ebpf.kernel import tracepoint_exists
-    from crusoe_metrics_exporter.ebpf.service import EbpfService
     from crusoe_metrics_exporter.targets.addresses import normalize as normalize_address
-    from crusoe_metrics_exporter.targets.directory import TARGETS_SERVICE, TargetDirectory
     from crusoe_metrics_exporter.targets.model import NfsMount, NfsServer, ObjstoreEndpoint
     from crusoe_metrics_exporter.targets.mounts import unescape as unescape_mount_field
-    from crusoe_metrics_exporter.targets.volumes import volume_id, volume_pattern
+    from crusoe_metrics_exporter.targets.volumes import volume_id
 
 #: name -> (module, attribute) for the parts imported on first use.
 _LAZY: dict[str, tuple[str, str]] = {
     **{
         name: ("crusoe_metrics_exporter.ebpf", name)
         for name in (
-            "EBPF_SERVICE", "AttachCandidate", "AttachMethod", "BpfMap", "BpfSpec", "BpfUnavailable", "Kprobe",
-            "LoadedBpf", "ProgramSpec", "ProgramStats", "ProgramStatus", "Tracepoint", "verify_only", "want_macro",
+            "AttachCandidate", "AttachMethod", "BpfMap", "BpfSpec", "BpfUnavailable", "Kprobe", "LoadedBpf",
+            "ProgramSpec", "ProgramStats", "ProgramStatus", "Tracepoint", "verify_only", "want_macro",
         )
     },
     "tracepoint_exists": ("crusoe_metrics_exporter.ebpf.kernel", "tracepoint_exists"),
-    "EbpfService": ("crusoe_metrics_exporter.ebpf.service", "EbpfService"),
     "normalize_address": ("crusoe_metrics_exporter.targets.addresses", "normalize"),
-    "TARGETS_SERVICE": ("crusoe_metrics_exporter.targets.directory", "TARGETS_SERVICE"),
-    "TargetDirectory": ("crusoe_metrics_exporter.targets.directory", "TargetDirectory"),
     "NfsMount": ("crusoe_metrics_exporter.targets.model", "NfsMount"),
     "NfsServer": ("crusoe_metrics_exporter.targets.model", "NfsServer"),
     "ObjstoreEndpoint": ("crusoe_metrics_exporter.targets.model", "ObjstoreEndpoint"),
     "unescape_mount_field": ("crusoe_metrics_exporter.targets.mounts", "unescape"),
     "volume_id": ("crusoe_metrics_exporter.targets.volumes", "volume_id"),
-    "volume_pattern": ("crusoe_metrics_exporter.targets.volumes", "volume_pattern"),
 }
 
 
@@ -149,7 +158,6 @@ __all__ = [
     "CONTRACT_VERSION",
     "DEFAULT_DEVICE_INCLUDE",
     "DEFAULT_READ_LIMIT",
-    "DEVICE_OPTIONS",
     "EBPF_SERVICE",
     "TARGETS_SERVICE",
     "AttachCandidate",
@@ -160,7 +168,10 @@ __all__ = [
     "Collector",
     "ConfigOption",
     "DeviceFilter",
-    "EbpfService",
+    "DeviceOptions",
+    "DoctorCheck",
+    "EbpfRuntime",
+    "ErrorReporter",
     "FileContent",
     "HistogramValue",
     "Kprobe",
@@ -169,7 +180,9 @@ __all__ = [
     "MetricType",
     "NfsMount",
     "NfsServer",
+    "NoOptions",
     "ObjstoreEndpoint",
+    "OptionError",
     "OptionType",
     "PluginContext",
     "PluginSpec",
@@ -178,8 +191,10 @@ __all__ = [
     "ProgramStats",
     "ProgramStatus",
     "Sample",
+    "ServiceContext",
+    "ServiceSpec",
     "Support",
-    "TargetDirectory",
+    "TargetsService",
     "Tracepoint",
     "Unreadable",
     "bucket_index",
@@ -190,6 +205,7 @@ __all__ = [
     "has_capability",
     "hookimpl",
     "normalize_address",
+    "option",
     "parse_device_table",
     "read_limited",
     "tracepoint_exists",
@@ -197,6 +213,5 @@ __all__ = [
     "unreadable",
     "verify_only",
     "volume_id",
-    "volume_pattern",
     "want_macro",
 ]

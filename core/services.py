@@ -1,52 +1,83 @@
-"""Shared services plugins can ask for by name (``ctx.services.get("targets")``).
+"""Shared services: declared through the service hook, built on first use, stopped with the exporter.
 
-A service is built on first use and stopped with the exporter, so a helper
-that starts background threads (target discovery, DNS refresh) costs nothing
-when no enabled plugin needs it.
+The core lists no service. Each one (target discovery, the eBPF runtime, a
+third party's) is a :class:`~crusoe_metrics_exporter.contract.ServiceSpec`
+found through the ``crusoe_metrics_exporter.services`` entry points. A
+service is built when the first plugin asks for it, so one that starts
+background threads costs nothing when no enabled plugin needs it.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from crusoe_metrics_exporter.settings import Settings
+from crusoe_metrics_exporter.contract import ServiceContext, ServiceSpec
+
+if TYPE_CHECKING:
+    from crusoe_metrics_exporter.host import ServiceRecord
+    from crusoe_metrics_exporter.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ServiceFactory = Callable[[Settings], Any]
 
-#: name -> "module:callable" building the service from Settings. Kept as
-#: strings so importing the core does not import every service.
-BUILTIN_SERVICES: dict[str, str] = {
-    "targets": "crusoe_metrics_exporter.targets.directory:TargetDirectory",
-    "ebpf": "crusoe_metrics_exporter.ebpf.service:EbpfService",
-}
+class ServiceUnavailable(LookupError):
+    """A plugin asked for a service that is not installed or failed to load; ``str()`` is one line."""
 
 
-class Services:
-    def __init__(self, settings: Settings | None, factories: dict[str, str] | None = None) -> None:
+class ServiceRegistry:
+    """The installed services and the instances built so far."""
+
+    def __init__(self, records: Iterable[ServiceRecord], settings: Settings | None) -> None:
+        self._records = {r.name: r for r in records}
         self._settings = settings
-        self._factories = dict(BUILTIN_SERVICES if factories is None else factories)
-        self._built: dict[str, Any] = {}
+        self._built: dict[str, object] = {}
         self._lock = threading.Lock()
 
-    def get(self, name: str) -> Any:
-        with self._lock:
-            if name not in self._built:
-                if name not in self._factories:
-                    raise KeyError(f"no shared service named {name!r}")
-                module_name, _, attr = self._factories[name].partition(":")
-                if self._settings is None:
-                    raise KeyError(f"shared service {name!r} needs settings; none were given")
-                module = importlib.import_module(module_name)
-                self._built[name] = getattr(module, attr)(self._settings)
-            return self._built[name]
+    @property
+    def records(self) -> list[ServiceRecord]:
+        return list(self._records.values())
 
-    def built(self) -> dict[str, Any]:
+    def spec(self, name: str) -> ServiceSpec[Any] | None:
+        rec = self._records.get(name)
+        return rec.spec if rec is not None else None
+
+    def context(self, name: str) -> ServiceContext[Any]:
+        """The context the service ``name`` is (or would be) built with."""
+        rec = self._records[name]
+        if self._settings is None:
+            raise ServiceUnavailable(f"shared service {name!r} needs settings; none were given")
+        core = self._settings.core
+        return ServiceContext(
+            name=name,
+            options=rec.options,
+            host_proc=Path(core["host_proc_path"]),
+            state_dir=Path(core["state_dir"]),
+            log=logging.getLogger(f"crusoe_metrics_exporter.services.{name}"),
+        )
+
+    def get(self, name: str) -> object:
+        with self._lock:
+            if name in self._built:
+                return self._built[name]
+            rec = self._records.get(name)
+            if rec is None:
+                raise ServiceUnavailable(f"no shared service named {name!r} is installed")
+            if rec.spec is None or rec.state == "failed":
+                raise ServiceUnavailable(f"shared service {name!r} is unavailable: {rec.reason}")
+            service = rec.spec.factory(self.context(name))
+            self._built[name] = service
+            return service
+
+    def provide(self, name: str, service: object) -> None:
+        """Use ``service`` as the service ``name`` (tests, embedding): it is not built from its spec."""
+        with self._lock:
+            self._built[name] = service
+
+    def built(self) -> dict[str, object]:
         with self._lock:
             return dict(self._built)
 

@@ -3,9 +3,9 @@
 Three kinds of tables:
 
 * ``[exporter]`` - the core's own options (listen port, procfs root, ...).
-* ``[targets]`` - where the NFS servers and the object store are; shared by
-  every plugin that measures or probes them (the seed's ``NFS_*`` and
-  ``OBJSTORE_*`` variables live here).
+* ``[<service>]`` - one table per shared service with the options it
+  declares (``[targets]``: where the NFS servers and the object store are;
+  ``[ebpf]``: the eBPF runtime).
 * ``[plugins.<name>]`` - one table per plugin, with the options it declares.
 
 Each resolved value remembers where it came from, for ``config show``.
@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from crusoe_metrics_exporter.contract import ConfigOption
-from crusoe_metrics_exporter.options import SettingError, parse_option
+from crusoe_metrics_exporter.options import SettingError, parse_option, to_text
+from crusoe_metrics_exporter.schema import Derived, OptionError, OptionWarning, build_options, config_options
 
 DEFAULT_CONFIG_PATH = Path("/etc/crusoe-metrics-exporter/config.toml")
 CONFIG_ENV = "CRUSOE_EXPORTER_CONFIG"
@@ -84,13 +85,6 @@ CORE_OPTIONS: tuple[ConfigOption, ...] = (
         env="CRUSOE_EXPORTER_STATE_DIR",
     ),
     ConfigOption(
-        "mount_tracefs",
-        "bool",
-        True,
-        "Mount tracefs at /sys/kernel/tracing when it is not mounted (needs root); eBPF programs attach through it.",
-        env="CRUSOE_EXPORTER_MOUNT_TRACEFS",
-    ),
-    ConfigOption(
         "web_config_file",
         "path",
         "",
@@ -116,87 +110,28 @@ CORE_OPTIONS: tuple[ConfigOption, ...] = (
     ),
 )
 
-TARGET_OPTIONS: tuple[ConfigOption, ...] = (
-    ConfigOption(
-        "nfs_server_ips",
-        "host_list",
-        [],
-        "NFS servers (IPs or host names) in addition to those found in the host's mounts.",
-        env="NFS_SERVER_IPS",
-    ),
-    ConfigOption("nfs_target_ports", "port_list", [2049], "NFS server ports.", env="NFS_TARGET_PORTS"),
-    ConfigOption(
-        "nfs_enable_volume_id",
-        "bool",
-        True,
-        "Label NFS metrics with the volume id taken from the mount's device.",
-        env="NFS_ENABLE_VOLUME_ID",
-    ),
-    ConfigOption(
-        "nfs_volume_id_pattern",
-        "regex",
-        r"/volumes/(?P<volume_id>.+)$",
-        "Regex with a named group 'volume_id' applied to an NFS mount's device.",
-    ),
-    ConfigOption(
-        "nfs_mount_refresh_interval",
-        "duration",
-        30.0,
-        "How often NFS mounts are re-scanned (on a background timer, never in a scrape).",
-        env="NFS_MOUNT_REFRESH_INTERVAL",
-    ),
-    ConfigOption(
-        "objstore_endpoint_fqdn",
-        "host",
-        "",
-        "Object store host name; its A and AAAA records are the endpoints. When unset, it is derived from "
-        "node_name: object.<region>.crusoecloudcompute.com.",
-        env="OBJSTORE_ENDPOINT_FQDN",
-    ),
-    ConfigOption(
-        "node_name",
-        "str",
-        "",
-        "The Kubernetes node name (the DaemonSet passes spec.nodeName). Its second dot-separated part is the "
-        "region the object-store FQDN is derived from when objstore_endpoint_fqdn is unset.",
-        env="NODE_NAME",
-    ),
-    ConfigOption(
-        "objstore_endpoint_ips",
-        "ip_list",
-        [],
-        "Object store endpoint IPs, used when no FQDN is set or derived, and while the FQDN resolves to no "
-        "address.",
-        env="OBJSTORE_ENDPOINT_IPS",
-    ),
-    ConfigOption(
-        "objstore_endpoint_ports",
-        "port_list",
-        [443, 80],
-        "Object store ports.",
-        env="OBJSTORE_ENDPOINT_PORT",
-    ),
-    ConfigOption(
-        "objstore_refresh_interval",
-        "duration",
-        300.0,
-        "How often the object store FQDN is re-resolved.",
-    ),
-)
-
-
 @dataclass
 class Settings:
     """Resolved settings plus where each value came from."""
 
     core: dict[str, Any]
-    targets: dict[str, Any]
+    #: Per shared service (its top-level table), the parsed values.
+    services: dict[str, dict[str, Any]]
     plugins: dict[str, dict[str, Any]]
     sources: dict[str, str] = field(default_factory=dict)
     config_path: Path | None = None
+    #: "section.key" -> how the user spelt the setting (``PORT``, ``--set plugins.x.y``,
+    #: ``[plugins.x] y``), for one-line errors.
+    spellings: dict[str, str] = field(default_factory=dict)
 
     def plugin(self, name: str) -> dict[str, Any]:
         return self.plugins.get(name, {})
+
+    def service(self, name: str) -> dict[str, Any]:
+        return self.services.get(name, {})
+
+    def spelling(self, section: str, key: str) -> str:
+        return self.spellings.get(f"{section}.{key}", f"[{section}] {key}")
 
 
 @dataclass(frozen=True)
@@ -211,10 +146,13 @@ def resolve(
     config_path: Path | None = None,
     environ: Mapping[str, str] | None = None,
     overrides: Overrides | None = None,
+    service_options: Mapping[str, Sequence[ConfigOption]] | None = None,
 ) -> tuple[Settings, list[str]]:
     """Build Settings. Returns the settings and warnings (unknown plugin tables).
 
-    Raises SettingError (one line) for any bad value or unknown key.
+    ``service_options`` are the shared services' options by service name,
+    each the top-level table of that name. Raises SettingError (one line)
+    for any bad value or unknown key.
     """
     env = os.environ if environ is None else environ
     cli = dict((overrides or Overrides()).values)
@@ -222,10 +160,11 @@ def resolve(
     document = _read_toml(path) if path is not None else {}
     warnings: list[str] = []
 
-    sections: dict[str, Sequence[ConfigOption]] = {"exporter": CORE_OPTIONS, "targets": TARGET_OPTIONS}
+    services = dict(service_options or {})
+    sections: dict[str, Sequence[ConfigOption]] = {"exporter": CORE_OPTIONS, **services}
     file_tables: dict[str, Mapping[str, Any]] = {}
     for key, table in document.items():
-        if key in ("exporter", "targets"):
+        if key == "exporter" or key in services:
             file_tables[key] = _as_table(table, key, path)
         elif key == "plugins":
             for plugin, ptable in _as_table(table, "plugins", path).items():
@@ -234,7 +173,8 @@ def resolve(
                     continue
                 file_tables[f"plugins.{plugin}"] = _as_table(ptable, f"plugins.{plugin}", path)
         else:
-            raise SettingError(f"config file {path}: unknown table [{key}]: expected exporter, targets or plugins")
+            expected = ", ".join(["exporter", *sorted(services), "plugins"])
+            raise SettingError(f"config file {path}: unknown table [{key}]: expected one of {expected}")
     for plugin, options in plugin_options.items():
         sections[f"plugins.{plugin}"] = options
 
@@ -245,6 +185,7 @@ def resolve(
 
     resolved: dict[str, dict[str, Any]] = {}
     sources: dict[str, str] = {}
+    spellings: dict[str, str] = {}
     for section, options in sections.items():
         table = dict(file_tables.get(section, {}))
         known = {o.name for o in options}
@@ -261,11 +202,13 @@ def resolve(
                 origin = _cli_flag(option.name) if flagged else f"--set {dotted}"
                 values[option.name] = parse_option(option, cli[dotted], origin)
                 sources[dotted] = "command line"
+                spellings[dotted] = origin
             elif option.env and env.get(option.env, "").strip():
                 # An empty variable counts as unset: manifests often declare
                 # "value: ''" and the seed fell back to its default then.
                 values[option.name] = parse_option(option, env[option.env], option.env)
                 sources[dotted] = f"environment {option.env}"
+                spellings[dotted] = option.env
             elif option.name in table:
                 values[option.name] = parse_option(option, table[option.name], f"[{section}] {option.name}")
                 sources[dotted] = f"config file {path}"
@@ -275,47 +218,58 @@ def resolve(
         resolved[section] = values
 
     core = resolved.pop("exporter")
+    # Path("") is the current directory: never what an operator meant.
     if not core["host_proc_path"]:
-        # Path("") is the current directory: never what an operator meant.
-        origin = sources["exporter.host_proc_path"]
-        where = "--host-proc-path" if origin == "command line" else "[exporter] host_proc_path"
+        where = spellings.get("exporter.host_proc_path", "[exporter] host_proc_path")
         raise SettingError(f"invalid {where}='': expected a file system path, or auto")
+    if not core["state_dir"]:
+        where = spellings.get("exporter.state_dir", "[exporter] state_dir")
+        raise SettingError(f"invalid {where}='': expected a file system path")
     if core["host_proc_path"] == AUTO_HOST_PROC:
         core["host_proc_path"] = "/host/proc" if Path("/host/proc/1/mounts").exists() else "/proc"
         origin = sources["exporter.host_proc_path"]
         sources["exporter.host_proc_path"] = "auto-detected" if origin == "default" else f"{origin}, auto-detected"
-    targets = resolved.pop("targets")
-    if targets["nfs_enable_volume_id"]:
-        # Checked here, not when a plugin starts, so a pattern without its
-        # named group is one clear startup error shared by every NFS plugin.
-        from crusoe_metrics_exporter.targets.volumes import compile_volume_pattern
-
-        compile_volume_pattern(targets["nfs_volume_id_pattern"])
-    _derive_objstore_fqdn(targets, sources, warnings)
+    service_values = {name: resolved.pop(name) for name in services}
     plugins = {section.removeprefix("plugins."): values for section, values in resolved.items()}
-    return Settings(core, targets, plugins, sources, path), warnings
+    return Settings(core, service_values, plugins, sources, path, spellings), warnings
 
 
-def _derive_objstore_fqdn(targets: dict[str, Any], sources: dict[str, str], warnings: list[str]) -> None:
-    """Without an object-store FQDN, take it from the node name's region (the Go exporter's rule).
+def apply_derivations(settings: Settings, section: str, options_class: type[Any] | None) -> list[str]:
+    """Apply what ``options_class.derive(values)`` derives to the section's values; returns warning lines."""
+    derive = getattr(options_class, "derive", None)
+    if derive is None:
+        return []
+    values = settings.plugin(section.removeprefix("plugins.")) if section.startswith("plugins.") else \
+        settings.service(section)
+    warnings = []
+    for item in derive(dict(values)):
+        if isinstance(item, Derived):
+            values[item.option] = item.value
+            origin = settings.sources.get(f"{section}.{item.source_option}", "default")
+            settings.sources[f"{section}.{item.option}"] = f"derived from {item.source_option} ({origin})"
+        elif isinstance(item, OptionWarning):
+            warnings.append(f"{settings.spelling(section, item.option)}={values.get(item.option)!r} {item.message}")
+    return warnings
 
-    A node name that yields no region is one warning, never a start-up
-    failure: the exporter then uses OBJSTORE_ENDPOINT_IPS, if given.
+
+def typed_options(settings: Settings, section: str, options_class: type[Any] | None) -> Any:
+    """The options object of ``section`` (``plugins.x`` or a service name) built from its resolved values.
+
+    Raises SettingError (one line naming the setting as the user spelt it)
+    when the options class refuses a value with OptionError. Any other
+    exception is the options class's own fault and propagates.
     """
-    if targets["objstore_endpoint_fqdn"] or not targets["node_name"].strip():
-        return
-    from crusoe_metrics_exporter.targets.region import NoRegion, objstore_endpoint, region_from_node_name
-
+    if section.startswith("plugins."):
+        values = settings.plugin(section.removeprefix("plugins."))
+    else:
+        values = settings.service(section)
     try:
-        fqdn = objstore_endpoint(region_from_node_name(targets["node_name"]))
-    except NoRegion as exc:
-        source = sources["targets.node_name"]
-        where = source.removeprefix("environment ") if source.startswith("environment ") else "[targets] node_name"
-        fallback = "OBJSTORE_ENDPOINT_IPS is used" if targets["objstore_endpoint_ips"] else "no object store is known"
-        warnings.append(f"{where}={targets['node_name']!r} {exc}; no object-store FQDN derived ({fallback})")
-        return
-    targets["objstore_endpoint_fqdn"] = fqdn
-    sources["targets.objstore_endpoint_fqdn"] = f"derived from node_name ({sources['targets.node_name']})"
+        return build_options(options_class, values)
+    except OptionError as exc:
+        declared = {o.name: o for o in config_options(options_class)}
+        value = values.get(exc.option)
+        shown = to_text(declared[exc.option], value) if exc.option in declared else str(value)
+        raise SettingError(f"invalid {settings.spelling(section, exc.option)}={shown!r}: {exc.message}") from None
 
 
 #: [exporter] options that have a flag of their own (see cli._common_options).
@@ -330,7 +284,9 @@ def _cli_flag(name: str) -> str:
 
 
 def _copy_default(value: Any) -> Any:
-    return list(value) if isinstance(value, list) else value
+    # Defaults of list options are tuples in the options classes; resolved
+    # values are lists, whatever their source.
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _pick_config_path(explicit: Path | None, env: Mapping[str, str]) -> Path | None:
@@ -362,9 +318,14 @@ def _as_table(value: Any, name: str, path: Path | None) -> Mapping[str, Any]:
     return value
 
 
-def all_sections(plugin_options: Mapping[str, Iterable[ConfigOption]]) -> dict[str, tuple[ConfigOption, ...]]:
+def all_sections(
+    plugin_options: Mapping[str, Iterable[ConfigOption]],
+    service_options: Mapping[str, Iterable[ConfigOption]] | None = None,
+) -> dict[str, tuple[ConfigOption, ...]]:
     """Every section with its options, in the order ``config init`` writes them."""
-    out: dict[str, tuple[ConfigOption, ...]] = {"exporter": CORE_OPTIONS, "targets": TARGET_OPTIONS}
+    out: dict[str, tuple[ConfigOption, ...]] = {"exporter": CORE_OPTIONS}
+    for service, options in sorted((service_options or {}).items()):
+        out[service] = tuple(options)
     for plugin in sorted(plugin_options):
         out[f"plugins.{plugin}"] = tuple(plugin_options[plugin])
     return out

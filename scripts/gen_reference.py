@@ -15,11 +15,12 @@ import sys
 from pathlib import Path
 
 from crusoe_metrics_exporter.contract import ConfigOption, MetricSpec
-from crusoe_metrics_exporter.host import OWN_DISTRIBUTION, discover
+from crusoe_metrics_exporter.host import OWN_DISTRIBUTION, discover, discover_services
 from crusoe_metrics_exporter.meta import HELP as META_HELP
 from crusoe_metrics_exporter.naming import PREFIX, SEED_COUNTERS_WITHOUT_TOTAL
 from crusoe_metrics_exporter.options import to_text
-from crusoe_metrics_exporter.settings import CORE_OPTIONS, TARGET_OPTIONS
+from crusoe_metrics_exporter.schema import config_options
+from crusoe_metrics_exporter.settings import CORE_OPTIONS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -60,22 +61,30 @@ def generate() -> dict[str, str]:
     missing = [r.name for r in records if r.spec is None]
     if missing:
         raise SystemExit(f"cannot document plugins that fail to load: {', '.join(missing)}")
-    options = [
-        "### `[exporter]`\n\n" + options_table("exporter", CORE_OPTIONS),
-        "### `[targets]` (shared by the NFS and object-store plugins)\n\n" + options_table("targets", TARGET_OPTIONS),
-    ]
+    options = ["### `[exporter]`\n\n" + options_table("exporter", CORE_OPTIONS)]
+    for svc in discover_services():
+        if svc.distribution != OWN_DISTRIBUTION:
+            continue
+        if svc.spec is None:
+            raise SystemExit(f"cannot document the service {svc.name} that fails to load: {svc.reason}")
+        declared = config_options(svc.spec.options)
+        if declared:
+            options.append(f"### `[{svc.name}]` (shared service: {svc.spec.description})\n\n"
+                           + options_table(svc.name, declared))
     metrics = []
     for rec in records:
         assert rec.spec is not None
-        if rec.spec.options:
-            options.append(f"### `[plugins.{rec.name}]`\n\n" + options_table(f"plugins.{rec.name}", rec.spec.options))
+        declared = config_options(rec.spec.options)
+        if declared:
+            options.append(f"### `[plugins.{rec.name}]`\n\n" + options_table(f"plugins.{rec.name}", declared))
         metrics.append(f"### {rec.name}\n\n{rec.spec.description}\n\n" + metrics_table(rec.spec.metrics))
     meta_rows = ["| metric | type | labels | help |", "|---|---|---|---|"]
     meta_labels = {"build_info": "`version`, `python_version`", "plugin_state": "`plugin`, `state`",
-                   "plugin_errors": "`plugin`, `phase`"}
+                   "plugin_errors": "`plugin`, `phase`", "plugin_invalid_samples": "`plugin`, `reason`"}
+    counters = ("plugin_errors", "plugin_invalid_samples")
     for name, help_text in META_HELP.items():
-        exposed = name + "_total" if name == "plugin_errors" else name
-        kind = "counter" if name == "plugin_errors" else "gauge"
+        exposed = name + "_total" if name in counters else name
+        kind = "counter" if name in counters else "gauge"
         meta_rows.append(f"| `{PREFIX}exporter_{exposed}` | {kind} | {meta_labels.get(name, '`plugin`')} | "
                          f"{_cell(help_text)} |")
     metrics.append("### exporter (core)\n\n" + "\n".join(meta_rows))

@@ -6,16 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from crusoe_metrics_exporter.contract import PluginSpec, Support
-from crusoe_metrics_exporter.devices import (
+from crusoe_metrics_exporter.options import SettingError
+from crusoe_metrics_exporter.sdk import (
     DEFAULT_DEVICE_INCLUDE,
-    DEVICE_OPTIONS,
     DeviceFilter,
+    DeviceOptions,
+    PluginSpec,
+    Support,
     device_names,
     parse_device_table,
 )
-from crusoe_metrics_exporter.host import validate_spec
-from crusoe_metrics_exporter.options import parse_option
+from crusoe_metrics_exporter.testing import check_declaration, options_for
 
 
 def test_default_selects_whole_virtio_disks_only() -> None:
@@ -26,7 +27,7 @@ def test_default_selects_whole_virtio_disks_only() -> None:
 
 
 def test_include_and_exclude_combine_like_node_exporter() -> None:
-    f = DeviceFilter.from_options({"device_include": r"^(vd|sd)[a-z]+", "device_exclude": r"^sdb"})
+    f = options_for(DeviceOptions, {"device_include": r"^(vd|sd)[a-z]+", "device_exclude": r"^sdb"}).device_filter()
     assert f.matches("vda")
     assert f.matches("sda")
     assert f.matches("sda1")  # include is searched, not fully matched
@@ -35,14 +36,14 @@ def test_include_and_exclude_combine_like_node_exporter() -> None:
 
 
 def test_empty_include_means_everything_and_exclude_still_applies() -> None:
-    f = DeviceFilter.from_options({"device_include": "", "device_exclude": r"^loop"})
+    f = options_for(DeviceOptions, {"device_include": "", "device_exclude": r"^loop"}).device_filter()
     assert f.matches("nvme0n1p1")
     assert f.matches("dm-3")
     assert not f.matches("loop7")
 
 
-def test_from_options_defaults_when_keys_missing() -> None:
-    f = DeviceFilter.from_options({})
+def test_defaults_when_nothing_is_configured() -> None:
+    f = options_for(DeviceOptions).device_filter()
     assert f.include is not None and f.include.pattern == DEFAULT_DEVICE_INCLUDE
     assert f.exclude is None
 
@@ -56,13 +57,18 @@ def test_match_cache_is_bounded() -> None:
 
 
 def test_options_are_valid_declarations() -> None:
-    names = [o.name for o in DEVICE_OPTIONS]
-    assert names == ["device_include", "device_exclude"]
-    for option in DEVICE_OPTIONS:
-        assert parse_option(option, option.default, "default") == option.default
-    # The core accepts them inside a plugin spec (names, defaults).
-    spec = PluginSpec("x", "1", "d", (), lambda ctx: None, lambda ctx: Support.ok(), options=DEVICE_OPTIONS)  # type: ignore[arg-type,return-value]
-    validate_spec(spec, "x")
+    # The core accepts them as a plugin's options (names, defaults), inherited or as they are.
+    spec = PluginSpec("x", "d", (), lambda ctx: None, lambda ctx: Support.ok(), options=DeviceOptions)  # type: ignore[arg-type,return-value]
+    from crusoe_metrics_exporter.sdk import MetricSpec
+
+    spec = PluginSpec("x", "d", (MetricSpec.errors("x_collection_errors_total", "e"),), spec.factory,
+                      spec.check_support, options=DeviceOptions)
+    check_declaration(spec)
+
+
+def test_a_bad_regex_stops_with_the_setting_named() -> None:
+    with pytest.raises(SettingError, match=r"device_include='\(': expected a valid regular expression"):
+        options_for(DeviceOptions, {"device_include": "("})
 
 
 def test_device_table_from_real_kernel_samples() -> None:

@@ -163,7 +163,7 @@ def test_missing_tracepoint_falls_back_by_feature_detection(require_ebpf: None, 
 
 @pytest.mark.ebpf
 def test_run_stats_and_service_metrics(require_ebpf: None, state_dir: Path) -> None:
-    service = EbpfService(None, state_dir=state_dir)
+    service = EbpfService(state_dir)
     before = kernel.set_bpf_stats(True)
     try:
         loaded = service.load("runtime_test", _counter_spec())

@@ -10,6 +10,7 @@ from helpers.fake_plugins import FakePlugin, make_exporter
 
 from crusoe_metrics_exporter.app import StrictModeError
 from crusoe_metrics_exporter.exposition import render
+from crusoe_metrics_exporter.runner import RULES
 from crusoe_metrics_exporter.sdk import HistogramValue, MetricSpec, Sample
 
 
@@ -78,44 +79,90 @@ HIST = MetricSpec("liar_seconds", "histogram", "h", ("op",), buckets=(0.1, 1.0))
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "reason"),
     [
-        Sample("liar_undeclared", (), 1.0),
-        Sample("liar_value", (), 1.0),  # missing label
-        Sample("liar_value", ("vda", "extra"), 1.0),
-        Sample("liar_value", (7,), 1.0),  # type: ignore[arg-type]
+        (Sample("liar_undeclared", (), 1.0), "unknown_metric"),
+        (Sample("liar_value", (), 1.0), "label_count"),  # missing label
+        (Sample("liar_value", ("vda", "extra"), 1.0), "label_count"),
+        (Sample("liar_value", (7,), 1.0), "label_type"),  # type: ignore[arg-type]
         # A lone surrogate (os.fsdecode of a non-UTF-8 name) cannot be encoded:
         # it used to pass validation and turn the whole scrape into a 500.
-        Sample("liar_value", ("/mnt/\udcff",), 1.0),
+        (Sample("liar_value", ("/mnt/\udcff",), 1.0), "label_encoding"),
         # An int beyond float range (a 400-digit field parsed with int()) used
         # to pass validation and fail the whole scrape with OverflowError.
-        Sample("liar_value", ("vda",), 10**400),
-        Sample("liar_events_total", (), 10**400),
-        Sample("liar_seconds", ("read",), HistogramValue((1, 10**400, 0), 0.5)),
-        Sample("liar_value", ("vda",), float("nan")),
-        Sample("liar_value", ("vda",), "12"),  # type: ignore[arg-type]
-        Sample("liar_events_total", (), -1.0),
-        Sample("liar_events_total", (), float("inf")),
-        Sample("liar_seconds", ("read",), HistogramValue((1, 2), 0.5)),  # no overflow bucket
-        Sample("liar_seconds", ("read",), HistogramValue((1, -2, 0), 0.5)),
-        Sample("liar_seconds", ("read",), 3.0),
-        Sample("liar_collection_errors_total", (), 5.0),  # the core owns error counters
-        ("not", "a sample"),
+        (Sample("liar_value", ("vda",), 10**400), "overflow"),
+        (Sample("liar_events_total", (), 10**400), "overflow"),
+        (Sample("liar_seconds", ("read",), HistogramValue((1, 10**400, 0), 0.5)), "histogram_counts"),
+        (Sample("liar_value", ("vda",), float("nan")), "nan"),
+        (Sample("liar_value", ("vda",), "12"), "value_type"),  # type: ignore[arg-type]
+        (Sample("liar_events_total", (), -1.0), "negative_counter"),
+        (Sample("liar_events_total", (), float("inf")), "infinite_counter"),
+        (Sample("liar_seconds", ("read",), HistogramValue((1, 2), 0.5)), "histogram_buckets"),  # no overflow
+        (Sample("liar_seconds", ("read",), HistogramValue((1, -2, 0), 0.5)), "histogram_counts"),
+        (Sample("liar_seconds", ("read",), HistogramValue((1, 2, 0), float("nan"))), "histogram_sum"),
+        (Sample("liar_seconds", ("read",), 3.0), "value_type"),
+        (Sample("liar_collection_errors_total", (), 5.0), "error_counter"),  # the core owns error counters
+        (("not", "a sample"), "not_a_sample"),
     ],
 )
-def test_malformed_samples_are_dropped_counted_and_the_rest_kept(bad: Sample) -> None:
+def test_malformed_samples_are_dropped_counted_by_reason_and_the_rest_kept(
+    bad: Sample, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
     good = Sample("liar_value", ("vdb",), 2.0)
     plugin = FakePlugin("liar", produce=lambda: [bad, good],
                         metrics=(*FakePlugin("x").metrics, HIST))
-    plugin.metrics = tuple(plugin.metrics)
     exporter = make_exporter([plugin.entry()])
     exporter.start()
     try:
         text = _text(exporter)
         assert _value(text, 'crusoe_vm_liar_value{device="vdb"}') == 2.0
         assert _value(text, 'crusoe_vm_exporter_plugin_errors_total{phase="invalid_sample",plugin="liar"}') == 1.0
+        invalid = f'crusoe_vm_exporter_plugin_invalid_samples_total{{plugin="liar",reason="{reason}"}}'
+        assert _value(text, invalid) == 1.0
         assert "liar_undeclared" not in text
         assert _value(text, "crusoe_vm_liar_collection_errors_total") == 0.0
+        [rec] = exporter.records
+        assert rec.state == "degraded" and f"({reason})" in rec.reason
+        assert _value(text, 'crusoe_vm_exporter_plugin_state{plugin="liar",state="degraded"}') == 1.0
+        assert _value(text, 'crusoe_vm_exporter_plugin_up{plugin="liar"}') == 1.0
+        [line] = [r.getMessage() for r in caplog.records if "dropped invalid sample" in r.getMessage()]
+        assert f"({reason})" in line and RULES[reason] in line
+    finally:
+        exporter.stop()
+
+
+def test_invalid_sample_log_names_metric_labels_value_and_rule_once_then_summarises(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = [Sample("psi_value", ("cpu",), -1.0), Sample("psi_events_total", (), -5.0)]
+    clean = [False]
+    plugin = FakePlugin("psi", produce=lambda: [] if clean[0] else bad)
+    exporter = make_exporter([plugin.entry()])
+    exporter.start()
+    try:
+        exporter.collect()
+        [first] = [r for r in caplog.records if "dropped invalid sample" in r.getMessage()]
+        assert first.levelname == "WARNING"
+        assert first.getMessage().startswith(
+            "plugin psi: dropped invalid sample psi_events_total = -5.0: counter values must not be negative "
+            "(negative_counter); further drops of this kind are counted in "
+            "crusoe_vm_exporter_plugin_invalid_samples_total{plugin='psi',reason='negative_counter'}")
+        caplog.clear()
+        for _ in range(3):
+            exporter.collect()  # repeats: counted, not logged again within the summary interval
+        assert not [r for r in caplog.records if r.name == "crusoe_metrics_exporter.runner"]
+        runner = exporter.runners["psi"]
+        monkeypatch.setattr(runner, "_summary_due", 0.0)
+        exporter.collect()
+        [summary] = [r.getMessage() for r in caplog.records if "more invalid samples" in r.getMessage()]
+        assert summary == "plugin psi: dropped 4 more invalid samples since the last report (negative_counter: 4)"
+        text = _text(exporter)
+        assert _value(text, 'crusoe_vm_exporter_plugin_invalid_samples_total{plugin="psi",reason="negative_counter"}'
+                      ) == 6.0
+        clean[0] = True
+        text = _text(exporter)
+        assert exporter.records[0].state == "active"
+        assert _value(text, 'crusoe_vm_exporter_plugin_state{plugin="psi",state="active"}') == 1.0
     finally:
         exporter.stop()
 

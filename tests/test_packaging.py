@@ -33,8 +33,9 @@ def test_wheel_has_one_namespace_and_bundles_c_sources(wheel: Path) -> None:
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"crusoe_metrics_exporter"}
     assert not any("/tests/" in n for n in names), "plugin tests must not ship in the wheel"
-    sources = [n for n in names if n.endswith(".c")]
-    assert any("plugins/disk_latency/" in n for n in sources), sources
+    # Every C source and header of a plugin folder ships next to its Python code.
+    for path in sorted((REPO / "plugins").rglob("*.[ch]")):
+        assert f"crusoe_metrics_exporter/{path.relative_to(REPO)}" in names, path
     assert "crusoe_metrics_exporter/py.typed" in names
 
 

@@ -9,24 +9,28 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crusoe_metrics_exporter.contract import ConfigOption
+from crusoe_metrics_exporter.host import declared_options, discover_services
 from crusoe_metrics_exporter.options import SettingError, format_duration, parse_duration
-from crusoe_metrics_exporter.settings import Overrides, resolve
+from crusoe_metrics_exporter.settings import Overrides, Settings, resolve
 
 PLUGIN_OPTIONS = {"probes": (ConfigOption("interval", "duration", 300.0, "h", env="PROBE_INTERVAL"),)}
+#: The installed shared services' tables ([targets], [ebpf]), found the way the exporter finds them.
+SERVICE_OPTIONS = declared_options(discover_services())
 
 
-def _resolve(env: dict[str, str], path: Path | None = None, cli: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-    settings, warnings = resolve(PLUGIN_OPTIONS, path, {"HOST_PROC_PATH": "/proc", **env}, Overrides(cli or {}))
-    return settings, warnings
+def _resolve(env: dict[str, str], path: Path | None = None,
+             cli: dict[str, str] | None = None) -> tuple[Settings, list[str]]:
+    return resolve(PLUGIN_OPTIONS, path, {"HOST_PROC_PATH": "/proc", **env}, Overrides(cli or {}),
+                   service_options=SERVICE_OPTIONS)
 
 
 def test_defaults_follow_the_seed_readme() -> None:
     s, _ = _resolve({})
     assert s.core["port"] == 9500 and s.core["listen_address"] == ""
-    assert s.targets["nfs_target_ports"] == [2049]
-    assert s.targets["nfs_enable_volume_id"] is True
-    assert s.targets["nfs_mount_refresh_interval"] == 30.0
-    assert s.targets["objstore_endpoint_ports"] == [443, 80]
+    assert s.services["targets"]["nfs_target_ports"] == [2049]
+    assert s.services["targets"]["nfs_enable_volume_id"] is True
+    assert s.services["targets"]["nfs_mount_refresh_interval"] == 30.0
+    assert s.services["targets"]["objstore_endpoint_ports"] == [443, 80]
     assert s.plugins["probes"]["interval"] == 300.0
     assert s.sources["exporter.port"] == "default"
 
@@ -49,14 +53,14 @@ def test_every_seed_environment_variable_is_honoured() -> None:
     )
     assert s.core["port"] == 9600 and s.core["host_proc_path"] == "/host/proc"
     assert s.core["log_level"] == "debug"
-    assert s.targets["nfs_server_ips"] == ["10.0.0.1", "nfs.example"]
-    assert s.targets["nfs_target_ports"] == [2049, 20049]
-    assert s.targets["nfs_enable_volume_id"] is False
-    assert s.targets["nfs_mount_refresh_interval"] == 90.0
+    assert s.services["targets"]["nfs_server_ips"] == ["10.0.0.1", "nfs.example"]
+    assert s.services["targets"]["nfs_target_ports"] == [2049, 20049]
+    assert s.services["targets"]["nfs_enable_volume_id"] is False
+    assert s.services["targets"]["nfs_mount_refresh_interval"] == 90.0
     assert s.plugins["probes"]["interval"] == 30.0
-    assert s.targets["objstore_endpoint_fqdn"] == "object.example"
-    assert s.targets["objstore_endpoint_ips"] == ["192.0.2.1", "2001:db8::1"]
-    assert s.targets["objstore_endpoint_ports"] == [443]
+    assert s.services["targets"]["objstore_endpoint_fqdn"] == "object.example"
+    assert s.services["targets"]["objstore_endpoint_ips"] == ["192.0.2.1", "2001:db8::1"]
+    assert s.services["targets"]["objstore_endpoint_ports"] == [443]
     assert s.sources["targets.nfs_target_ports"] == "environment NFS_TARGET_PORTS"
 
 
@@ -90,7 +94,7 @@ def test_invalid_values_stop_with_one_line_naming_variable_value_and_form(var: s
 
 def test_empty_variables_count_as_unset() -> None:
     s, _ = _resolve({"PORT": "", "OBJSTORE_ENDPOINT_PORT": " "})
-    assert s.core["port"] == 9500 and s.targets["objstore_endpoint_ports"] == [443, 80]
+    assert s.core["port"] == 9500 and s.services["targets"]["objstore_endpoint_ports"] == [443, 80]
     assert s.sources["exporter.port"] == "default"
 
 
@@ -103,7 +107,7 @@ def test_precedence_cli_over_env_over_file_over_default(tmp_path: Path) -> None:
     assert s.plugins["probes"]["interval"] == 60.0
     assert s.sources["plugins.probes.interval"] == "environment PROBE_INTERVAL"
     assert s.core["log_level"] == "warn" and s.sources["exporter.log_level"] == f"config file {cfg}"
-    assert s.targets["nfs_target_ports"] == [2049, 3049]
+    assert s.services["targets"]["nfs_target_ports"] == [2049, 3049]
     assert s.core["collect_timeout"] == 5.0 and s.sources["exporter.collect_timeout"] == "default"
 
 
@@ -183,8 +187,10 @@ def test_command_line_errors_name_the_flag_the_user_can_type() -> None:
     with pytest.raises(SettingError, match=r"^invalid --port='x'"):
         _resolve({}, None, {"exporter.port": "x"})
     # There is no --state-dir flag: the value came from --set.
-    with pytest.raises(SettingError, match=r"^invalid --set exporter\.mount_tracefs='x'"):
-        _resolve({}, None, {"exporter.mount_tracefs": "x"})
+    with pytest.raises(SettingError, match=r"^invalid --set exporter\.state_dir=''"):
+        _resolve({}, None, {"exporter.state_dir": ""})
+    with pytest.raises(SettingError, match=r"^invalid --set ebpf\.mount_tracefs='x'"):
+        _resolve({}, None, {"ebpf.mount_tracefs": "x"})
 
 
 def test_empty_host_proc_path_outside_the_environment_is_refused(tmp_path: Path) -> None:

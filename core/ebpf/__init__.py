@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from crusoe_metrics_exporter.contract import EBPF_SERVICE
 from crusoe_metrics_exporter.ebpf.environment import DoctorCheck, check_environment, doctor_checks
 from crusoe_metrics_exporter.ebpf.kernel import bpf_stats_enabled
 from crusoe_metrics_exporter.ebpf.runtime import (
@@ -36,8 +37,6 @@ from crusoe_metrics_exporter.ebpf.spec import (
     ProgramStatus,
     Tracepoint,
 )
-
-EBPF_SERVICE = "ebpf"
 
 
 def verify_only(spec: BpfSpec, state_dir: Path | None = None) -> LoadedBpf:

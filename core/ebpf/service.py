@@ -1,37 +1,50 @@
 """The ``ebpf`` shared service: loads objects for plugins and exports what they cost.
 
-Registered in ``BUILTIN_SERVICES``; a plugin gets it with
-``ctx.services.get("ebpf")`` and calls :meth:`EbpfService.load`. The self
-metrics tell operators which programs are attached, how, and (with
-``kernel.bpf_stats_enabled=1``) how much kernel time they take.
+Registered through the ``crusoe_metrics_exporter.services`` entry point
+``ebpf`` (the hook at the end of this module), the way a third-party service
+would be; a plugin gets it as ``ctx.ebpf`` and calls :meth:`EbpfService.load`.
+Its options form the ``[ebpf]`` table. The self metrics tell operators which
+programs are attached, how, and (with ``kernel.bpf_stats_enabled=1``) how
+much kernel time they take.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from crusoe_metrics_exporter.contract import Support
+from crusoe_metrics_exporter.contract import DoctorCheck, ServiceContext, ServiceSpec, Support
 from crusoe_metrics_exporter.ebpf import kernel
-from crusoe_metrics_exporter.ebpf.environment import check_environment
+from crusoe_metrics_exporter.ebpf.environment import check_environment, doctor_checks
 from crusoe_metrics_exporter.ebpf.runtime import LoadedBpf, attach_plan, default_state_dir, load, plan_details
 from crusoe_metrics_exporter.ebpf.spec import BpfSpec, ProgramStatus
-from crusoe_metrics_exporter.settings import Settings
+from crusoe_metrics_exporter.hookspecs import hookimpl
+from crusoe_metrics_exporter.schema import option
 
 log = logging.getLogger(__name__)
 
 PREFIX = "crusoe_vm_exporter_ebpf_"
 
 
+@dataclass(frozen=True)
+class EbpfOptions:
+    """``[ebpf]``: the eBPF runtime's settings (the state directory is the exporter's ``state_dir``)."""
+
+    mount_tracefs: bool = option(
+        "bool", True,
+        "Mount tracefs at /sys/kernel/tracing when it is not mounted (needs root); eBPF programs attach through it.",
+        env="CRUSOE_EXPORTER_MOUNT_TRACEFS")
+
+
 class EbpfService:
-    def __init__(self, settings: Settings | None = None, state_dir: Path | None = None) -> None:
-        core = settings.core if settings is not None else {}
-        configured = core.get("state_dir")
-        self.state_dir = state_dir or (Path(configured) if configured else default_state_dir())
-        self.mount_tracefs = bool(core.get("mount_tracefs", True))
+    def __init__(self, state_dir: Path | None = None, mount_tracefs: bool = True) -> None:
+        self.state_dir = state_dir or default_state_dir()
+        self.mount_tracefs = mount_tracefs
         self._loaded: dict[str, list[LoadedBpf]] = {}
         self._lock = threading.Lock()
 
@@ -124,3 +137,23 @@ class EbpfService:
             self._loaded.clear()
         for obj in snapshot:
             obj.close()
+
+
+def _factory(ctx: ServiceContext[EbpfOptions]) -> EbpfService:
+    return EbpfService(ctx.state_dir, ctx.options.mount_tracefs)
+
+
+def _doctor(ctx: ServiceContext[EbpfOptions]) -> Iterator[DoctorCheck]:
+    for check in doctor_checks(ctx.state_dir):
+        yield DoctorCheck(*check)
+
+
+@hookimpl
+def crusoe_metrics_exporter_service() -> ServiceSpec[EbpfOptions]:
+    return ServiceSpec(
+        name="ebpf",
+        description="Compiles plugins' eBPF programs in a helper process, attaches them and reports their cost.",
+        factory=_factory,
+        options=EbpfOptions,
+        doctor=_doctor,
+    )

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.metrics_core import Metric
 
-from crusoe_metrics_exporter.settings import Settings
 from crusoe_metrics_exporter.targets.addresses import family_of, normalize, sort_key
 from crusoe_metrics_exporter.targets.dns import CountingResolver, DnsStats, Resolver, system_resolver
 from crusoe_metrics_exporter.targets.model import NfsMount, NfsServer, ObjstoreEndpoint
@@ -34,10 +34,10 @@ from crusoe_metrics_exporter.targets.mounts import (
 )
 from crusoe_metrics_exporter.targets.volumes import volume_id, volume_pattern
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from crusoe_metrics_exporter.targets.service import TargetOptions
 
-#: The name plugins ask the shared services for (``ctx.services.get(TARGETS_SERVICE)``).
-TARGETS_SERVICE = "targets"
+log = logging.getLogger(__name__)
 
 
 def _hostname(text: str) -> str:
@@ -76,19 +76,20 @@ class _ServerBuilder:
 class TargetDirectory:
     """Discovered NFS servers, NFS mounts and object-store endpoints.
 
-    Built by the core from Settings (``ctx.services.get("targets")``). Call the
+    Built by the ``targets`` service (``ctx.targets``). Call the
     accessors from a plugin's ``start``: the first call runs discovery
     synchronously (DNS included) and starts the background refresh thread.
     """
 
     def __init__(
         self,
-        settings: Settings,
+        options: TargetOptions,
+        host_proc: Path,
         resolver: Resolver | None = None,
         mounts_path: Path | None = None,
     ) -> None:
-        self._targets: Mapping[str, Any] = settings.targets
-        self._mounts_path = mounts_path or Path(settings.core["host_proc_path"]) / "1" / "mounts"
+        self._options = options
+        self._mounts_path = mounts_path or host_proc / "1" / "mounts"
         self.dns_stats = DnsStats()
         self._resolver = CountingResolver(resolver or system_resolver, self.dns_stats)
 
@@ -109,21 +110,25 @@ class TargetDirectory:
     @property
     def objstore_fqdn(self) -> str:
         """The configured object-store host name ("" when unset or an IP literal)."""
-        fqdn = _hostname(str(self._targets.get("objstore_endpoint_fqdn", "")))
+        fqdn = _hostname(self._options.objstore_endpoint_fqdn)
         return "" if normalize(fqdn) is not None else fqdn
 
     @property
     def objstore_configured(self) -> bool:
-        fqdn = str(self._targets.get("objstore_endpoint_fqdn", "")).strip()
-        return bool(fqdn or self._targets.get("objstore_endpoint_ips"))
+        return bool(self._options.objstore_endpoint_fqdn.strip() or self._options.objstore_endpoint_ips)
 
     @property
     def nfs_ports(self) -> tuple[int, ...]:
-        return tuple(dict.fromkeys(int(p) for p in self._targets.get("nfs_target_ports") or [2049]))
+        return tuple(dict.fromkeys(self._options.nfs_target_ports))
 
     @property
     def objstore_ports(self) -> tuple[int, ...]:
-        return tuple(dict.fromkeys(int(p) for p in self._targets.get("objstore_endpoint_ports") or [443, 80]))
+        return tuple(dict.fromkeys(self._options.objstore_endpoint_ports))
+
+    @property
+    def volume_pattern(self) -> re.Pattern[str] | None:
+        """The pattern taking the volume id from an NFS device; None when volume ids are off."""
+        return volume_pattern(self._options.nfs_enable_volume_id, self._options.nfs_volume_id_pattern)
 
     # -- snapshot accessors ----------------------------------------------
     def nfs_servers(self) -> tuple[NfsServer, ...]:
@@ -186,8 +191,8 @@ class TargetDirectory:
 
     # -- refresh -----------------------------------------------------------
     def _run(self) -> None:
-        nfs_every = float(self._targets.get("nfs_mount_refresh_interval", 30.0))
-        obj_every = float(self._targets.get("objstore_refresh_interval", 300.0))
+        nfs_every = self._options.nfs_mount_refresh_interval
+        obj_every = self._options.objstore_refresh_interval
         # Literal object-store IPs never change; only a name needs re-resolving.
         if not self.objstore_fqdn:
             obj_every = 0.0
@@ -260,7 +265,7 @@ class TargetDirectory:
 
     def _refresh_nfs(self) -> bool:
         ports = self.nfs_ports
-        pattern = volume_pattern(self._targets)
+        pattern = self.volume_pattern
         resolved: dict[str, tuple[str, ...]] = {}
 
         def lookup(name: str) -> tuple[str, ...]:
@@ -274,7 +279,7 @@ class TargetDirectory:
             return resolved[name]
 
         servers = _ServerBuilder()
-        for entry in self._targets.get("nfs_server_ips") or []:
+        for entry in self._options.nfs_server_ips:
             norm = normalize(entry)
             if norm is not None:
                 servers.add(norm[0])
@@ -300,7 +305,7 @@ class TargetDirectory:
             self._nfs_servers, self._nfs_mounts = new_servers, new_mounts
         if changed:
             log.info("target discovery: %d NFS servers from %d NFS mounts and %d configured entries",
-                     len(new_servers), len(new_mounts), len(self._targets.get("nfs_server_ips") or []))
+                     len(new_servers), len(new_mounts), len(self._options.nfs_server_ips))
         return changed
 
     def _mount_targets(self, line: MountLine, lookup: Callable[[str], tuple[str, ...]], pattern: Any) -> NfsMount:
@@ -341,7 +346,7 @@ class TargetDirectory:
 
     def _refresh_objstore(self) -> bool:
         ports = self.objstore_ports
-        fqdn_setting = str(self._targets.get("objstore_endpoint_fqdn", "")).strip()
+        fqdn_setting = self._options.objstore_endpoint_fqdn.strip()
         endpoints: list[ObjstoreEndpoint] = []
         if fqdn_setting:
             literal = normalize(fqdn_setting)
@@ -354,7 +359,7 @@ class TargetDirectory:
                     log.warning("target discovery: cannot resolve object store %r (%s)%s", fqdn, error,
                                 "; keeping its last addresses" if addresses else "")
                 endpoints.extend(ObjstoreEndpoint(a, family_of(a), ports, fqdn) for a in addresses)
-                if not addresses and self._targets.get("objstore_endpoint_ips"):
+                if not addresses and self._options.objstore_endpoint_ips:
                     # The Go exporter dropped the literal list once a name was
                     # set or derived from NODE_NAME, even when the name never
                     # resolved; the list is the fallback until it does.
@@ -371,7 +376,7 @@ class TargetDirectory:
 
     def _literal_objstore_endpoints(self, ports: tuple[int, ...]) -> list[ObjstoreEndpoint]:
         endpoints = []
-        for entry in self._targets.get("objstore_endpoint_ips") or []:
+        for entry in self._options.objstore_endpoint_ips:
             norm = normalize(entry)
             if norm is None:
                 self._warn_once(f"objip:{entry}", "target discovery: ignoring OBJSTORE_ENDPOINT_IPS entry %r: "

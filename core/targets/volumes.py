@@ -13,39 +13,25 @@ so one device always yields one id no matter which plugin looks at it.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any
-
-from crusoe_metrics_exporter.options import SettingError
 
 VOLUME_ID_GROUP = "volume_id"
-ENABLE_KEY = "nfs_enable_volume_id"
-PATTERN_KEY = "nfs_volume_id_pattern"
+#: The seed's rule: everything after ``/volumes/`` in the device.
+DEFAULT_VOLUME_PATTERN = r"/volumes/(?P<volume_id>.+)$"
 
 
-def compile_volume_pattern(text: str, origin: str = f"[targets] {PATTERN_KEY}") -> re.Pattern[str]:
-    """Compile a volume-id regex, insisting on the named group.
-
-    Raises SettingError (one line) so a bad pattern is reported like every
-    other bad setting, before any plugin starts.
-    """
-    try:
-        pattern = re.compile(text)
-    except re.error as exc:
-        raise SettingError(f"invalid {origin}={text!r}: not a valid regular expression ({exc})") from None
+def compile_volume_pattern(text: str) -> re.Pattern[str]:
+    """Compile a volume-id regex, insisting on the named group (ValueError otherwise)."""
+    pattern = re.compile(text)
     if VOLUME_ID_GROUP not in pattern.groupindex:
-        raise SettingError(
-            f"invalid {origin}={text!r}: expected a regular expression with a named group (?P<{VOLUME_ID_GROUP}>...)"
-        )
+        raise ValueError(f"expected a regular expression with a named group (?P<{VOLUME_ID_GROUP}>...)")
     return pattern
 
 
-def volume_pattern(targets_settings: Mapping[str, Any]) -> re.Pattern[str] | None:
+def volume_pattern(enabled: bool, text: str) -> re.Pattern[str] | None:
     """The compiled volume-id pattern, or None when volume ids are disabled."""
-    if not targets_settings.get(ENABLE_KEY, True):
+    if not enabled:
         return None
-    text = targets_settings.get(PATTERN_KEY) or r"/volumes/(?P<volume_id>.+)$"
-    return _cached_compile(str(text))
+    return _cached_compile(text or DEFAULT_VOLUME_PATTERN)
 
 
 _COMPILED: dict[str, re.Pattern[str]] = {}

@@ -13,19 +13,29 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable, Sequence
-from typing import Any
+from typing import Protocol
 
 from crusoe_metrics_exporter.plugins._tcptrace.accumulate import Accumulator, Vector
 from crusoe_metrics_exporter.plugins._tcptrace.tracer import TcpTracer, make_spec, plan_spec, target_capacity
-from crusoe_metrics_exporter.sdk import PluginContext, Sample, Support
+from crusoe_metrics_exporter.sdk import PluginContext, Sample, Support, TargetsService
 
 
-def ebpf_support(ctx: PluginContext, name: str) -> Support:
+class TcpTraceOptions(Protocol):
+    """The options both TCP-tracing plugins declare (each with its own defaults)."""
+
+    @property
+    def series_retention(self) -> float: ...
+
+    @property
+    def latency_clamp(self) -> float: ...
+
+    @property
+    def inflight_capacity(self) -> int: ...
+
+
+def ebpf_support(ctx: PluginContext[object], name: str) -> Support:
     """Whether this host can run the plugin's programs, with the attach plan as details."""
-    from crusoe_metrics_exporter.sdk import EBPF_SERVICE
-
-    support: Support = ctx.services.get(EBPF_SERVICE).support(plan_spec(name))
-    return support
+    return ctx.ebpf.support(plan_spec(name))
 
 
 class TcpTargetCollector(ABC):
@@ -35,16 +45,15 @@ class TcpTargetCollector(ABC):
     width: int
     error_metric: str
 
-    def __init__(self, ctx: PluginContext) -> None:
+    def __init__(self, ctx: PluginContext[TcpTraceOptions]) -> None:
         self.ctx = ctx
         self.log: logging.Logger = ctx.log
         self._lock = threading.Lock()
         self._acc = Accumulator(self.width)
         self._tracer: TcpTracer | None = None
-        self._targets: Any = None
+        self._targets: TargetsService | None = None
         self._key_of_address: dict[str, Hashable] = {}
         self._subscribed = False
-        self._ebpf: Any = None
         self._dropped: set[str] = set()
 
     # -- what subclasses decide -------------------------------------------
@@ -68,16 +77,20 @@ class TcpTargetCollector(ABC):
     def samples(self, totals: dict[Hashable, Vector]) -> Iterable[Sample]: ...
 
     # -- lifecycle ----------------------------------------------------------
-    def start(self) -> None:
-        from crusoe_metrics_exporter.sdk import EBPF_SERVICE, BpfUnavailable
+    @property
+    def targets(self) -> TargetsService:
+        if self._targets is None:
+            self._targets = self.ctx.targets
+        return self._targets
 
-        self._targets = self.ctx.services.get("targets")
+    def start(self) -> None:
+        from crusoe_metrics_exporter.sdk import BpfUnavailable
+
         mapping, ports = self.wanted()
         capacity = target_capacity(len(mapping))
         spec = make_spec(self.ctx.plugin, self.body, self.bounds, defines=self.defines(capacity), max_targets=capacity)
-        self._ebpf = self.ctx.services.get(EBPF_SERVICE)
         try:
-            self._tracer = TcpTracer.load(self._ebpf, self.ctx.plugin, spec, capacity)
+            self._tracer = TcpTracer.load(self.ctx.ebpf, self.ctx.plugin, spec, capacity)
         except BpfUnavailable as exc:
             # One line for the plugin's state; the host turns this into "failed".
             raise RuntimeError(str(exc)) from None
@@ -85,7 +98,7 @@ class TcpTargetCollector(ABC):
             self._apply(mapping, ports)
         self.ctx.details.update(self._tracer.loaded.details())
         self.ctx.details["target_capacity"] = str(capacity)
-        self._targets.subscribe(self._on_targets_changed)
+        self.targets.subscribe(self._on_targets_changed)
         self._subscribed = True
 
     def stop(self) -> None:
@@ -95,7 +108,7 @@ class TcpTargetCollector(ABC):
         with self._lock:
             tracer, self._tracer = self._tracer, None
         if tracer is not None:
-            self._ebpf.release(self.ctx.plugin, tracer.loaded)
+            self.ctx.ebpf.release(self.ctx.plugin, tracer.loaded)
 
     def collect(self) -> list[Sample]:
         with self._lock:
@@ -107,7 +120,7 @@ class TcpTargetCollector(ABC):
 
     @property
     def retention(self) -> float:
-        return float(self.ctx.options.get("series_retention", 3600.0))
+        return self.ctx.options.series_retention
 
     # -- internals ------------------------------------------------------------
     def _on_targets_changed(self) -> None:

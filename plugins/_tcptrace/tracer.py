@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from crusoe_metrics_exporter.plugins._tcptrace import btf, program
 from crusoe_metrics_exporter.plugins._tcptrace.addresses import (
@@ -25,7 +24,7 @@ from crusoe_metrics_exporter.plugins._tcptrace.addresses import (
     port_bitmap,
     word_bytes,
 )
-from crusoe_metrics_exporter.sdk import BpfSpec, LoadedBpf, tracepoint_exists
+from crusoe_metrics_exporter.sdk import BpfSpec, EbpfRuntime, LoadedBpf, tracepoint_exists
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +97,9 @@ class TcpTracer:
         self._clamped = 0
 
     @classmethod
-    def load(cls, ebpf_service: Any, plugin: str, spec: BpfSpec, max_targets: int) -> TcpTracer:
-        """Load through the shared ``ebpf`` service (raises BpfUnavailable)."""
-        loaded = ebpf_service.load(plugin, spec)
+    def load(cls, ebpf: EbpfRuntime, plugin: str, spec: BpfSpec, max_targets: int) -> TcpTracer:
+        """Load through the shared eBPF runtime (raises BpfUnavailable)."""
+        loaded = ebpf.load(plugin, spec)
         return cls(loaded, max_targets)
 
     def _sync_words(self, name: str, current: dict[int, int], wanted: dict[int, int]) -> dict[int, int]:

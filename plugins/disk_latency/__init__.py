@@ -8,16 +8,14 @@ from __future__ import annotations
 
 from crusoe_metrics_exporter.plugins.disk_latency.parser import BOUNDS_SECONDS
 from crusoe_metrics_exporter.sdk import (
-    DEVICE_OPTIONS,
     Collector,
+    DeviceOptions,
     MetricSpec,
     PluginContext,
     PluginSpec,
     Support,
     hookimpl,
 )
-
-__version__ = "1.0.0"
 
 _DEVICE = ("device",)
 
@@ -50,29 +48,25 @@ METRICS: tuple[MetricSpec, ...] = (
 )
 
 
-def _check_support(ctx: PluginContext) -> Support:
+def _check_support(ctx: PluginContext[DeviceOptions]) -> Support:
     from crusoe_metrics_exporter.plugins.disk_latency.collector import bpf_spec
-    from crusoe_metrics_exporter.sdk import EBPF_SERVICE
 
-    support: Support = ctx.services.get(EBPF_SERVICE).support(bpf_spec())
-    return support
+    return ctx.ebpf.support(bpf_spec())
 
 
-def _factory(ctx: PluginContext) -> Collector:
+def _factory(ctx: PluginContext[DeviceOptions]) -> Collector:
     from crusoe_metrics_exporter.plugins.disk_latency.collector import DiskLatencyCollector
 
     return DiskLatencyCollector(ctx)
 
 
 @hookimpl
-def crusoe_metrics_exporter_plugin() -> PluginSpec:
+def crusoe_metrics_exporter_plugin() -> PluginSpec[DeviceOptions]:
     return PluginSpec(
         name="disk_latency",
-        version=__version__,
         description="Per-disk block I/O latency (issue to completion), bytes and errors, traced with eBPF",
         metrics=METRICS,
         factory=_factory,
         check_support=_check_support,
-        options=DEVICE_OPTIONS,
-        uses_ebpf=True,
+        options=DeviceOptions,
     )

@@ -24,11 +24,10 @@ from crusoe_metrics_exporter.plugins.disk_latency.parser import (
     merge,
 )
 from crusoe_metrics_exporter.sdk import (
-    EBPF_SERVICE,
     BpfMap,
     BpfSpec,
     BpfUnavailable,
-    DeviceFilter,
+    DeviceOptions,
     Kprobe,
     LoadedBpf,
     PluginContext,
@@ -86,9 +85,9 @@ def bpf_spec() -> BpfSpec:
 
 
 class DiskLatencyCollector:
-    def __init__(self, ctx: PluginContext) -> None:
+    def __init__(self, ctx: PluginContext[DeviceOptions]) -> None:
         self.ctx = ctx
-        self.filter = DeviceFilter.from_options(ctx.options)
+        self.filter = ctx.options.device_filter()
         self.loaded: LoadedBpf | None = None
         self.table_refresh_seconds = TABLE_REFRESH_SECONDS
         #: (major, minor) -> kernel name, from /proc/diskstats.
@@ -99,9 +98,8 @@ class DiskLatencyCollector:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        service = self.ctx.services.get(EBPF_SERVICE)
         try:
-            self.loaded = service.load(self.ctx.plugin, bpf_spec())
+            self.loaded = self.ctx.ebpf.load(self.ctx.plugin, bpf_spec())
         except BpfUnavailable as exc:
             # One line for the plugin's state; the host turns this into "failed".
             raise RuntimeError(str(exc)) from None
@@ -204,8 +202,7 @@ class DiskLatencyCollector:
     def stop(self) -> None:
         if self.loaded is None:
             return
-        service = self.ctx.services.get(EBPF_SERVICE)
-        service.release(self.ctx.plugin, self.loaded)
+        self.ctx.ebpf.release(self.ctx.plugin, self.loaded)
         self.loaded = None
 
 

@@ -8,16 +8,14 @@ the eBPF disk_latency plugin does not export them (one series per device).
 from __future__ import annotations
 
 from crusoe_metrics_exporter.sdk import (
-    DEVICE_OPTIONS,
     Collector,
+    DeviceOptions,
     MetricSpec,
     PluginContext,
     PluginSpec,
     Support,
     hookimpl,
 )
-
-VERSION = "1.0.0"
 
 _DEVICE = ("device",)
 
@@ -57,7 +55,7 @@ METRICS: tuple[MetricSpec, ...] = (
 )
 
 
-def _check_support(ctx: PluginContext) -> Support:
+def _check_support(ctx: PluginContext[DeviceOptions]) -> Support:
     path = ctx.host_proc / "diskstats"
     if not path.is_file():
         return Support.unsupported(
@@ -66,20 +64,19 @@ def _check_support(ctx: PluginContext) -> Support:
     return Support.ok(path=str(path))
 
 
-def _factory(ctx: PluginContext) -> Collector:
+def _factory(ctx: PluginContext[DeviceOptions]) -> Collector:
     from crusoe_metrics_exporter.plugins.disk_stats.collector import DiskStatsCollector
 
     return DiskStatsCollector(ctx)
 
 
 @hookimpl
-def crusoe_metrics_exporter_plugin() -> PluginSpec:
+def crusoe_metrics_exporter_plugin() -> PluginSpec[DeviceOptions]:
     return PluginSpec(
         name="disk_stats",
-        version=VERSION,
         description="Per-disk I/O counters from /proc/diskstats (completions, time, merges, bytes, utilisation).",
         metrics=METRICS,
         factory=_factory,
         check_support=_check_support,
-        options=DEVICE_OPTIONS,
+        options=DeviceOptions,
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from crusoe_metrics_exporter.plugins.disk_stats import parser
-from crusoe_metrics_exporter.sdk import DEFAULT_READ_LIMIT, DeviceFilter, PluginContext, Sample, read_limited
+from crusoe_metrics_exporter.sdk import DEFAULT_READ_LIMIT, DeviceOptions, PluginContext, Sample, read_limited
 
 ERRORS_METRIC = "disk_stats_collection_errors_total"
 
@@ -44,15 +44,15 @@ COUNTER_METRICS: tuple[CounterMetric, ...] = (
 )
 
 
-def diskstats_path(ctx: PluginContext) -> Path:
+def diskstats_path(ctx: PluginContext[DeviceOptions]) -> Path:
     return ctx.host_proc / "diskstats"
 
 
 class DiskStatsCollector:
-    def __init__(self, ctx: PluginContext, read_limit: int = DEFAULT_READ_LIMIT) -> None:
+    def __init__(self, ctx: PluginContext[DeviceOptions], read_limit: int = DEFAULT_READ_LIMIT) -> None:
         self._ctx = ctx
         self._path = diskstats_path(ctx)
-        self._filter = DeviceFilter.from_options(ctx.options)
+        self._filter = ctx.options.device_filter()
         self._read_limit = read_limit
         # A persistent problem is logged as a warning once, not on every scrape.
         self._reported_problem = ""

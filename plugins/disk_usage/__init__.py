@@ -10,19 +10,23 @@ per-mount timeout: a hung filesystem is reported stuck, never blocks a scrape.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from crusoe_metrics_exporter.plugins.disk_usage.parser import DEFAULT_DEVICE_INCLUDE
 from crusoe_metrics_exporter.plugins.disk_usage.statfs import DEFAULT_MOUNT_TIMEOUT, DEFAULT_STAT_WORKERS
 from crusoe_metrics_exporter.sdk import (
     Collector,
-    ConfigOption,
     MetricSpec,
+    OptionError,
     PluginContext,
     PluginSpec,
     Support,
     hookimpl,
+    option,
 )
 
-VERSION = "1.0.0"
+#: statfs is cheap; more workers than this only multiplies threads.
+MAX_STAT_WORKERS = 64
 
 _LABELS = ("device", "mount_point")
 
@@ -42,31 +46,29 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec.errors("disk_usage_collection_errors_total", "Total number of errors during disk usage collection"),
 )
 
-OPTIONS: tuple[ConfigOption, ...] = (
-    ConfigOption(
-        "device_include",
-        "regex",
-        DEFAULT_DEVICE_INCLUDE,
+@dataclass(frozen=True)
+class DiskUsageOptions:
+    device_include: str = option(
+        "regex", DEFAULT_DEVICE_INCLUDE,
         "Regular expression searched in a mount's source; only matching mounts are reported. Its named group "
         "'device', else its first group, else the source without /dev/ is the device label. Empty means every "
-        "mount. The default is the seed's: virtio disks and their partitions.",
-    ),
-    ConfigOption("device_exclude", "regex", "", "Regular expression of mount sources never reported."),
-    ConfigOption("mount_point_exclude", "regex", "", "Regular expression of mount points never reported."),
-    ConfigOption(
-        "mount_timeout",
-        "duration",
-        DEFAULT_MOUNT_TIMEOUT,
+        "mount. The default is the seed's: virtio disks and their partitions.")
+    device_exclude: str = option("regex", "", "Regular expression of mount sources never reported.")
+    mount_point_exclude: str = option("regex", "", "Regular expression of mount points never reported.")
+    mount_timeout: float = option(
+        "duration", DEFAULT_MOUNT_TIMEOUT,
         "How long one statfs may take before its mount is marked stuck and skipped until the call returns "
         "(node_exporter's mount-timeout); 0 means the default. Capped so that 2.5 x mount_timeout fits in 80% "
-        "of the collect timeout.",
-    ),
-    ConfigOption("stat_workers", "int", DEFAULT_STAT_WORKERS, "Threads running statfs in parallel (1 to 64).",
-                 minimum=1),
-)
+        "of the collect timeout.")
+    stat_workers: int = option("int", DEFAULT_STAT_WORKERS, f"Threads running statfs in parallel (1 to "
+                               f"{MAX_STAT_WORKERS}).", minimum=1)
+
+    def __post_init__(self) -> None:
+        if self.stat_workers > MAX_STAT_WORKERS:
+            raise OptionError("stat_workers", f"expected an integer from 1 to {MAX_STAT_WORKERS}")
 
 
-def _check_support(ctx: PluginContext) -> Support:
+def _check_support(ctx: PluginContext[DiskUsageOptions]) -> Support:
     mounts = ctx.host_proc / "1" / "mounts"
     if not mounts.is_file():
         return Support.unsupported(f"{mounts} does not exist: HOST_PROC_PATH must be the host's /proc")
@@ -78,20 +80,19 @@ def _check_support(ctx: PluginContext) -> Support:
     return Support.ok(mounts=str(mounts), statfs_root=root.note)
 
 
-def _factory(ctx: PluginContext) -> Collector:
+def _factory(ctx: PluginContext[DiskUsageOptions]) -> Collector:
     from crusoe_metrics_exporter.plugins.disk_usage.collector import DiskUsageCollector
 
     return DiskUsageCollector(ctx)
 
 
 @hookimpl
-def crusoe_metrics_exporter_plugin() -> PluginSpec:
+def crusoe_metrics_exporter_plugin() -> PluginSpec[DiskUsageOptions]:
     return PluginSpec(
         name="disk_usage",
-        version=VERSION,
         description="Filesystem space and inodes of the host's disks (statfs with hung-mount protection).",
         metrics=METRICS,
         factory=_factory,
         check_support=_check_support,
-        options=OPTIONS,
+        options=DiskUsageOptions,
     )

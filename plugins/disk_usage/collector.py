@@ -6,15 +6,14 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+from crusoe_metrics_exporter.plugins.disk_usage import DiskUsageOptions
 from crusoe_metrics_exporter.plugins.disk_usage.parser import (
-    DEFAULT_DEVICE_INCLUDE,
     MountSelector,
     SelectedMount,
     parse_mounts,
 )
 from crusoe_metrics_exporter.plugins.disk_usage.statfs import (
     DEFAULT_MOUNT_TIMEOUT,
-    DEFAULT_STAT_WORKERS,
     MAX_WAIT,
     StatfsFunction,
     StatfsOutcome,
@@ -23,8 +22,6 @@ from crusoe_metrics_exporter.plugins.disk_usage.statfs import (
 from crusoe_metrics_exporter.sdk import DEFAULT_READ_LIMIT, PluginContext, Sample, Unreadable, read_limited, unreadable
 
 ERRORS_METRIC = "disk_usage_collection_errors_total"
-#: statfs is cheap; more workers than this only multiplies threads.
-MAX_STAT_WORKERS = 64
 #: Threads allowed to stay blocked in statfs on top of the workers.
 MAX_BLOCKED_THREADS = 32
 #: Share of the core's collect timeout the statfs phase may use, so a hung
@@ -32,7 +29,7 @@ MAX_BLOCKED_THREADS = 32
 _SHARE_OF_COLLECT_TIMEOUT = 0.8
 
 
-def mounts_path(ctx: PluginContext) -> Path:
+def mounts_path(ctx: PluginContext[DiskUsageOptions]) -> Path:
     return ctx.host_proc / "1" / "mounts"
 
 
@@ -85,9 +82,9 @@ def resolve_statfs_root(host_proc: Path, host_root: Path | None = None) -> Statf
     return StatfsRoot(os.fsencode(root), reason, Unreadable(f"cannot reach the host's filesystems: {reason}", fix))
 
 
-def effective_mount_timeout(ctx: PluginContext) -> float:
-    wanted = float(ctx.options.get("mount_timeout", DEFAULT_MOUNT_TIMEOUT))
-    ceiling = float(ctx.settings.core.get("collect_timeout", 5.0)) * _SHARE_OF_COLLECT_TIMEOUT / MAX_WAIT
+def effective_mount_timeout(ctx: PluginContext[DiskUsageOptions]) -> float:
+    wanted = ctx.options.mount_timeout
+    ceiling = ctx.collect_timeout * _SHARE_OF_COLLECT_TIMEOUT / MAX_WAIT
     if wanted > ceiling > 0:
         ctx.log.warning("mount_timeout %.1fs lowered to %.1fs to fit the collect timeout", wanted, ceiling)
         return ceiling
@@ -95,7 +92,7 @@ def effective_mount_timeout(ctx: PluginContext) -> float:
 
 
 class DiskUsageCollector:
-    def __init__(self, ctx: PluginContext, statfs: StatfsFunction = os.statvfs,
+    def __init__(self, ctx: PluginContext[DiskUsageOptions], statfs: StatfsFunction = os.statvfs,
                  read_limit: int = DEFAULT_READ_LIMIT) -> None:
         self._ctx = ctx
         self._mounts = mounts_path(ctx)
@@ -103,14 +100,10 @@ class DiskUsageCollector:
         self._root, self._root_note = statfs_root.prefix, statfs_root.note
         self._root_problem = statfs_root.problem
         opts = ctx.options
-        self._selector = MountSelector(
-            str(opts.get("device_include", DEFAULT_DEVICE_INCLUDE)),
-            str(opts.get("device_exclude", "")),
-            str(opts.get("mount_point_exclude", "")),
-        )
+        self._selector = MountSelector(opts.device_include, opts.device_exclude, opts.mount_point_exclude)
         self._pool = StatfsPool(
             timeout=effective_mount_timeout(ctx),
-            workers=min(MAX_STAT_WORKERS, max(1, int(opts.get("stat_workers", DEFAULT_STAT_WORKERS)))),
+            workers=opts.stat_workers,
             max_blocked=MAX_BLOCKED_THREADS,
             statfs=statfs,
             name=f"{ctx.plugin}-statfs",

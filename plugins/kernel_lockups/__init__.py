@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import errno
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from crusoe_metrics_exporter.sdk import (
     Collector,
-    ConfigOption,
     MetricSpec,
     PluginContext,
     PluginSpec,
     Support,
     grant_hint,
     hookimpl,
+    option,
 )
-
-VERSION = "1.0.0"
 
 LOCKUPS_METRIC = "kernel_soft_lockups_total"
 ERRORS_METRIC = "kernel_soft_lockup_collection_errors_total"
@@ -40,19 +39,19 @@ METRICS: tuple[MetricSpec, ...] = (
     ),
 )
 
-OPTIONS: tuple[ConfigOption, ...] = (
-    ConfigOption("kmsg_path", "path", "/dev/kmsg",
-                 "The kernel log device to read (a container needs the host's /dev/kmsg)."),
-)
+@dataclass(frozen=True)
+class KernelLockupsOptions:
+    kmsg_path: str = option("path", "/dev/kmsg",
+                            "The kernel log device to read (a container needs the host's /dev/kmsg).")
 
 SYSLOG_FIX = grant_hint("CAP_SYSLOG") + ", or disable the kernel_lockups plugin"
 
 
-def kmsg_path(ctx: PluginContext) -> Path:
-    return Path(str(ctx.options.get("kmsg_path") or "/dev/kmsg"))
+def kmsg_path(ctx: PluginContext[KernelLockupsOptions]) -> Path:
+    return Path(ctx.options.kmsg_path or "/dev/kmsg")
 
 
-def _check_support(ctx: PluginContext) -> Support:
+def _check_support(ctx: PluginContext[KernelLockupsOptions]) -> Support:
     from crusoe_metrics_exporter.plugins.kernel_lockups.reader import open_kmsg
 
     path = kmsg_path(ctx)
@@ -70,21 +69,20 @@ def _check_support(ctx: PluginContext) -> Support:
     return Support.ok(path=str(path))
 
 
-def _factory(ctx: PluginContext) -> Collector:
+def _factory(ctx: PluginContext[KernelLockupsOptions]) -> Collector:
     from crusoe_metrics_exporter.plugins.kernel_lockups.collector import LockupCollector
 
     return LockupCollector(ctx)
 
 
 @hookimpl
-def crusoe_metrics_exporter_plugin() -> PluginSpec:
+def crusoe_metrics_exporter_plugin() -> PluginSpec[KernelLockupsOptions]:
     return PluginSpec(
         name="kernel_lockups",
-        version=VERSION,
         description="Kernel soft/hard lockup, hung-task and RCU-stall reports, counted from /dev/kmsg by a "
         "background reader.",
         metrics=METRICS,
         factory=_factory,
         check_support=_check_support,
-        options=OPTIONS,
+        options=KernelLockupsOptions,
     )

@@ -5,7 +5,12 @@ from __future__ import annotations
 import threading
 import time
 
-from crusoe_metrics_exporter.plugins.kernel_lockups import ERRORS_METRIC, LOCKUPS_METRIC, kmsg_path
+from crusoe_metrics_exporter.plugins.kernel_lockups import (
+    ERRORS_METRIC,
+    LOCKUPS_METRIC,
+    KernelLockupsOptions,
+    kmsg_path,
+)
 from crusoe_metrics_exporter.plugins.kernel_lockups.parser import KINDS, classify
 from crusoe_metrics_exporter.plugins.kernel_lockups.reader import KmsgReader
 from crusoe_metrics_exporter.sdk import PluginContext, Sample
@@ -15,7 +20,7 @@ WARN_INTERVAL = 60.0
 
 
 class LockupCollector:
-    def __init__(self, ctx: PluginContext) -> None:
+    def __init__(self, ctx: PluginContext[KernelLockupsOptions]) -> None:
         self._ctx = ctx
         self._path = kmsg_path(ctx)
         self._reader = KmsgReader(self._path, classify=classify, kinds=KINDS, on_error=self._error, log=ctx.log)

@@ -6,9 +6,7 @@ pressure collector); the PSI half of that collector is the ``psi`` plugin.
 
 from __future__ import annotations
 
-from crusoe_metrics_exporter.sdk import Collector, MetricSpec, PluginContext, PluginSpec, Support, hookimpl
-
-VERSION = "1.0.0"
+from crusoe_metrics_exporter.sdk import Collector, MetricSpec, NoOptions, PluginContext, PluginSpec, Support, hookimpl
 
 ERRORS_METRIC = "mem_collection_errors_total"
 MEM_AVAILABLE = "mem_available_bytes"
@@ -22,24 +20,23 @@ METRICS: tuple[MetricSpec, ...] = (
 )
 
 
-def _check_support(ctx: PluginContext) -> Support:
+def _check_support(ctx: PluginContext[NoOptions]) -> Support:
     path = ctx.host_proc / "meminfo"
     if not path.is_file():
         return Support.unsupported(f"{path} does not exist", "HOST_PROC_PATH must be the host's /proc", path=str(path))
     return Support.ok(path=str(path))
 
 
-def _factory(ctx: PluginContext) -> Collector:
+def _factory(ctx: PluginContext[NoOptions]) -> Collector:
     from crusoe_metrics_exporter.plugins.meminfo.collector import MeminfoCollector
 
     return MeminfoCollector(ctx)
 
 
 @hookimpl
-def crusoe_metrics_exporter_plugin() -> PluginSpec:
+def crusoe_metrics_exporter_plugin() -> PluginSpec[NoOptions]:
     return PluginSpec(
         name="meminfo",
-        version=VERSION,
         description="Available memory and swap in use, from /proc/meminfo.",
         metrics=METRICS,
         factory=_factory,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from crusoe_metrics_exporter.plugins.meminfo import ERRORS_METRIC, MEM_AVAILABLE, SWAP_USED
 from crusoe_metrics_exporter.plugins.meminfo.parser import parse_meminfo
-from crusoe_metrics_exporter.sdk import PluginContext, ProblemLog, Sample, read_limited
+from crusoe_metrics_exporter.sdk import NoOptions, PluginContext, ProblemLog, Sample, read_limited
 
 #: /proc/meminfo is ~1.5 KiB; the limit only guards against a runaway file.
 READ_LIMIT = 1 << 20
@@ -12,7 +12,7 @@ WANTED = frozenset({"MemAvailable", "SwapTotal", "SwapFree"})
 
 
 class MeminfoCollector:
-    def __init__(self, ctx: PluginContext) -> None:
+    def __init__(self, ctx: PluginContext[NoOptions]) -> None:
         self._ctx = ctx
         self._path = ctx.host_proc / "meminfo"
         self._problems = ProblemLog(ctx.log, str(self._path))

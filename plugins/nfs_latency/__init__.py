@@ -7,15 +7,9 @@ where the kernel has them and kprobes otherwise.
 
 from __future__ import annotations
 
-from crusoe_metrics_exporter.sdk import (
-    Collector,
-    ConfigOption,
-    MetricSpec,
-    PluginContext,
-    PluginSpec,
-    Support,
-    hookimpl,
-)
+from dataclasses import dataclass
+
+from crusoe_metrics_exporter.sdk import Collector, MetricSpec, PluginContext, PluginSpec, Support, hookimpl, option
 
 LABELS = ("protocol", "operation", "volume_id")
 ERRORS = "nfs_latency_collection_errors_total"
@@ -53,48 +47,40 @@ METRICS = (
     ),
 )
 
-OPTIONS = (
-    ConfigOption(
-        "series_retention",
-        "duration",
-        3600.0,
-        "How long a volume_id series stays exported after its server address stopped being a target.",
-    ),
-    ConfigOption("latency_clamp", "duration", 60.0, "Longest latency recorded; longer samples count at this value.",
-                 minimum=0.001),
-    ConfigOption("inflight_capacity", "int", 16384, "Sockets tracked at once (LRU: the least recent is evicted).",
-                 minimum=1),
-)
+@dataclass(frozen=True)
+class NfsLatencyOptions:
+    series_retention: float = option(
+        "duration", 3600.0,
+        "How long a volume_id series stays exported after its server address stopped being a target.")
+    latency_clamp: float = option(
+        "duration", 60.0, "Longest latency recorded; longer samples count at this value.", minimum=0.001)
+    inflight_capacity: int = option(
+        "int", 16384, "Sockets tracked at once (LRU: the least recent is evicted).", minimum=1)
 
 
-def _check(ctx: PluginContext) -> Support:
+def _check(ctx: PluginContext[NfsLatencyOptions]) -> Support:
     from crusoe_metrics_exporter.plugins._tcptrace.collector import ebpf_support
 
     support = ebpf_support(ctx, "nfs_latency")
     if not support.supported:
         return support
-    return Support.ok(ports=_ports(ctx), **dict(support.details))
+    ports = ",".join(str(p) for p in ctx.targets.nfs_ports)
+    return Support.ok(ports=ports, **dict(support.details))
 
 
-def _ports(ctx: PluginContext) -> str:
-    return ",".join(str(p) for p in ctx.settings.targets.get("nfs_target_ports") or [2049])
-
-
-def _factory(ctx: PluginContext) -> Collector:
+def _factory(ctx: PluginContext[NfsLatencyOptions]) -> Collector:
     from crusoe_metrics_exporter.plugins.nfs_latency.collector import NfsLatencyCollector
 
     return NfsLatencyCollector(ctx)
 
 
 @hookimpl
-def crusoe_metrics_exporter_plugin() -> PluginSpec:
+def crusoe_metrics_exporter_plugin() -> PluginSpec[NfsLatencyOptions]:
     return PluginSpec(
         name="nfs_latency",
-        version="1.0.0",
         description="NFS request latency and TCP retransmits per volume, from TCP tracepoints (eBPF).",
         metrics=METRICS,
         factory=_factory,
         check_support=_check,
-        options=OPTIONS,
-        uses_ebpf=True,
+        options=NfsLatencyOptions,
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 from crusoe_metrics_exporter.plugins._tcptrace.accumulate import Vector
 from crusoe_metrics_exporter.plugins._tcptrace.addresses import normalize
 from crusoe_metrics_exporter.plugins._tcptrace.collector import TcpTargetCollector
+from crusoe_metrics_exporter.plugins.nfs_latency import NfsLatencyOptions
 from crusoe_metrics_exporter.plugins.nfs_latency.parser import (
     BUCKETS,
     SLOTS,
@@ -30,18 +31,18 @@ class NfsLatencyCollector(TcpTargetCollector):
     width = VECTOR_WIDTH
     error_metric = ERRORS
 
-    def __init__(self, ctx: PluginContext) -> None:
+    def __init__(self, ctx: PluginContext[NfsLatencyOptions]) -> None:
         super().__init__(ctx)
         self.body = SOURCE.read_text()
 
     def wanted(self) -> tuple[dict[str, Hashable], tuple[int, ...]]:
-        enabled = bool(self.ctx.settings.targets.get("nfs_enable_volume_id", True))
+        enabled = self.targets.volume_pattern is not None
         mapping: dict[str, Hashable] = {}
         ports: set[int] = set()
         # Addresses also used by a mount without a volume id: their traffic
         # is not the named volumes' alone.
         unidentified: set[str] = set()
-        for mount in self._targets.nfs_mounts():
+        for mount in self.targets.nfs_mounts():
             if mount.volume_id:
                 continue
             for text in mount.addresses:
@@ -49,7 +50,7 @@ class NfsLatencyCollector(TcpTargetCollector):
                     unidentified.add(normalize(text))
                 except ValueError:
                     continue
-        for server in self._targets.nfs_servers():
+        for server in self.targets.nfs_servers():
             try:
                 address = normalize(server.address)
             except ValueError:
@@ -58,13 +59,13 @@ class NfsLatencyCollector(TcpTargetCollector):
             mapping[address] = volume_label(server.volumes, enabled, address in unidentified)
             ports.update(server.ports)
         if not ports:
-            ports.update(self._targets.nfs_ports)
+            ports.update(self.targets.nfs_ports)
         return mapping, tuple(sorted(ports))
 
     def defines(self, capacity: int) -> dict[str, int]:
         return {
-            "NFS_MAX_INFLIGHT": int(self.ctx.options.get("inflight_capacity", 16384)),
-            "NFS_CLAMP_NS": int(float(self.ctx.options.get("latency_clamp", 60.0)) * 1e9),
+            "NFS_MAX_INFLIGHT": self.ctx.options.inflight_capacity,
+            "NFS_CLAMP_NS": int(self.ctx.options.latency_clamp * 1e9),
             "NFS_BUCKETS": SLOTS,
         }
 

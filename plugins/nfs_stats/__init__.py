@@ -7,56 +7,48 @@ keeps each seed collector's error counter.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 from crusoe_metrics_exporter.plugins.nfs_stats.metrics import METRICS
-from crusoe_metrics_exporter.sdk import Collector, ConfigOption, PluginContext, PluginSpec, Support, hookimpl
+from crusoe_metrics_exporter.sdk import Collector, OptionError, PluginContext, PluginSpec, Support, hookimpl, option
 
-__version__ = "1.0.0"
+_OPERATION = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
-OPTIONS = (
-    ConfigOption(
-        "mountstats_path",
-        "path",
-        "",
-        "mountstats file to read; empty means HOST_PROC_PATH/1/mountstats (the host's mount namespace).",
-        env="MOUNTSTATS_PATH",
-    ),
-    ConfigOption(
-        "operations",
-        "str_list",
-        ["READ", "WRITE"],
+
+@dataclass(frozen=True)
+class NfsStatsOptions:
+    mountstats_path: str = option(
+        "path", "", "mountstats file to read; empty means HOST_PROC_PATH/1/mountstats (the host's mount namespace).",
+        env="MOUNTSTATS_PATH")
+    operations: tuple[str, ...] = option(
+        "str_list", ("READ", "WRITE"),
         "Per-op lines to report (kernel op names such as READ, WRITE, COMMIT, GETATTR); "
-        "each becomes an nfs_operation label value in lower case.",
-    ),
-    ConfigOption(
-        "unmatched_mounts",
-        "str",
-        "export",
+        "each becomes an nfs_operation label value in lower case.")
+    unmatched_mounts: str = option(
+        "str", "export",
         "NFS mounts whose device has no volume id: 'export' labels them volume_id=<server:/path>, "
         "'skip' leaves them out as the seed did.",
-        choices=("export", "skip"),
-    ),
-    ConfigOption(
-        "max_file_size",
-        "int",
-        32 * 1024 * 1024,
+        choices=("export", "skip"))
+    max_file_size: int = option(
+        "int", 32 * 1024 * 1024,
         "Bytes of mountstats read per scrape at most; a larger file is cut at the last whole mount and counted "
         "as an error.",
-    ),
-)
+        minimum=4096)
+
+    def __post_init__(self) -> None:
+        bad = [op for op in self.operations if not _OPERATION.fullmatch(op)]
+        if bad:
+            raise OptionError("operations", f"{bad[0]!r} is not an NFS operation name (letters, digits, _)")
 
 
-def _factory(ctx: PluginContext) -> Collector:
-    from crusoe_metrics_exporter.plugins.nfs_stats.collector import NfsStatsCollector, valid_operation_name
+def _factory(ctx: PluginContext[NfsStatsOptions]) -> Collector:
+    from crusoe_metrics_exporter.plugins.nfs_stats.collector import NfsStatsCollector
 
-    bad = [op for op in ctx.options.get("operations", []) if not valid_operation_name(op)]
-    if bad:
-        raise ValueError(f"[plugins.nfs_stats] operations: {', '.join(map(repr, bad))} is not an NFS op name")
-    if int(ctx.options.get("max_file_size", 1)) < 4096:
-        raise ValueError("[plugins.nfs_stats] max_file_size must be at least 4096 bytes")
     return NfsStatsCollector(ctx)
 
 
-def _check_support(ctx: PluginContext) -> Support:
+def _check_support(ctx: PluginContext[NfsStatsOptions]) -> Support:
     from crusoe_metrics_exporter.plugins.nfs_stats.collector import mountstats_path
     from crusoe_metrics_exporter.sdk import read_limited, unreadable
 
@@ -74,13 +66,12 @@ def _check_support(ctx: PluginContext) -> Support:
 
 
 @hookimpl
-def crusoe_metrics_exporter_plugin() -> PluginSpec:
+def crusoe_metrics_exporter_plugin() -> PluginSpec[NfsStatsOptions]:
     return PluginSpec(
         name="nfs_stats",
-        version=__version__,
         description="NFS client RPC, transport-lane and mount-event statistics per volume from mountstats.",
         metrics=METRICS,
         factory=_factory,
         check_support=_check_support,
-        options=OPTIONS,
+        options=NfsStatsOptions,
     )

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from crusoe_metrics_exporter.plugins.nfs_stats import NfsStatsOptions
 from crusoe_metrics_exporter.plugins.nfs_stats import metrics as m
 from crusoe_metrics_exporter.plugins.nfs_stats.parser import (
     EVENTS,
@@ -29,7 +29,7 @@ from crusoe_metrics_exporter.plugins.nfs_stats.parser import (
     operation_keys,
     parse,
 )
-from crusoe_metrics_exporter.sdk import PluginContext, Sample, read_limited, volume_pattern
+from crusoe_metrics_exporter.sdk import PluginContext, Sample, read_limited
 
 ERROR_METRIC = {STATS: m.STATS_ERRORS, XPRT: m.XPRT_ERRORS, EVENTS: m.EVENTS_ERRORS}
 
@@ -57,8 +57,8 @@ _LANE_LABELS = tuple(str(i) for i in range(64))
 _new = tuple.__new__
 
 
-def mountstats_path(ctx: PluginContext) -> Path:
-    configured = str(ctx.options.get("mountstats_path") or "")
+def mountstats_path(ctx: PluginContext[NfsStatsOptions]) -> Path:
+    configured = ctx.options.mountstats_path
     return Path(configured) if configured else ctx.host_proc / "1" / "mountstats"
 
 
@@ -105,14 +105,14 @@ def to_samples(result: ParseResult) -> list[Sample]:
 
 
 class NfsStatsCollector:
-    def __init__(self, ctx: PluginContext) -> None:
+    def __init__(self, ctx: PluginContext[NfsStatsOptions]) -> None:
         self._ctx = ctx
         self._path = mountstats_path(ctx)
-        self._limit = int(ctx.options.get("max_file_size", 32 * 1024 * 1024))
+        self._limit = ctx.options.max_file_size
         self._options = ParseOptions(
-            pattern=volume_pattern(ctx.settings.targets),
-            operations=operation_keys(list(ctx.options.get("operations", ["READ", "WRITE"]))),
-            label_unmatched_by_export=ctx.options.get("unmatched_mounts", "export") == "export",
+            pattern=ctx.targets.volume_pattern,
+            operations=operation_keys(list(ctx.options.operations)),
+            label_unmatched_by_export=ctx.options.unmatched_mounts == "export",
         )
         self._last_problem = ""
 
@@ -154,7 +154,3 @@ class NfsStatsCollector:
         elif not problem and self._last_problem:
             self._ctx.log.info("nfs_stats: mountstats parses cleanly again")
         self._last_problem = problem
-
-
-def valid_operation_name(name: str) -> bool:
-    return re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name.strip()) is not None

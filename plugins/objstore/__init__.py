@@ -7,15 +7,9 @@ OBJSTORE_ENDPOINT_PORT. There is no built-in fallback endpoint.
 
 from __future__ import annotations
 
-from crusoe_metrics_exporter.sdk import (
-    Collector,
-    ConfigOption,
-    MetricSpec,
-    PluginContext,
-    PluginSpec,
-    Support,
-    hookimpl,
-)
+from dataclasses import dataclass
+
+from crusoe_metrics_exporter.sdk import Collector, MetricSpec, PluginContext, PluginSpec, Support, hookimpl, option
 
 LABELS = ("endpoint",)
 ERRORS = "objstore_collection_errors_total"
@@ -70,22 +64,19 @@ METRICS = (
     ),
 )
 
-OPTIONS = (
-    ConfigOption(
-        "series_retention",
-        "duration",
-        3600.0,
-        "How long an endpoint series stays exported after its address stopped being an endpoint (DNS rotation).",
-    ),
-    ConfigOption("latency_clamp", "duration", 600.0, "Longest phase recorded; longer phases count at this value.",
-                 minimum=0.001),
-    ConfigOption("inflight_capacity", "int", 65536, "Connections tracked at once (LRU: the least recent is evicted).",
-                 minimum=1),
-)
+@dataclass(frozen=True)
+class ObjstoreOptions:
+    series_retention: float = option(
+        "duration", 3600.0,
+        "How long an endpoint series stays exported after its address stopped being an endpoint (DNS rotation).")
+    latency_clamp: float = option(
+        "duration", 600.0, "Longest phase recorded; longer phases count at this value.", minimum=0.001)
+    inflight_capacity: int = option(
+        "int", 65536, "Connections tracked at once (LRU: the least recent is evicted).", minimum=1)
 
 
-def _check(ctx: PluginContext) -> Support:
-    targets = ctx.services.get("targets")
+def _check(ctx: PluginContext[ObjstoreOptions]) -> Support:
+    targets = ctx.targets
     if not targets.objstore_configured:
         return Support.unconfigured(
             "no endpoint configured", fix="set OBJSTORE_ENDPOINT_FQDN or OBJSTORE_ENDPOINT_IPS"
@@ -99,21 +90,19 @@ def _check(ctx: PluginContext) -> Support:
     return Support.ok(ports=ports, **dict(support.details))
 
 
-def _factory(ctx: PluginContext) -> Collector:
+def _factory(ctx: PluginContext[ObjstoreOptions]) -> Collector:
     from crusoe_metrics_exporter.plugins.objstore.collector import ObjstoreCollector
 
     return ObjstoreCollector(ctx)
 
 
 @hookimpl
-def crusoe_metrics_exporter_plugin() -> PluginSpec:
+def crusoe_metrics_exporter_plugin() -> PluginSpec[ObjstoreOptions]:
     return PluginSpec(
         name="objstore",
-        version="1.0.0",
         description="Object store bytes, retransmits and connection-phase latency per endpoint (eBPF).",
         metrics=METRICS,
         factory=_factory,
         check_support=_check,
-        options=OPTIONS,
-        uses_ebpf=True,
+        options=ObjstoreOptions,
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 from crusoe_metrics_exporter.plugins._tcptrace.accumulate import Vector
 from crusoe_metrics_exporter.plugins._tcptrace.addresses import normalize
 from crusoe_metrics_exporter.plugins._tcptrace.collector import TcpTargetCollector
+from crusoe_metrics_exporter.plugins.objstore import ObjstoreOptions
 from crusoe_metrics_exporter.plugins.objstore.parser import BUCKETS, SLOTS, VECTOR_WIDTH, parse_stats_entry
 from crusoe_metrics_exporter.sdk import HistogramValue, PluginContext, Sample
 
@@ -20,14 +21,14 @@ class ObjstoreCollector(TcpTargetCollector):
     width = VECTOR_WIDTH
     error_metric = ERRORS
 
-    def __init__(self, ctx: PluginContext) -> None:
+    def __init__(self, ctx: PluginContext[ObjstoreOptions]) -> None:
         super().__init__(ctx)
         self.body = SOURCE.read_text()
 
     def wanted(self) -> tuple[dict[str, Hashable], tuple[int, ...]]:
         mapping: dict[str, Hashable] = {}
         ports: set[int] = set()
-        for endpoint in self._targets.objstore_endpoints():
+        for endpoint in self.targets.objstore_endpoints():
             try:
                 address = normalize(endpoint.address)
             except ValueError:
@@ -36,13 +37,13 @@ class ObjstoreCollector(TcpTargetCollector):
             mapping[address] = address
             ports.update(endpoint.ports)
         if not ports:
-            ports.update(self._targets.objstore_ports)
+            ports.update(self.targets.objstore_ports)
         return mapping, tuple(sorted(ports))
 
     def defines(self, capacity: int) -> dict[str, int]:
         return {
-            "OBJ_MAX_INFLIGHT": int(self.ctx.options.get("inflight_capacity", 65536)),
-            "OBJ_CLAMP_NS": int(float(self.ctx.options.get("latency_clamp", 600.0)) * 1e9),
+            "OBJ_MAX_INFLIGHT": self.ctx.options.inflight_capacity,
+            "OBJ_CLAMP_NS": int(self.ctx.options.latency_clamp * 1e9),
             "OBJ_BUCKETS": SLOTS,
         }
 

@@ -9,17 +9,10 @@ a scrape only reads their last results.
 
 from __future__ import annotations
 
-from crusoe_metrics_exporter.sdk import (
-    Collector,
-    ConfigOption,
-    MetricSpec,
-    PluginContext,
-    PluginSpec,
-    Support,
-    hookimpl,
-)
+from dataclasses import dataclass
 
-VERSION = "1.0.0"
+from crusoe_metrics_exporter.sdk import Collector, MetricSpec, PluginContext, PluginSpec, Support, hookimpl, option
+
 _PROBE_LABELS = ("probe", "target", "endpoint", "port")
 
 METRICS: tuple[MetricSpec, ...] = (
@@ -87,68 +80,58 @@ METRICS: tuple[MetricSpec, ...] = (
     ),
 )
 
-OPTIONS: tuple[ConfigOption, ...] = (
-    ConfigOption("interval", "duration", 300.0, "How often every probe runs.", env="PROBE_INTERVAL", minimum=0.05),
-    ConfigOption(
-        "jitter",
-        "duration",
-        30.0,
+@dataclass(frozen=True)
+class ProbeOptions:
+    interval: float = option("duration", 300.0, "How often every probe runs.", env="PROBE_INTERVAL", minimum=0.05)
+    jitter: float = option(
+        "duration", 30.0,
         "Random delay added to each round (at most half the interval) so many hosts do not probe in step.",
-        env="PROBE_JITTER",
-    ),
-    ConfigOption("timeout", "duration", 10.0, "Per-probe timeout (at most the interval).", env="PROBE_TIMEOUT",
-                 minimum=0.05),
-    ConfigOption("concurrency", "int", 16, "How many probes may run at the same time.", minimum=1),
-    ConfigOption("nfs_rpc_version", "int", 4, "NFS program version of the NULL RPC probe: 4 or 3.",
-                 choices=("4", "3")),
-    ConfigOption(
-        "ca_bundle",
-        "path",
-        "",
-        "PEM file of CAs that verify the object store's certificate; empty means the system trust store.",
-        env="PROBE_CA_BUNDLE",
-    ),
-    ConfigOption(
-        "https_ports",
-        "port_list",
-        [443],
-        "Object-store ports probed with HTTPS; the other object-store ports get a plain HTTP probe.",
-    ),
-    ConfigOption(
-        "icmp_mode",
-        "str",
-        "auto",
+        env="PROBE_JITTER")
+    timeout: float = option("duration", 10.0, "Per-probe timeout (at most the interval).", env="PROBE_TIMEOUT",
+                            minimum=0.05)
+    concurrency: int = option("int", 16, "How many probes may run at the same time.", minimum=1)
+    nfs_rpc_version: int = option("int", 4, "NFS program version of the NULL RPC probe: 4 or 3.", choices=("4", "3"))
+    ca_bundle: str = option(
+        "path", "", "PEM file of CAs that verify the object store's certificate; empty means the system trust store.",
+        env="PROBE_CA_BUNDLE")
+    https_ports: tuple[int, ...] = option(
+        "port_list", (443,),
+        "Object-store ports probed with HTTPS; the other object-store ports get a plain HTTP probe.")
+    icmp_mode: str = option(
+        "str", "auto",
         "ICMP socket kind: auto (datagram if net.ipv4.ping_group_range allows, else raw), unprivileged, raw.",
-        choices=("auto", "unprivileged", "raw"),
-    ),
-)
+        choices=("auto", "unprivileged", "raw"))
+
+    @property
+    def probe_timeout(self) -> float:
+        """The timeout each probe runs with: a probe must end before its next run is due."""
+        return min(self.timeout, self.interval)
 
 
-def _factory(ctx: PluginContext) -> Collector:
+def _factory(ctx: PluginContext[ProbeOptions]) -> Collector:
     from crusoe_metrics_exporter.plugins.probes.collector import ProbesCollector
 
     return ProbesCollector(ctx)
 
 
-def _check_support(ctx: PluginContext) -> Support:
+def _check_support(ctx: PluginContext[ProbeOptions]) -> Support:
     # Probing needs nothing from the host beyond sockets; with no targets the
     # plugin simply reports nothing until discovery finds some.
-    targets = ctx.services.get("targets")
+    targets = ctx.targets
     objstore = "fqdn" if targets.objstore_fqdn else ("ips" if targets.objstore_configured else "none")
     return Support.ok(nfs_ports=",".join(str(p) for p in targets.nfs_ports), objstore=objstore)
 
 
 SPEC = PluginSpec(
     name="probes",
-    version=VERSION,
     description="ICMP, NFS NULL RPC and HTTPS health probes of the NFS servers and the object store.",
     metrics=METRICS,
     factory=_factory,
     check_support=_check_support,
-    options=OPTIONS,
+    options=ProbeOptions,
 )
 
 
 @hookimpl
-def crusoe_metrics_exporter_plugin() -> PluginSpec:
+def crusoe_metrics_exporter_plugin() -> PluginSpec[ProbeOptions]:
     return SPEC

@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Iterable
-from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
-from crusoe_metrics_exporter.plugins.probes import icmp
+from crusoe_metrics_exporter.plugins.probes import ProbeOptions, icmp
 from crusoe_metrics_exporter.plugins.probes.http_probe import http_get, tls_context
 from crusoe_metrics_exporter.plugins.probes.nfs_rpc import null_rpc
 from crusoe_metrics_exporter.plugins.probes.results import (
@@ -24,50 +22,12 @@ from crusoe_metrics_exporter.plugins.probes.results import (
     ResultStore,
 )
 from crusoe_metrics_exporter.plugins.probes.scheduler import ProbeJob, ProbeScheduler
-from crusoe_metrics_exporter.sdk import PluginContext, Sample
+from crusoe_metrics_exporter.sdk import PluginContext, Sample, TargetsService
 
 #: The seed capped its latency gauges at 1 s and reported failure as 1 s;
 #: kept so existing dashboards read the same (the probe_* metrics are exact).
 SEED_CAP_SECONDS = 1.0
 ERRORS = "probes_collection_errors_total"
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    interval: float
-    jitter: float
-    timeout: float
-    concurrency: int
-    nfs_rpc_version: int
-    ca_bundle: str
-    https_ports: tuple[int, ...]
-    icmp_mode: str
-
-    @classmethod
-    def from_options(cls, options: Any) -> ProbeConfig:
-        interval = float(options.get("interval", 300.0))
-        if interval <= 0:
-            raise ValueError(f"interval (PROBE_INTERVAL) must be greater than zero, got {interval:g}s")
-        version = int(options.get("nfs_rpc_version", 4))
-        if version not in (3, 4):
-            raise ValueError(f"nfs_rpc_version must be 3 or 4, got {version}")
-        concurrency = int(options.get("concurrency", 16))
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-        timeout = float(options.get("timeout", 10.0))
-        if timeout <= 0:
-            raise ValueError(f"timeout must be greater than zero, got {timeout:g}s")
-        return cls(
-            interval=interval,
-            jitter=float(options.get("jitter", 30.0)),
-            # A probe must end before its next run is due.
-            timeout=min(timeout, interval),
-            concurrency=concurrency,
-            nfs_rpc_version=version,
-            ca_bundle=str(options.get("ca_bundle", "") or ""),
-            https_ports=tuple(int(p) for p in options.get("https_ports", [443])),
-            icmp_mode=str(options.get("icmp_mode", "auto")),
-        )
 
 
 def resolve_icmp_modes(requested: str) -> dict[int, str | None]:
@@ -78,12 +38,12 @@ def resolve_icmp_modes(requested: str) -> dict[int, str | None]:
 
 
 class ProbesCollector:
-    def __init__(self, ctx: PluginContext) -> None:
+    def __init__(self, ctx: PluginContext[ProbeOptions]) -> None:
         self._ctx = ctx
         self._log: logging.Logger = ctx.log
-        self.config = ProbeConfig.from_options(ctx.options)
+        self.config = ctx.options
         self.store = ResultStore()
-        self._directory: Any = None
+        self._directory: TargetsService | None = None
         self._tls: ssl.SSLContext | None = None
         self._tls_error = ""
         self._icmp_modes: dict[int, str | None] = {}
@@ -92,7 +52,7 @@ class ProbesCollector:
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
-        self._directory = self._ctx.services.get("targets")
+        self._directory = self._ctx.targets
         self._directory.start()  # first discovery (DNS included) happens here, not in a scrape
         self._icmp_modes = resolve_icmp_modes(self.config.icmp_mode)
         for family, mode in self._icmp_modes.items():
@@ -137,20 +97,22 @@ class ProbesCollector:
     def jobs(self) -> list[ProbeJob]:
         """The probes of one round, from the directory's current snapshot (no DNS)."""
         cfg = self.config
+        assert self._directory is not None
         self._sequence = (self._sequence + 1) & 0xFFFF
         jobs: list[ProbeJob] = []
         for server in self._directory.nfs_servers():
             jobs.append(self._icmp_job(TARGET_NFS, server.address, server.family))
             for port in server.ports:
                 key = ProbeKey(NFS_RPC, TARGET_NFS, server.address, port)
-                jobs.append(ProbeJob(key, partial(null_rpc, server.address, port, cfg.nfs_rpc_version, cfg.timeout)))
+                probe = partial(null_rpc, server.address, port, cfg.nfs_rpc_version, cfg.probe_timeout)
+                jobs.append(ProbeJob(key, probe))
         for endpoint in self._directory.objstore_endpoints():
             jobs.append(self._icmp_job(TARGET_OBJSTORE, endpoint.address, endpoint.family))
             for port in endpoint.ports:
                 if port not in cfg.https_ports:
                     host = endpoint.fqdn or endpoint.address
                     key = ProbeKey(HTTP, TARGET_OBJSTORE, endpoint.address, port)
-                    jobs.append(ProbeJob(key, partial(http_get, endpoint.address, port, host, cfg.timeout, None)))
+                    jobs.append(ProbeJob(key, partial(http_get, endpoint.address, port, host, cfg.probe_timeout, None)))
                 elif endpoint.fqdn:
                     # Without a name there is nothing to verify the certificate
                     # against, so (like the seed) no HTTPS probe.
@@ -163,12 +125,13 @@ class ProbesCollector:
         key = ProbeKey(ICMP, target, address)
         if mode is None:
             return ProbeJob(key, lambda: Outcome.failed("permission", 0.0, detail="no ICMP socket available"))
-        return ProbeJob(key, partial(icmp.ping, address, family, self.config.timeout, mode, sequence=self._sequence))
+        timeout = self.config.probe_timeout
+        return ProbeJob(key, partial(icmp.ping, address, family, timeout, mode, sequence=self._sequence))
 
     def _https(self, address: str, port: int, fqdn: str) -> Outcome:
         if self._tls is None:
             return Outcome.failed("tls_config", 0.0, detail=self._tls_error)
-        return http_get(address, port, fqdn, self.config.timeout, self._tls)
+        return http_get(address, port, fqdn, self.config.probe_timeout, self._tls)
 
     # -- scrape --------------------------------------------------------------
     def collect(self) -> Iterable[Sample]:

@@ -8,9 +8,7 @@ of the I/O pressure collector is the ``psi`` plugin.
 
 from __future__ import annotations
 
-from crusoe_metrics_exporter.sdk import Collector, MetricSpec, PluginContext, PluginSpec, Support, hookimpl
-
-VERSION = "1.0.0"
+from crusoe_metrics_exporter.sdk import Collector, MetricSpec, NoOptions, PluginContext, PluginSpec, Support, hookimpl
 
 CPU_ERRORS = "cpu_steal_collection_errors_total"
 IO_ERRORS = "io_collection_errors_total"
@@ -31,24 +29,23 @@ METRICS: tuple[MetricSpec, ...] = (
 )
 
 
-def _check_support(ctx: PluginContext) -> Support:
+def _check_support(ctx: PluginContext[NoOptions]) -> Support:
     path = ctx.host_proc / "stat"
     if not path.is_file():
         return Support.unsupported(f"{path} does not exist", "HOST_PROC_PATH must be the host's /proc", path=str(path))
     return Support.ok(path=str(path))
 
 
-def _factory(ctx: PluginContext) -> Collector:
+def _factory(ctx: PluginContext[NoOptions]) -> Collector:
     from crusoe_metrics_exporter.plugins.procstat.collector import ProcStatCollector
 
     return ProcStatCollector(ctx)
 
 
 @hookimpl
-def crusoe_metrics_exporter_plugin() -> PluginSpec:
+def crusoe_metrics_exporter_plugin() -> PluginSpec[NoOptions]:
     return PluginSpec(
         name="procstat",
-        version=VERSION,
         description="CPU steal time and runnable/blocked task counts from /proc/stat.",
         metrics=METRICS,
         factory=_factory,

@@ -12,7 +12,7 @@ from crusoe_metrics_exporter.plugins.procstat import (
     PROCS_RUNNING,
 )
 from crusoe_metrics_exporter.plugins.procstat import parser as p
-from crusoe_metrics_exporter.sdk import PluginContext, ProblemLog, Sample, read_limited
+from crusoe_metrics_exporter.sdk import NoOptions, PluginContext, ProblemLog, Sample, read_limited
 
 #: /proc/stat of a 1,000-CPU host with a megabyte intr line stays far below this.
 READ_LIMIT = 64 << 20
@@ -34,7 +34,7 @@ def user_hz() -> int:
 
 
 class ProcStatCollector:
-    def __init__(self, ctx: PluginContext) -> None:
+    def __init__(self, ctx: PluginContext[NoOptions]) -> None:
         self._ctx = ctx
         self._path = ctx.host_proc / "stat"
         self._ticks_per_second = float(user_hz())

@@ -13,14 +13,13 @@ import errno
 from crusoe_metrics_exporter.sdk import (
     Collector,
     MetricSpec,
+    NoOptions,
     PluginContext,
     PluginSpec,
     Support,
     hookimpl,
     read_limited,
 )
-
-VERSION = "1.0.0"
 
 RESOURCES = ("cpu", "memory", "io")
 ERRORS_METRIC = "psi_collection_errors_total"
@@ -60,7 +59,7 @@ NO_PSI_FIX = ("boot the kernel with psi=1 (kernels built with CONFIG_PSI_DEFAULT
               "CONFIG_PSI=y; in a container, HOST_PROC_PATH must be the host's /proc")
 
 
-def _check_support(ctx: PluginContext) -> Support:
+def _check_support(ctx: PluginContext[NoOptions]) -> Support:
     directory = ctx.host_proc / "pressure"
     if not directory.is_dir():
         return Support.unsupported(NO_PSI, NO_PSI_FIX, path=str(directory))
@@ -75,17 +74,16 @@ def _check_support(ctx: PluginContext) -> Support:
     return Support.ok(path=str(directory))
 
 
-def _factory(ctx: PluginContext) -> Collector:
+def _factory(ctx: PluginContext[NoOptions]) -> Collector:
     from crusoe_metrics_exporter.plugins.psi.collector import PsiCollector
 
     return PsiCollector(ctx)
 
 
 @hookimpl
-def crusoe_metrics_exporter_plugin() -> PluginSpec:
+def crusoe_metrics_exporter_plugin() -> PluginSpec[NoOptions]:
     return PluginSpec(
         name="psi",
-        version=VERSION,
         description="CPU, memory and I/O pressure (PSI) from /proc/pressure: stall ratios over 10/60/300 s and "
         "cumulative stall time, per scope.",
         metrics=METRICS,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from crusoe_metrics_exporter.plugins.psi import ERRORS_METRIC, RESOURCES, ratio_metric, stall_metric
 from crusoe_metrics_exporter.plugins.psi.parser import SCOPES, WINDOWS, parse_pressure
-from crusoe_metrics_exporter.sdk import PluginContext, ProblemLog, Sample, read_limited
+from crusoe_metrics_exporter.sdk import NoOptions, PluginContext, ProblemLog, Sample, read_limited
 
 #: A pressure file is two lines of ~60 bytes; anything near this is damage.
 READ_LIMIT = 4096
@@ -13,7 +13,7 @@ REQUIRED_SCOPES = {"cpu": ("some",), "memory": SCOPES, "io": SCOPES}
 
 
 class PsiCollector:
-    def __init__(self, ctx: PluginContext) -> None:
+    def __init__(self, ctx: PluginContext[NoOptions]) -> None:
         self._ctx = ctx
         self._directory = ctx.host_proc / "pressure"
         self._problems = ProblemLog(ctx.log, str(self._directory))

@@ -6,7 +6,7 @@ import socket
 import sys
 import types
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +91,8 @@ class FakePlugin:
 
         return PluginSpec(
             name=self.name,
-            version="1.0",
             description="fake",
-            metrics=tuple(MetricSpec(m.name.replace("fake", self.name), m.type, m.help, m.labels, m.buckets,
-                                     m.error_counter) for m in self.metrics),
+            metrics=tuple(replace(m, name=m.name.replace("fake", self.name)) for m in self.metrics),
             factory=factory,
             check_support=lambda ctx: self.support,
         )
@@ -178,7 +176,7 @@ class Collector:
 
 @hookimpl
 def crusoe_metrics_exporter_plugin():
-    return PluginSpec(name=NAME, version="1.0", description="starts when its gate opens",
+    return PluginSpec(name=NAME, description="starts when its gate opens",
                       metrics=(MetricSpec(NAME + "_value", "gauge", "One, once started."),),
                       factory=Collector, check_support=lambda ctx: Support.ok())
 '''

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from helpers.server import CLI
 
-from crusoe_metrics_exporter.settings import resolve
+from crusoe_metrics_exporter.app import Exporter
+from crusoe_metrics_exporter.settings import Overrides
 from crusoe_metrics_exporter.targets.directory import TargetDirectory
+from crusoe_metrics_exporter.targets.dns import Resolver
 from crusoe_metrics_exporter.targets.region import NoRegion, objstore_endpoint, region_from_node_name
 
 from .test_targets_directory import FakeDns
@@ -52,30 +54,40 @@ def test_no_region(node_name: str, why: str) -> None:
         region_from_node_name(node_name)
 
 
-def _settings(tmp_path: Path, **env: str):  # type: ignore[no-untyped-def]
+def _exporter(tmp_path: Path, **env: str) -> Exporter:
+    """No plugins; the targets service found through its entry point, its settings resolved from ``env``."""
     (tmp_path / "1").mkdir(exist_ok=True)
     (tmp_path / "1" / "mounts").write_text("")
-    return resolve({}, environ={"HOST_PROC_PATH": str(tmp_path), **env})
+    return Exporter.from_environment(None, Overrides({}), {"HOST_PROC_PATH": str(tmp_path), **env}, [])
 
 
-def test_derived_only_when_no_fqdn_is_set(tmp_path: Path) -> None:
-    settings, warnings = _settings(tmp_path, NODE_NAME="np-1.us-west1-a.compute.internal")
-    assert settings.targets["objstore_endpoint_fqdn"] == "object.us-west1-a.crusoecloudcompute.com"
+def _directory(exporter: Exporter, resolver: Resolver) -> TargetDirectory:
+    [targets] = [r for r in exporter.service_records if r.name == "targets"]
+    return TargetDirectory(targets.options, Path(exporter.settings.core["host_proc_path"]), resolver=resolver)
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_derived_only_when_no_fqdn_is_set(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = _exporter(tmp_path, NODE_NAME="np-1.us-west1-a.compute.internal").settings
+    assert settings.services["targets"]["objstore_endpoint_fqdn"] == "object.us-west1-a.crusoecloudcompute.com"
     assert settings.sources["targets.objstore_endpoint_fqdn"] == "derived from node_name (environment NODE_NAME)"
-    assert warnings == []
-    settings, warnings = _settings(tmp_path, NODE_NAME="np-1.us-west1-a.x", OBJSTORE_ENDPOINT_FQDN="s3.example")
-    assert settings.targets["objstore_endpoint_fqdn"] == "s3.example"
+    settings = _exporter(tmp_path, NODE_NAME="np-1.us-west1-a.x", OBJSTORE_ENDPOINT_FQDN="s3.example").settings
+    assert settings.services["targets"]["objstore_endpoint_fqdn"] == "s3.example"
     assert settings.sources["targets.objstore_endpoint_fqdn"] == "environment OBJSTORE_ENDPOINT_FQDN"
-    settings, warnings = _settings(tmp_path)
-    assert settings.targets["objstore_endpoint_fqdn"] == "" and warnings == []
+    settings = _exporter(tmp_path).settings
+    assert settings.services["targets"]["objstore_endpoint_fqdn"] == ""
+    assert _warnings(caplog) == []
 
 
-def test_bad_node_name_is_one_warning_and_the_ips_stay(tmp_path: Path) -> None:
-    settings, warnings = _settings(tmp_path, NODE_NAME="just-a-hostname", OBJSTORE_ENDPOINT_IPS="10.1.2.3")
-    assert settings.targets["objstore_endpoint_fqdn"] == ""
-    assert warnings == ["NODE_NAME='just-a-hostname' has no region: expected <node>.<region>[.<domain>]; "
-                        "no object-store FQDN derived (OBJSTORE_ENDPOINT_IPS is used)"]
-    d = TargetDirectory(settings, resolver=FakeDns({}))
+def test_bad_node_name_is_one_warning_and_the_ips_stay(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    exporter = _exporter(tmp_path, NODE_NAME="just-a-hostname", OBJSTORE_ENDPOINT_IPS="10.1.2.3")
+    assert exporter.settings.services["targets"]["objstore_endpoint_fqdn"] == ""
+    assert _warnings(caplog) == ["NODE_NAME='just-a-hostname' has no region: expected <node>.<region>[.<domain>]; "
+                                 "no object-store FQDN derived (OBJSTORE_ENDPOINT_IPS is used)"]
+    d = _directory(exporter, FakeDns({}))
     try:
         assert [e.address for e in d.objstore_endpoints()] == ["10.1.2.3"]
     finally:
@@ -85,9 +97,9 @@ def test_bad_node_name_is_one_warning_and_the_ips_stay(tmp_path: Path) -> None:
 def test_derived_name_that_does_not_resolve_falls_back_to_the_ips(tmp_path: Path) -> None:
     # The Go exporter used OBJSTORE_ENDPOINT_IPS only when no region could be
     # derived; a derived name whose lookup failed left it with no endpoint.
-    settings, _ = _settings(tmp_path, NODE_NAME="np-1.us-west1-a.compute.internal", OBJSTORE_ENDPOINT_IPS="10.1.2.3")
+    exporter = _exporter(tmp_path, NODE_NAME="np-1.us-west1-a.compute.internal", OBJSTORE_ENDPOINT_IPS="10.1.2.3")
     dns = FakeDns({})
-    d = TargetDirectory(settings, resolver=dns)
+    d = _directory(exporter, dns)
     try:
         assert [(e.address, e.fqdn) for e in d.objstore_endpoints()] == [("10.1.2.3", "")]
         assert dns.calls == ["object.us-west1-a.crusoecloudcompute.com"]

@@ -8,15 +8,18 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from crusoe_metrics_exporter.app import Exporter
 from crusoe_metrics_exporter.exposition import render
-from crusoe_metrics_exporter.services import Services
-from crusoe_metrics_exporter.settings import Settings, resolve
+from crusoe_metrics_exporter.settings import Overrides
 from crusoe_metrics_exporter.targets.directory import TargetDirectory
-from crusoe_metrics_exporter.targets.dns import MAX_DNS_HOSTS, system_resolver
+from crusoe_metrics_exporter.targets.dns import MAX_DNS_HOSTS, Resolver, system_resolver
+from crusoe_metrics_exporter.targets.service import TargetOptions
+from crusoe_metrics_exporter.testing import options_for
 
 DATA = Path(__file__).parent / "data"
 
@@ -36,17 +39,29 @@ class FakeDns:
         return list(self.table[name])
 
 
-def make_settings(tmp_path: Path, mounts: str | None = None, **env: str) -> Settings:
+@dataclass(frozen=True)
+class Setup:
+    """A /proc tree and the [targets] options resolved from environment variables, as the exporter would."""
+
+    proc: Path
+    options: TargetOptions
+
+
+def make_settings(tmp_path: Path, mounts: str | None = None, values: dict[str, str] | None = None,
+                  **env: str) -> Setup:
     proc = tmp_path / "proc"
     (proc / "1").mkdir(parents=True, exist_ok=True)
     if mounts is not None:
         (proc / "1" / "mounts").write_text(mounts)
-    settings, _ = resolve({}, environ={"HOST_PROC_PATH": str(proc), **env})
-    return settings
+    return Setup(proc, options_for(TargetOptions, values, env))
 
 
-def mounts_path(settings: Settings) -> Path:
-    return Path(settings.core["host_proc_path"]) / "1" / "mounts"
+def mounts_path(setup: Setup) -> Path:
+    return setup.proc / "1" / "mounts"
+
+
+def new_directory(setup: Setup, resolver: Resolver | None = None) -> TargetDirectory:
+    return TargetDirectory(setup.options, setup.proc, resolver=resolver)
 
 
 def dns_value(directory: TargetDirectory, metric: str, kind: str, host: str) -> float | None:
@@ -66,7 +81,7 @@ def directories() -> Iterator[list[TargetDirectory]]:
 def test_host_mounts_fixture(tmp_path: Path, directories: list[TargetDirectory]) -> None:
     settings = make_settings(tmp_path, (DATA / "host_mounts.txt").read_text(), NFS_TARGET_PORTS="2049,20049")
     dns = FakeDns({"nfs.example.test": ["172.27.255.32", "172.27.255.33", "fd00::32"]})
-    d = TargetDirectory(settings, resolver=dns)
+    d = new_directory(settings, resolver=dns)
     directories.append(d)
 
     servers = {s.address: s for s in d.nfs_servers()}
@@ -99,7 +114,7 @@ def test_host_mounts_fixture(tmp_path: Path, directories: list[TargetDirectory])
 
 def test_volume_ids_can_be_disabled(tmp_path: Path, directories: list[TargetDirectory]) -> None:
     settings = make_settings(tmp_path, (DATA / "host_mounts.txt").read_text(), NFS_ENABLE_VOLUME_ID="false")
-    d = TargetDirectory(settings, resolver=FakeDns({"nfs.example.test": ["172.27.255.32"]}))
+    d = new_directory(settings, resolver=FakeDns({"nfs.example.test": ["172.27.255.32"]}))
     directories.append(d)
     assert all(s.volumes == () for s in d.nfs_servers())
     assert all(m.volume_id is None for m in d.nfs_mounts())
@@ -119,7 +134,7 @@ def test_seed_mixed_mounts_every_volume_kept(tmp_path: Path, directories: list[T
     text = _mountcmd_to_proc((DATA / "seed_mountcmd_mixed.txt").read_text())
     settings = make_settings(tmp_path, text)
     dns = FakeDns({"nfs.crusoecloudcompute.com": ["172.27.255.32"], "nfs.provider2.com": ["10.0.1.100"]})
-    d = TargetDirectory(settings, resolver=dns)
+    d = new_directory(settings, resolver=dns)
     directories.append(d)
     servers = {s.address: s for s in d.nfs_servers()}
     assert set(servers) == {"172.27.255.32", "10.0.1.100"}
@@ -135,7 +150,7 @@ def test_seed_ip_based_and_multi_addr(tmp_path: Path, directories: list[TargetDi
     text = _mountcmd_to_proc((DATA / "seed_mountcmd_ip_based.txt").read_text())
     text += _mountcmd_to_proc((DATA / "seed_mountcmd_multi_ip.txt").read_text())
     dns = FakeDns({"nfs.crusoecloudcompute.com": ["172.27.255.32"]})
-    d = TargetDirectory(make_settings(tmp_path, text), resolver=dns)
+    d = new_directory(make_settings(tmp_path, text), resolver=dns)
     directories.append(d)
     addresses = [s.address for s in d.nfs_servers()]
     assert addresses == ["10.0.1.100", "172.27.255.32", "172.27.255.33", "172.27.255.34", "192.168.1.50"]
@@ -145,7 +160,7 @@ def test_seed_ip_based_and_multi_addr(tmp_path: Path, directories: list[TargetDi
 def test_configured_servers_names_and_literals(tmp_path: Path, directories: list[TargetDirectory]) -> None:
     settings = make_settings(tmp_path, "", NFS_SERVER_IPS="10.1.1.1, filer.test ,FD00::0:5")
     dns = FakeDns({"filer.test": ["10.1.1.2", "10.1.1.1"]})
-    d = TargetDirectory(settings, resolver=dns)
+    d = new_directory(settings, resolver=dns)
     directories.append(d)
     servers = {s.address: s for s in d.nfs_servers()}
     assert list(servers) == ["10.1.1.1", "10.1.1.2", "fd00::5"]
@@ -157,7 +172,7 @@ def test_configured_servers_names_and_literals(tmp_path: Path, directories: list
 
 def test_real_system_resolver_resolves_localhost(tmp_path: Path, directories: list[TargetDirectory]) -> None:
     assert "127.0.0.1" in system_resolver("localhost")
-    d = TargetDirectory(make_settings(tmp_path, "", NFS_SERVER_IPS="localhost"))
+    d = new_directory(make_settings(tmp_path, "", NFS_SERVER_IPS="localhost"))
     directories.append(d)
     assert "127.0.0.1" in [s.address for s in d.nfs_servers()]
     assert dns_value(d, "dns_resolve_successes_total", "nfs", "localhost") == 1.0
@@ -166,7 +181,7 @@ def test_real_system_resolver_resolves_localhost(tmp_path: Path, directories: li
 def test_resolution_failure_keeps_last_good_and_counts(tmp_path: Path, directories: list[TargetDirectory]) -> None:
     settings = make_settings(tmp_path, "", NFS_SERVER_IPS="filer.test", OBJSTORE_ENDPOINT_FQDN="object.test")
     dns = FakeDns({"filer.test": ["10.1.1.2"], "object.test": ["10.2.0.1", "fd00::2:1"]})
-    d = TargetDirectory(settings, resolver=dns)
+    d = new_directory(settings, resolver=dns)
     directories.append(d)
     assert [s.address for s in d.nfs_servers()] == ["10.1.1.2"]
     assert [e.address for e in d.objstore_endpoints()] == ["10.2.0.1", "fd00::2:1"]
@@ -188,12 +203,12 @@ def test_resolution_failure_keeps_last_good_and_counts(tmp_path: Path, directori
 
 def test_name_never_resolved_gives_no_targets(tmp_path: Path, directories: list[TargetDirectory]) -> None:
     settings = make_settings(tmp_path, "", NFS_SERVER_IPS="missing.test", OBJSTORE_ENDPOINT_FQDN="nowhere.test")
-    d = TargetDirectory(settings, resolver=FakeDns({}))
+    d = new_directory(settings, resolver=FakeDns({}))
     directories.append(d)
     assert d.nfs_servers() == ()
     assert d.objstore_endpoints() == ()
     assert d.objstore_configured and d.objstore_fqdn == "nowhere.test"
-    assert TargetDirectory(make_settings(tmp_path, "", OBJSTORE_ENDPOINT_FQDN=" Object.TEST. ")).objstore_fqdn == (
+    assert new_directory(make_settings(tmp_path, "", OBJSTORE_ENDPOINT_FQDN=" Object.TEST. ")).objstore_fqdn == (
         "object.test"
     )
 
@@ -201,7 +216,7 @@ def test_name_never_resolved_gives_no_targets(tmp_path: Path, directories: list[
 def test_objstore_fqdn_a_and_aaaa_with_ports(tmp_path: Path, directories: list[TargetDirectory]) -> None:
     settings = make_settings(tmp_path, "", OBJSTORE_ENDPOINT_FQDN="Object.Test.", OBJSTORE_ENDPOINT_PORT="443",
                              OBJSTORE_ENDPOINT_IPS="10.9.9.9")
-    d = TargetDirectory(settings, resolver=FakeDns({"object.test": ["fd00::1", "10.2.0.1"]}))
+    d = new_directory(settings, resolver=FakeDns({"object.test": ["fd00::1", "10.2.0.1"]}))
     directories.append(d)
     eps = d.objstore_endpoints()
     assert [(e.address, e.family, e.ports, e.fqdn) for e in eps] == [
@@ -214,7 +229,7 @@ def test_objstore_ips_without_fqdn(tmp_path: Path, directories: list[TargetDirec
     # An address that is not an IP stops start-up (tests/test_settings.py); the rest are endpoints.
     settings = make_settings(tmp_path, "", OBJSTORE_ENDPOINT_IPS="10.2.0.1, ::1")
     dns = FakeDns({})
-    d = TargetDirectory(settings, resolver=dns)
+    d = new_directory(settings, resolver=dns)
     directories.append(d)
     assert [(e.address, e.ports, e.fqdn) for e in d.objstore_endpoints()] == [
         ("10.2.0.1", (443, 80), ""),
@@ -226,7 +241,7 @@ def test_objstore_ips_without_fqdn(tmp_path: Path, directories: list[TargetDirec
 
 
 def test_nothing_configured(tmp_path: Path, directories: list[TargetDirectory]) -> None:
-    d = TargetDirectory(make_settings(tmp_path, None))  # no mounts file at all
+    d = new_directory(make_settings(tmp_path, None))  # no mounts file at all
     directories.append(d)
     assert d.nfs_servers() == () and d.objstore_endpoints() == ()
     assert not d.objstore_configured
@@ -244,7 +259,7 @@ def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
 def test_background_refresh_notifies_subscribers(tmp_path: Path, directories: list[TargetDirectory]) -> None:
     settings = make_settings(tmp_path, "10.0.0.1:/a /a nfs rw,addr=10.0.0.1 0 0\n",
                              NFS_MOUNT_REFRESH_INTERVAL="100ms")
-    d = TargetDirectory(settings, resolver=FakeDns({}))
+    d = new_directory(settings, resolver=FakeDns({}))
     directories.append(d)
     changed = threading.Event()
     threads: list[str] = []
@@ -274,7 +289,7 @@ def test_background_refresh_notifies_subscribers(tmp_path: Path, directories: li
 
 def test_unreadable_mounts_keep_last_good(tmp_path: Path, directories: list[TargetDirectory]) -> None:
     settings = make_settings(tmp_path, "10.0.0.1:/a /a nfs rw 0 0\n")
-    d = TargetDirectory(settings, resolver=FakeDns({}))
+    d = new_directory(settings, resolver=FakeDns({}))
     directories.append(d)
     assert len(d.nfs_mounts()) == 1
     shutil.rmtree(mounts_path(settings).parent)
@@ -283,12 +298,10 @@ def test_unreadable_mounts_keep_last_good(tmp_path: Path, directories: list[Targ
 
 
 def test_objstore_re_resolved_on_timer(tmp_path: Path) -> None:
-    proc = tmp_path / "proc"
-    (proc / "1").mkdir(parents=True)
-    settings, _ = resolve({}, environ={"HOST_PROC_PATH": str(proc), "OBJSTORE_ENDPOINT_FQDN": "object.test"})
-    settings.targets["objstore_refresh_interval"] = 0.1
+    settings = make_settings(tmp_path, values={"objstore_refresh_interval": "100ms"},
+                             OBJSTORE_ENDPOINT_FQDN="object.test")
     dns = FakeDns({"object.test": ["10.2.0.1"]})
-    d = TargetDirectory(settings, resolver=dns)
+    d = new_directory(settings, resolver=dns)
     try:
         assert [e.address for e in d.objstore_endpoints()] == ["10.2.0.1"]
         dns.table["object.test"] = ["10.2.0.1", "fd00::9"]
@@ -301,7 +314,7 @@ def test_objstore_re_resolved_on_timer(tmp_path: Path) -> None:
 def test_dns_host_labels_are_capped(tmp_path: Path, directories: list[TargetDirectory]) -> None:
     names = [f"filer{i}.test" for i in range(MAX_DNS_HOSTS + 5)]
     settings = make_settings(tmp_path, "", NFS_SERVER_IPS=",".join(names))
-    d = TargetDirectory(settings, resolver=FakeDns({}))
+    d = new_directory(settings, resolver=FakeDns({}))
     directories.append(d)
     d.nfs_servers()
     text = render(d.metric_families()).decode()
@@ -310,13 +323,16 @@ def test_dns_host_labels_are_capped(tmp_path: Path, directories: list[TargetDire
     assert dns_value(d, "dns_resolve_total", "nfs", "other") == 5.0
 
 
-def test_registered_as_core_service(tmp_path: Path) -> None:
-    services = Services(make_settings(tmp_path, ""))
-    directory = services.get("targets")
+def test_registered_as_a_shared_service_through_its_entry_point(tmp_path: Path) -> None:
+    setup = make_settings(tmp_path, "")
+    exporter = Exporter.from_environment(None, Overrides({}), {"HOST_PROC_PATH": str(setup.proc)}, [])
+    [record] = [r for r in exporter.service_records if r.name == "targets"]
+    assert record.distribution == "crusoe-metrics-exporter" and record.entry_point.endswith("targets.service")
+    directory = exporter.services.get("targets")
     assert isinstance(directory, TargetDirectory)
-    assert services.get("targets") is directory
+    assert exporter.services.get("targets") is directory
     directory.start()
-    services.stop()
+    exporter.stop()
     assert directory._thread is not None and not directory._thread.is_alive()
 
 
@@ -328,7 +344,7 @@ def test_non_utf8_server_name_in_mounts_does_not_break_the_exposition(
         b"\xff\xfe:/export /mnt/a nfs rw,vers=3 0 0\n"
         b"filer.test:/volumes/v\xe9 /mnt/b nfs rw,vers=3 0 0\n"
     )
-    d = TargetDirectory(settings, resolver=FakeDns({"filer.test": ["10.0.0.7"]}))
+    d = new_directory(settings, resolver=FakeDns({"filer.test": ["10.0.0.7"]}))
     directories.append(d)
     mounts = d.nfs_mounts()
     # The host name becomes a DNS host label value: it must be encodable.

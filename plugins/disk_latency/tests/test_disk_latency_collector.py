@@ -8,12 +8,10 @@ two maps, the only place in the plugin's tests where the real kernel is not used
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
-from crusoe_metrics_exporter.contract import HistogramValue, PluginContext
-from crusoe_metrics_exporter.errors import ErrorCounters
+from crusoe_metrics_exporter.plugins import disk_latency
 from crusoe_metrics_exporter.plugins.disk_latency.collector import OTHER_MAP, SLOTS_MAP, DiskLatencyCollector
 from crusoe_metrics_exporter.plugins.disk_latency.parser import (
     DEVICE_SLOTS,
@@ -27,7 +25,8 @@ from crusoe_metrics_exporter.plugins.disk_latency.parser import (
     encode_slot_index,
     encode_value,
 )
-from crusoe_metrics_exporter.settings import resolve
+from crusoe_metrics_exporter.sdk import HistogramValue
+from crusoe_metrics_exporter.testing import ErrorCounters, PluginHarness
 
 DATA = Path(__file__).parent / "data"
 
@@ -65,16 +64,9 @@ def _collector(tmp_path: Path) -> tuple[DiskLatencyCollector, ErrorCounters, Loa
     proc = tmp_path / "proc"
     proc.mkdir()
     (proc / "diskstats").write_text((DATA / "diskstats_two_virtio_disks.txt").read_text())
-    settings, _ = resolve({}, environ={"HOST_PROC_PATH": str(proc)})
-    errors = ErrorCounters("disk_latency", ("disk_collection_errors_total",))
-    ctx = PluginContext(
-        plugin="disk_latency",
-        options={"device_include": r"^vd[a-z]+$", "device_exclude": ""},
-        settings=settings,
-        errors=errors,
-        log=logging.getLogger("test"),
-    )
-    collector = DiskLatencyCollector(ctx)
+    harness = PluginHarness(disk_latency, host_proc=proc)
+    errors = harness.errors
+    collector = DiskLatencyCollector(harness.context)
     loaded = LoadedStandIn()
     collector.loaded = loaded  # type: ignore[assignment]
     collector.table_refresh_seconds = 3600.0

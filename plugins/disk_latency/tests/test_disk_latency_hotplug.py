@@ -22,6 +22,7 @@ from crusoe_metrics_exporter.plugins.disk_latency.parser import (
     dev_t,
     encode_slot_index,
 )
+from crusoe_metrics_exporter.settings import Overrides
 
 pytestmark = pytest.mark.ebpf
 
@@ -32,9 +33,8 @@ LOOP_MAJOR = 7
 
 @pytest.fixture
 def collector(require_ebpf: None, state_dir: Path) -> Iterator[DiskLatencyCollector]:
-    ex = Exporter.from_environment(environ={})
-    ex.settings.plugins.setdefault("disk_latency", {})["device_include"] = r"^loop\d+$"
-    ex.settings.core["state_dir"] = str(state_dir)
+    ex = Exporter.from_environment(environ={"CRUSOE_EXPORTER_STATE_DIR": str(state_dir)},
+                                   overrides=Overrides({"plugins.disk_latency.device_include": r"^loop\d+$"}))
     ex.start(only=["disk_latency"])
     try:
         rec = next(r for r in ex.records if r.name == "disk_latency")

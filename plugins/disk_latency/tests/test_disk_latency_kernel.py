@@ -18,6 +18,7 @@ from crusoe_metrics_exporter.exposition import render
 from crusoe_metrics_exporter.histogram import cumulative_buckets
 from crusoe_metrics_exporter.plugins.disk_latency.collector import bpf_spec
 from crusoe_metrics_exporter.plugins.disk_latency.parser import BOUNDS_SECONDS
+from crusoe_metrics_exporter.settings import Overrides
 
 pytestmark = pytest.mark.ebpf
 
@@ -36,9 +37,8 @@ MEAN_TOLERANCE_ABSOLUTE = 5e-6
 
 @pytest.fixture
 def exporter(loop_device: str, state_dir: Path) -> Iterator[Exporter]:
-    ex = Exporter.from_environment(environ={"CRUSOE_EXPORTER_STATE_DIR": str(state_dir)})
-    ex.settings.plugins.setdefault("disk_latency", {})["device_include"] = f"^{loop_device}$"
-    ex.settings.core["state_dir"] = str(state_dir)
+    ex = Exporter.from_environment(environ={"CRUSOE_EXPORTER_STATE_DIR": str(state_dir)},
+                                   overrides=Overrides({"plugins.disk_latency.device_include": f"^{loop_device}$"}))
     ex.start(only=["disk_latency"])
     try:
         yield ex

@@ -1,34 +1,28 @@
-"""Helpers for the disk_stats tests: a real PluginContext over a chosen /proc root."""
+"""Fixtures for the disk_stats tests: the plugin's context over a chosen /proc root, from the testing kit."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from crusoe_metrics_exporter.contract import PluginContext
-from crusoe_metrics_exporter.errors import ErrorCounters
-from crusoe_metrics_exporter.settings import Settings
+from crusoe_metrics_exporter.plugins import disk_stats
+from crusoe_metrics_exporter.sdk import DeviceOptions, PluginContext
+from crusoe_metrics_exporter.testing import PluginHarness
 
 DATA = Path(__file__).parent / "data"
 
-ContextFactory = Callable[..., PluginContext]
+ContextFactory = Callable[..., PluginContext[DeviceOptions]]
 
 
 @pytest.fixture
-def make_ctx() -> ContextFactory:
-    def build(host_proc: Path, options: Mapping[str, Any] | None = None) -> PluginContext:
-        settings = Settings(core={"host_proc_path": str(host_proc), "collect_timeout": 5.0}, targets={}, plugins={})
-        return PluginContext(
-            plugin="disk_stats",
-            options=dict(options or {}),
-            settings=settings,
-            errors=ErrorCounters("disk_stats", ("disk_stats_collection_errors_total",)),
-            log=logging.getLogger("test.disk_stats"),
-        )
+def make_ctx(plugin_harness: Callable[..., PluginHarness]) -> ContextFactory:
+    """``make_ctx(host_proc, options)``: the context the exporter would hand disk_stats."""
+
+    def build(host_proc: Path, options: Mapping[str, Any] | None = None) -> PluginContext[DeviceOptions]:
+        return plugin_harness(disk_stats, host_proc=host_proc, options=options).context
 
     return build
 

@@ -1,11 +1,10 @@
-"""Fixtures for the disk_usage tests: a PluginContext over a /proc tree, and a FUSE
-filesystem whose statfs can be made to hang for real."""
+"""Fixtures for the disk_usage tests: the plugin's context over a /proc tree (from the testing kit), and a
+FUSE filesystem whose statfs can be made to hang for real."""
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import logging
 import os
 import struct
 import threading
@@ -15,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from crusoe_metrics_exporter.contract import PluginContext
-from crusoe_metrics_exporter.errors import ErrorCounters
-from crusoe_metrics_exporter.settings import Settings
+from crusoe_metrics_exporter.plugins import disk_usage
+from crusoe_metrics_exporter.plugins.disk_usage import DiskUsageOptions
+from crusoe_metrics_exporter.sdk import PluginContext
+from crusoe_metrics_exporter.testing import PluginHarness
 
 DATA = Path(__file__).parent / "data"
 ERRORS = "disk_usage_collection_errors_total"
@@ -29,24 +29,22 @@ def data_dir() -> Path:
 
 
 @pytest.fixture
-def make_ctx() -> Callable[..., PluginContext]:
-    def build(host_proc: Path, options: Mapping[str, Any] | None = None, collect_timeout: float = 5.0
-              ) -> PluginContext:
-        settings = Settings(core={"host_proc_path": str(host_proc), "collect_timeout": collect_timeout},
-                            targets={}, plugins={})
-        return PluginContext(
-            plugin="disk_usage",
-            options=dict(options or {}),
-            settings=settings,
-            errors=ErrorCounters("disk_usage", (ERRORS,)),
-            log=logging.getLogger("test.disk_usage"),
-        )
+def make_ctx(plugin_harness: Callable[..., PluginHarness]) -> Callable[..., PluginContext[DiskUsageOptions]]:
+    """``make_ctx(host_proc, options, collect_timeout, host_root)``: the context the exporter would hand disk_usage."""
+
+    def build(host_proc: Path, options: Mapping[str, Any] | None = None, collect_timeout: float = 5.0,
+              host_root: Path | None = None) -> PluginContext[DiskUsageOptions]:
+        exporter_options = {"collect_timeout": f"{collect_timeout}s"}
+        if host_root is not None:
+            exporter_options["host_root_path"] = str(host_root)
+        return plugin_harness(disk_usage, host_proc=host_proc, options=options,
+                              exporter_options=exporter_options).context
 
     return build
 
 
 @pytest.fixture
-def proc_tree(tmp_path: Path) -> Callable[[bytes], Path]:
+def host_mounts(tmp_path: Path) -> Callable[[bytes], Path]:
     """A /proc whose 1/mounts is the given text and whose 1/root is this machine's /."""
 
     def build(mounts: bytes) -> Path:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from crusoe_metrics_exporter.host import validate_spec
+from crusoe_metrics_exporter.options import SettingError
 from crusoe_metrics_exporter.plugins.disk_usage import crusoe_metrics_exporter_plugin
 from crusoe_metrics_exporter.plugins.disk_usage.collector import (
     DiskUsageCollector,
@@ -18,6 +18,7 @@ from crusoe_metrics_exporter.plugins.disk_usage.collector import (
     resolve_statfs_root,
 )
 from crusoe_metrics_exporter.plugins.disk_usage.parser import MountSelector, parse_mounts, unescape
+from crusoe_metrics_exporter.testing import check_declaration
 
 ERRORS = "disk_usage_collection_errors_total"
 SEED_GAUGES = ("disk_bytes_used", "disk_bytes_total", "disk_inodes_used", "disk_inodes_total")
@@ -47,21 +48,21 @@ def expected_for(path: str) -> dict[str, float]:
 
 def test_spec_is_accepted_by_the_core() -> None:
     spec = crusoe_metrics_exporter_plugin()
-    validate_spec(spec, "disk_usage")
+    check_declaration(spec)
     assert [m.name for m in spec.metrics[:4]] == list(SEED_GAUGES)
     assert all(m.labels == ("device", "mount_point") for m in spec.metrics if not m.error_counter)
 
 
-def test_seed_skips_non_vd(make_ctx: Any, proc_tree: Any, data_dir: Path) -> None:
-    values, errors = collect(make_ctx(proc_tree((data_dir / "diskusage_skips_non_vd.mounts").read_bytes())))
+def test_seed_skips_non_vd(make_ctx: Any, host_mounts: Any, data_dir: Path) -> None:
+    values, errors = collect(make_ctx(host_mounts((data_dir / "diskusage_skips_non_vd.mounts").read_bytes())))
     assert values == {}
     assert errors == 0  # the seed's "only the error metric", at 0
 
 
 @pytest.mark.parametrize("fixture", ["diskusage_dedup.mounts", "diskusage_statfs_real_path.mounts"])
-def test_seed_tmp_mount_reported_once_with_statfs_values(make_ctx: Any, proc_tree: Any, data_dir: Path,
+def test_seed_tmp_mount_reported_once_with_statfs_values(make_ctx: Any, host_mounts: Any, data_dir: Path,
                                                          fixture: str) -> None:
-    values, errors = collect(make_ctx(proc_tree((data_dir / fixture).read_bytes())))
+    values, errors = collect(make_ctx(host_mounts((data_dir / fixture).read_bytes())))
     assert errors == 0
     assert {(m, d, mp) for (m, d, mp) in values} == {
         (m, "vda1", "/tmp") for m in (*SEED_GAUGES, "disk_bytes_available", "disk_filesystem_readonly",
@@ -86,7 +87,7 @@ def test_missing_mounts_file(make_ctx: Any, tmp_path: Path) -> None:
     assert ctx.errors.metric_totals()[ERRORS] == 2  # cumulative, unlike the seed's per-scrape value
 
 
-def test_octal_escaped_mount_points_are_decoded_and_measured(make_ctx: Any, proc_tree: Any, tmp_path: Path) -> None:
+def test_octal_escaped_mount_points_are_decoded_and_measured(make_ctx: Any, host_mounts: Any, tmp_path: Path) -> None:
     base = tmp_path / "mnt"
     names = {"with space": r"with\040space", "with\ttab": r"with\011tab", "back\\slash": r"back\134slash",
              "new\nline": r"new\012line", "caf\u00e9": "caf\u00e9"}
@@ -94,7 +95,7 @@ def test_octal_escaped_mount_points_are_decoded_and_measured(make_ctx: Any, proc
     for i, (real, escaped) in enumerate(names.items()):
         (base / real).mkdir(parents=True)
         lines.append(f"/dev/vd{chr(97 + i)} {base}/{escaped} ext4 rw 0 0")
-    values, errors = collect(make_ctx(proc_tree("\n".join(lines).encode())))
+    values, errors = collect(make_ctx(host_mounts("\n".join(lines).encode())))
     assert errors == 0
     reported = {mp for (m, _, mp) in values if m == "disk_bytes_total"}
     assert reported == {f"{base}/{real}" for real in names}
@@ -126,22 +127,22 @@ def test_device_selection_and_labels() -> None:
     assert MountSelector("").device_label("tmpfs") == "tmpfs"
 
 
-def test_first_visible_mount_of_a_device_wins_and_mount_point_exclude(make_ctx: Any, proc_tree: Any) -> None:
+def test_first_visible_mount_of_a_device_wins_and_mount_point_exclude(make_ctx: Any, host_mounts: Any) -> None:
     mounts = b"\n".join([
         b"/dev/vda1 /var/lib/docker/overlay ext4 rw 0 0",
         b"/dev/vda1 /tmp ext4 rw 0 0",
         b"/dev/vda1 /proc ext4 rw 0 0",  # a bind mount of the same filesystem: not repeated
         b"/dev/vdb /tmp ext4 rw 0 0",
     ])
-    values, errors = collect(make_ctx(proc_tree(mounts), {"mount_point_exclude": "^/var/lib/docker/"}))
+    values, errors = collect(make_ctx(host_mounts(mounts), {"mount_point_exclude": "^/var/lib/docker/"}))
     assert errors == 0
     # vdb is mounted over vda1's /tmp: statfs("/tmp") measures vdb only, so
     # vda1 is reported at its next visible mount.
     assert {(d, mp) for (m, d, mp) in values if m == "disk_bytes_total"} == {("vda1", "/proc"), ("vdb", "/tmp")}
 
 
-def test_statfs_failures_are_counted_per_mount_and_scrape(make_ctx: Any, proc_tree: Any) -> None:
-    ctx = make_ctx(proc_tree(b"/dev/vda1 /nonexistent/h2-disk-usage ext4 rw 0 0\n/dev/vdb /tmp ext4 rw 0 0\n"))
+def test_statfs_failures_are_counted_per_mount_and_scrape(make_ctx: Any, host_mounts: Any) -> None:
+    ctx = make_ctx(host_mounts(b"/dev/vda1 /nonexistent/h2-disk-usage ext4 rw 0 0\n/dev/vdb /tmp ext4 rw 0 0\n"))
     collector = DiskUsageCollector(ctx)
     collector.start()
     for scrape in (1, 2):
@@ -153,7 +154,7 @@ def test_statfs_failures_are_counted_per_mount_and_scrape(make_ctx: Any, proc_tr
     collector.stop()
 
 
-def test_readonly_flag_from_a_real_read_only_mount(make_ctx: Any, proc_tree: Any, tmp_path: Path) -> None:
+def test_readonly_flag_from_a_real_read_only_mount(make_ctx: Any, host_mounts: Any, tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("LOUD SKIP: mounting a read-only tmpfs needs root; the read-only flag check cannot run")
     libc = ctypes.CDLL(None, use_errno=True)
@@ -162,7 +163,8 @@ def test_readonly_flag_from_a_real_read_only_mount(make_ctx: Any, proc_tree: Any
     ms_rdonly = 1
     assert libc.mount(b"h2-ro-tmpfs", os.fsencode(ro), b"tmpfs", ms_rdonly, b"size=1m") == 0, ctypes.get_errno()
     try:
-        values, errors = collect(make_ctx(proc_tree(f"/dev/vdq {ro} tmpfs ro 0 0\n/dev/vdr /tmp x rw 0 0\n".encode())))
+        mounts = f"/dev/vdq {ro} tmpfs ro 0 0\n/dev/vdr /tmp x rw 0 0\n".encode()
+        values, errors = collect(make_ctx(host_mounts(mounts)))
     finally:
         libc.umount2(os.fsencode(ro), 2)
     assert errors == 0
@@ -217,7 +219,7 @@ def test_statfs_root_choice(tmp_path: Path) -> None:
     assert root.prefix == os.fsencode(proc / "1" / "root") and root.note == f"{proc / '1' / 'root'} (PID 1's root)"
 
 
-def test_host_root_path_statfs_and_readonly_from_the_host_table(make_ctx: Any, proc_tree: Any,
+def test_host_root_path_statfs_and_readonly_from_the_host_table(make_ctx: Any, host_mounts: Any,
                                                                 tmp_path: Path) -> None:
     """With HOST_ROOT_PATH, statfs goes under it; read-only comes from the host's table, not the bind."""
     if os.geteuid() != 0:
@@ -229,8 +231,7 @@ def test_host_root_path_statfs_and_readonly_from_the_host_table(make_ctx: Any, p
     assert libc.mount(b"/", os.fsencode(host_root), None, ms_bind, None) == 0, ctypes.get_errno()
     try:
         assert libc.mount(None, os.fsencode(host_root), None, ms_bind | ms_remount | ms_rdonly, None) == 0
-        ctx = make_ctx(proc_tree(b"/dev/vdq / ext4 rw,relatime 0 0\n"))
-        ctx.settings.core["host_root_path"] = str(host_root)
+        ctx = make_ctx(host_mounts(b"/dev/vdq / ext4 rw,relatime 0 0\n"), host_root=host_root)
         values, errors = collect(ctx)
     finally:
         libc.umount2(os.fsencode(host_root), 2)
@@ -254,12 +255,14 @@ def test_mount_timeout_fits_the_collect_timeout(make_ctx: Any, tmp_path: Path) -
     assert effective_mount_timeout(make_ctx(tmp_path, {"mount_timeout": 10.0}, collect_timeout=5.0)) == 1.6
     assert effective_mount_timeout(make_ctx(tmp_path, {"mount_timeout": 0.0}, collect_timeout=5.0)) == 1.5
     assert effective_mount_timeout(make_ctx(tmp_path, {}, collect_timeout=1.0)) == pytest.approx(0.32)
-    collector = DiskUsageCollector(make_ctx(tmp_path, {"stat_workers": 10_000}))
-    assert collector.pool.workers == 64
+    assert DiskUsageCollector(make_ctx(tmp_path, {"stat_workers": 64})).pool.workers == 64
+    with pytest.raises(SettingError, match=r"^invalid --set plugins\.disk_usage\.stat_workers='10000': expected an "
+                                           r"integer from 1 to 64$"):
+        make_ctx(tmp_path, {"stat_workers": 10_000})
 
 
 def test_a_mount_hidden_by_a_later_mount_is_not_measured_with_the_top_filesystems_numbers(
-    make_ctx: Any, proc_tree: Any, tmp_path: Path
+    make_ctx: Any, host_mounts: Any, tmp_path: Path
 ) -> None:
     if os.geteuid() != 0:
         pytest.skip("LOUD SKIP: stacking two tmpfs mounts needs root; the overmount check cannot run")
@@ -271,7 +274,7 @@ def test_a_mount_hidden_by_a_later_mount_is_not_measured_with_the_top_filesystem
         assert libc.mount(b"tmpfs", bytes(point), b"tmpfs", 0, size) == 0, os.strerror(ctypes.get_errno())
     try:
         mounts = f"/dev/vdc {point} ext4 rw 0 0\n/dev/vdd {point} ext4 rw 0 0\n".encode()
-        values, errors = collect(make_ctx(proc_tree(mounts)))
+        values, errors = collect(make_ctx(host_mounts(mounts)))
     finally:
         libc.umount2(bytes(point), 2)
         libc.umount2(bytes(point), 2)
@@ -283,9 +286,9 @@ def test_a_mount_hidden_by_a_later_mount_is_not_measured_with_the_top_filesystem
 
 @pytest.mark.parametrize("raw", ["0", "-3"])
 def test_stat_workers_below_one_is_rejected_not_silently_raised(raw: str) -> None:
-    from crusoe_metrics_exporter.options import SettingError, parse_option
+    from crusoe_metrics_exporter.plugins.disk_usage import DiskUsageOptions
+    from crusoe_metrics_exporter.testing import options_for
 
-    option = next(o for o in crusoe_metrics_exporter_plugin().options if o.name == "stat_workers")
     with pytest.raises(SettingError, match="at least 1"):
-        parse_option(option, raw, "[plugins.disk_usage] stat_workers")
-    assert parse_option(option, "1", "[plugins.disk_usage] stat_workers") == 1
+        options_for(DiskUsageOptions, {"stat_workers": raw})
+    assert options_for(DiskUsageOptions, {"stat_workers": "1"}).stat_workers == 1

@@ -52,8 +52,8 @@ def _check_accounting(data: bytes, samples: list[Any], errors: int, selector: Mo
 
 @_settings()
 @given(data=st.binary(max_size=2048))
-def test_random_bytes(make_ctx: Any, proc_tree: Any, data: bytes) -> None:
-    samples, errors = _run(make_ctx, proc_tree(data), {"device_include": ""})
+def test_random_bytes(make_ctx: Any, host_mounts: Any, data: bytes) -> None:
+    samples, errors = _run(make_ctx, host_mounts(data), {"device_include": ""})
     _check_accounting(data, samples, errors, MountSelector(""))
     for s in samples:
         s.labels[1].encode("utf-8")  # label values are always valid text
@@ -81,11 +81,11 @@ def mutated_lines(draw: st.DrawFn) -> list[bytes]:
 
 @_settings()
 @given(mutated=mutated_lines())
-def test_mutated_real_samples(make_ctx: Any, proc_tree: Any, mutated: list[bytes]) -> None:
+def test_mutated_real_samples(make_ctx: Any, host_mounts: Any, mutated: list[bytes]) -> None:
     # The real lines come first: by the first-mount rule nothing after them can
     # displace them, except a line mounted over the same mount point.
     data = b"\n".join(GOOD_LINES + mutated) + b"\n"
-    samples, errors = _run(make_ctx, proc_tree(data))
+    samples, errors = _run(make_ctx, host_mounts(data))
     _check_accounting(data, samples, errors, MountSelector())
     reported = {s.labels for s in samples if s.metric == "disk_bytes_total"}
     mounted_over = {e.mount_point for e in parse_mounts(b"\n".join(mutated)).entries}
@@ -98,22 +98,22 @@ def test_mutated_real_samples(make_ctx: Any, proc_tree: Any, mutated: list[bytes
             assert (label, mount_point.decode()) in reported
 
 
-def test_empty_file(make_ctx: Any, proc_tree: Any) -> None:
-    assert _run(make_ctx, proc_tree(b"")) == ([], 0)
-    assert _run(make_ctx, proc_tree(b"\n\n   \n")) == ([], 0)
+def test_empty_file(make_ctx: Any, host_mounts: Any) -> None:
+    assert _run(make_ctx, host_mounts(b"")) == ([], 0)
+    assert _run(make_ctx, host_mounts(b"\n\n   \n")) == ([], 0)
 
 
-def test_binary_garbage(make_ctx: Any, proc_tree: Any) -> None:
+def test_binary_garbage(make_ctx: Any, host_mounts: Any) -> None:
     rng = random.Random(99)
     garbage = bytes(rng.getrandbits(8) for _ in range(1 << 20))
-    samples, errors = _run(make_ctx, proc_tree(garbage + b"\n/dev/vda1 /tmp ext4 rw 0 0\n" + garbage))
+    samples, errors = _run(make_ctx, host_mounts(garbage + b"\n/dev/vda1 /tmp ext4 rw 0 0\n" + garbage))
     assert {s.labels for s in samples} == {("vda1", "/tmp")}
     assert errors > 100  # lines with one field or a relative mount point are each counted
 
 
-def test_hundred_megabyte_file(make_ctx: Any, proc_tree: Any) -> None:
+def test_hundred_megabyte_file(make_ctx: Any, host_mounts: Any) -> None:
     """Defined result: the first 16 MiB are parsed, the rest ignored and counted once."""
-    proc = proc_tree(b"")
+    proc = host_mounts(b"")
     path = proc / "1" / "mounts"
     with path.open("wb") as f:
         f.write(b"/dev/vda1 /tmp ext4 rw 0 0\n")
@@ -129,8 +129,8 @@ def test_hundred_megabyte_file(make_ctx: Any, proc_tree: Any) -> None:
     assert elapsed < 5, f"a 100 MB mount table took {elapsed:.1f}s"
 
 
-def test_mount_table_changes_between_scrapes(make_ctx: Any, proc_tree: Any) -> None:
-    proc = proc_tree(b"/dev/vda1 /tmp ext4 rw 0 0\n/dev/vdb / ext4 rw 0 0\n")
+def test_mount_table_changes_between_scrapes(make_ctx: Any, host_mounts: Any) -> None:
+    proc = host_mounts(b"/dev/vda1 /tmp ext4 rw 0 0\n/dev/vdb / ext4 rw 0 0\n")
     ctx = make_ctx(proc)
     collector = DiskUsageCollector(ctx)
     collector.start()
@@ -145,9 +145,9 @@ def test_mount_table_changes_between_scrapes(make_ctx: Any, proc_tree: Any) -> N
     assert ctx.errors.metric_totals()[ERRORS] == 0
 
 
-def test_mount_table_replaced_while_scraping(make_ctx: Any, proc_tree: Any) -> None:
+def test_mount_table_replaced_while_scraping(make_ctx: Any, host_mounts: Any) -> None:
     versions = [b"/dev/vda1 /tmp ext4 rw 0 0\n/dev/vdb / ext4 rw 0 0\n", b"/dev/vdc /tmp ext4 rw 0 0\n"]
-    proc = proc_tree(versions[0])
+    proc = host_mounts(versions[0])
     path = proc / "1" / "mounts"
     stop = threading.Event()
 

@@ -30,13 +30,13 @@ def _by_device(samples: list[Any]) -> dict[tuple[str, str], float]:
     return {(s.metric, s.labels[0]): s.value for s in samples}
 
 
-def test_hung_statfs_is_stuck_skipped_and_retried(hangable_fuse: Any, proc_tree: Any, make_ctx: Any,
+def test_hung_statfs_is_stuck_skipped_and_retried(hangable_fuse: Any, host_mounts: Any, make_ctx: Any,
                                                   tmp_path: Path) -> None:
     healthy = tmp_path / "healthy"
     healthy.mkdir()
     mounts = (f"/dev/vda1 {hangable_fuse.mountpoint} fuse rw 0 0\n"
               f"/dev/vdb1 {healthy} ext4 rw 0 0\n").encode()
-    proc = proc_tree(mounts)
+    proc = host_mounts(mounts)
     ctx = make_ctx(proc, {"mount_timeout": 0.3, "stat_workers": 2})
     collector = DiskUsageCollector(ctx)
     collector.start()
@@ -92,9 +92,9 @@ def test_hung_statfs_is_stuck_skipped_and_retried(hangable_fuse: Any, proc_tree:
         collector.stop()
 
 
-def test_hung_mount_through_the_exporter(hangable_fuse: Any, proc_tree: Any) -> None:
+def test_hung_mount_through_the_exporter(hangable_fuse: Any, host_mounts: Any) -> None:
     """End to end: the scrape finishes on time, the plugin stays up, the stuck gauge says why."""
-    proc = proc_tree(f"/dev/vdz {hangable_fuse.mountpoint} fuse rw 0 0\n/dev/vda / ext4 rw 0 0\n".encode())
+    proc = host_mounts(f"/dev/vdz {hangable_fuse.mountpoint} fuse rw 0 0\n/dev/vda / ext4 rw 0 0\n".encode())
     exporter = Exporter.from_environment(
         environ={"HOST_PROC_PATH": str(proc)},
         overrides=Overrides({"plugins.disk_usage.mount_timeout": "200ms", "exporter.collect_timeout": "2s"}),

@@ -5,18 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from helpers.node_exporter import node_exporter_series
-from helpers.plugin_context import plugin_context
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crusoe_metrics_exporter.plugins.meminfo import METRICS, crusoe_metrics_exporter_plugin
+from crusoe_metrics_exporter.plugins.meminfo import crusoe_metrics_exporter_plugin
 from crusoe_metrics_exporter.plugins.meminfo.collector import WANTED, MeminfoCollector
 from crusoe_metrics_exporter.plugins.meminfo.parser import parse_meminfo
-from crusoe_metrics_exporter.runner import validate
+from crusoe_metrics_exporter.testing import PluginHarness, invalid_samples
 
 DATA = Path(__file__).parent / "data"
 SPEC = crusoe_metrics_exporter_plugin()
-DECLARED = {m.name: m for m in METRICS}
 ERRORS = "mem_collection_errors_total"
 
 
@@ -24,10 +22,9 @@ def collect(proc: Path, text: bytes | None = None) -> tuple[dict[str, float], in
     if text is not None:
         proc.mkdir(parents=True, exist_ok=True)
         (proc / "meminfo").write_bytes(text)
-    ctx = plugin_context(SPEC, proc)
+    ctx = PluginHarness(SPEC, host_proc=proc).context
     samples = MeminfoCollector(ctx).collect()
-    _, dropped = validate(samples, DECLARED)
-    assert dropped == 0
+    assert not invalid_samples(SPEC, samples)
     return {s.metric: float(s.value) for s in samples}, ctx.errors.metric_totals()[ERRORS]  # type: ignore[arg-type]
 
 
@@ -38,7 +35,7 @@ def test_seed_fixture(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_one_error_per_scrape(tmp_path: Path) -> None:
-    ctx = plugin_context(SPEC, tmp_path)
+    ctx = PluginHarness(SPEC, host_proc=tmp_path).context
     collector = MeminfoCollector(ctx)
     assert collector.collect() == [] and collector.collect() == []
     assert ctx.errors.metric_totals()[ERRORS] == 2

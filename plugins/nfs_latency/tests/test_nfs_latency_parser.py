@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
+import re
 from typing import Any
 
 import pytest
 
-from crusoe_metrics_exporter.contract import HistogramValue, PluginContext
-from crusoe_metrics_exporter.errors import ErrorCounters
-from crusoe_metrics_exporter.host import validate_spec
 from crusoe_metrics_exporter.plugins import nfs_latency
 from crusoe_metrics_exporter.plugins._tcptrace.addresses import address_key
 from crusoe_metrics_exporter.plugins.nfs_latency.collector import NfsLatencyCollector
@@ -21,14 +18,15 @@ from crusoe_metrics_exporter.plugins.nfs_latency.parser import (
     parse_stats_entry,
     volume_label,
 )
-from crusoe_metrics_exporter.settings import resolve
+from crusoe_metrics_exporter.sdk import HistogramValue, NfsMount, NfsServer
+from crusoe_metrics_exporter.testing import PluginHarness, StaticTargets, check_declaration
 
 
 def test_buckets_are_the_seed_bounds_and_declared_once() -> None:
     assert tuple(round(500 * 100 ** (k / 19)) / 1e6 for k in range(20)) == BUCKETS
     spec = nfs_latency.crusoe_metrics_exporter_plugin()
     assert spec.metric("nfs_latency_histogram_seconds").buckets == BUCKETS
-    validate_spec(spec, "nfs_latency")
+    check_declaration(spec)
 
 
 def test_parse_stats_entry() -> None:
@@ -71,16 +69,9 @@ class RecordedTracer:
         return 2
 
 
-def make_ctx() -> PluginContext:
-    settings, _ = resolve({"nfs_latency": nfs_latency.OPTIONS}, environ={})
-    errors = ErrorCounters("nfs_latency", (nfs_latency.ERRORS,))
-    return PluginContext("nfs_latency", settings.plugin("nfs_latency"), settings, errors,
-                         logging.getLogger("test"))
-
-
 def test_malformed_entries_are_counted_and_the_rest_reported() -> None:
-    ctx = make_ctx()
-    collector = NfsLatencyCollector(ctx)
+    harness = PluginHarness(nfs_latency)
+    collector = NfsLatencyCollector(harness.context)
     good = STATS_VALUE.pack(2_000_000, 1, *([0] * 7 + [1] + [0] * (SLOTS - 8)))
     tracer: Any = RecordedTracer([(address_key("192.0.2.1"), good), (b"\x01" * 3, good),
                                   (address_key("192.0.2.2"), b"short")])
@@ -94,25 +85,11 @@ def test_malformed_entries_are_counted_and_the_rest_reported() -> None:
     hist = samples[("nfs_latency_histogram_seconds", labels)]
     assert isinstance(hist, HistogramValue) and hist.counts[7] == 1
     # two malformed entries; clamped samples are logged, not errors
-    assert ctx.errors.metric_totals()[nfs_latency.ERRORS] == 2
-
-
-class FakeTargets:
-    def __init__(self, servers: tuple[Any, ...], mounts: tuple[Any, ...]) -> None:
-        self.servers, self.mounts = servers, mounts
-        self.nfs_ports = (2049,)
-
-    def nfs_servers(self) -> tuple[Any, ...]:
-        return self.servers
-
-    def nfs_mounts(self) -> tuple[Any, ...]:
-        return self.mounts
+    assert harness.error_total(nfs_latency.ERRORS) == 2
 
 
 def test_a_mount_without_volume_id_is_not_credited_to_its_neighbour() -> None:
     """One server, a mount of /volumes/vol-a and a mount of /home: the shared traffic is not vol-a's alone."""
-    from crusoe_metrics_exporter.targets.model import NfsMount, NfsServer
-
     servers = (
         NfsServer("192.0.2.1", 2, (2049,), volumes=("vol-a",)),
         NfsServer("192.0.2.2", 2, (2049,), volumes=("vol-b",)),
@@ -124,8 +101,9 @@ def test_a_mount_without_volume_id_is_not_credited_to_its_neighbour() -> None:
         NfsMount("192.0.2.2:/volumes/vol-b", "/mnt/b", "192.0.2.2", ("192.0.2.2",), "vol-b"),
         NfsMount("192.0.2.3:/srv", "/srv", "192.0.2.3", ("192.0.2.3",), None),
     )
-    collector = NfsLatencyCollector(make_ctx())
-    collector._targets = FakeTargets(servers, mounts)
+    targets = StaticTargets(nfs_server_list=servers, nfs_mount_list=mounts,
+                            volume_pattern=re.compile(r"/volumes/(?P<volume_id>.+)$"))
+    collector = NfsLatencyCollector(PluginHarness(nfs_latency, services={"targets": targets}).context)
     mapping, ports = collector.wanted()
     assert mapping == {"192.0.2.1": "vol-a+unknown", "192.0.2.2": "vol-b", "192.0.2.3": "unknown"}
     assert ports == (2049,)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from crusoe_metrics_exporter.plugins import nfs_stats
 from crusoe_metrics_exporter.plugins.nfs_stats.collector import to_samples
 from crusoe_metrics_exporter.plugins.nfs_stats.parser import (
     EVENTS,
@@ -23,10 +24,11 @@ from crusoe_metrics_exporter.plugins.nfs_stats.parser import (
     operation_keys,
     parse,
 )
-from crusoe_metrics_exporter.targets.volumes import volume_pattern
+from crusoe_metrics_exporter.testing import PluginHarness
 
 DATA = Path(__file__).parent / "data"
-SEED_PATTERN = volume_pattern({})
+#: The default volume-id rule, as the targets service hands it to the plugin.
+SEED_PATTERN = PluginHarness(nfs_stats).context.targets.volume_pattern
 GOLDEN_VOL = "00000000-0000-0000-0000-000000000001"
 
 Series = dict[tuple[str, tuple[str, ...]], float]
@@ -534,8 +536,8 @@ def test_volume_id_is_taken_from_the_decoded_device_like_target_discovery() -> N
     # mountstats octal-escapes a space in the device (\040) as /proc/<pid>/mounts
     # does; nfs_latency gets its volume id from the decoded mounts line, so
     # both plugins must label this volume "vol a".
+    from crusoe_metrics_exporter.sdk import volume_id
     from crusoe_metrics_exporter.targets.mounts import parse_mounts
-    from crusoe_metrics_exporter.targets.volumes import volume_id
 
     device = r"srv:/volumes/vol\040a"
     s, result = _parse_text(

@@ -7,16 +7,13 @@ damaged one is reported exactly as if the damage were not there.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crusoe_metrics_exporter.contract import PluginContext
-from crusoe_metrics_exporter.errors import ErrorCounters
+from crusoe_metrics_exporter.plugins import nfs_stats
 from crusoe_metrics_exporter.plugins.nfs_stats.collector import NfsStatsCollector, to_samples
-from crusoe_metrics_exporter.plugins.nfs_stats.metrics import METRICS
 from crusoe_metrics_exporter.plugins.nfs_stats.parser import (
     EVENTS,
     STATS,
@@ -25,13 +22,12 @@ from crusoe_metrics_exporter.plugins.nfs_stats.parser import (
     operation_keys,
     parse,
 )
-from crusoe_metrics_exporter.runner import validate
-from crusoe_metrics_exporter.settings import resolve
-from crusoe_metrics_exporter.targets.volumes import volume_pattern
+from crusoe_metrics_exporter.testing import PluginHarness, invalid_samples
 
 DATA = Path(__file__).parent / "data"
-DECLARED = {m.name: m for m in METRICS}
-OPTIONS = ParseOptions(volume_pattern({}), operation_keys(["READ", "WRITE", "GETATTR"]), True)
+#: The default volume-id rule, as the targets service hands it to the plugin.
+SEED_PATTERN = PluginHarness(nfs_stats).context.targets.volume_pattern
+OPTIONS = ParseOptions(SEED_PATTERN, operation_keys(["READ", "WRITE", "GETATTR"]), True)
 
 VICTIM = (DATA / "mountstats_real_nconnect16.txt").read_text()
 VICTIM_LINES = VICTIM.splitlines()
@@ -62,8 +58,7 @@ def sentinel_samples(text: str) -> list[tuple[str, tuple[str, ...], object]]:
 def assert_valid(text: str) -> None:
     result = parse(text, OPTIONS)
     samples = to_samples(result)
-    _, dropped = validate(samples, DECLARED)
-    assert dropped == 0, "the plugin emitted a sample the core rejects"
+    assert not invalid_samples(nfs_stats, samples), "the plugin emitted a sample the core rejects"
     assert all(count >= 0 for count in result.errors.values())
 
 
@@ -162,20 +157,11 @@ def test_breaking_a_read_field_moves_the_right_counter(
     assert len(lost) <= per_line[kind]
 
 
-def _collector(tmp: Path) -> tuple[NfsStatsCollector, ErrorCounters]:
-    settings_, _ = resolve({"nfs_stats": ()}, environ={"HOST_PROC_PATH": str(tmp)})
-    errors = ErrorCounters("nfs_stats", tuple(m.name for m in METRICS if m.error_counter))
-    ctx = PluginContext(
-        plugin="nfs_stats",
-        options={"mountstats_path": "", "operations": ["READ", "WRITE"], "unmatched_mounts": "export",
-                 "max_file_size": 1 << 20},
-        settings=settings_,
-        errors=errors,
-        log=logging.getLogger("test.nfs_stats"),
-    )
-    collector = NfsStatsCollector(ctx)
+def _collector(tmp: Path) -> tuple[NfsStatsCollector, PluginHarness]:
+    harness = PluginHarness(nfs_stats, host_proc=tmp, options={"max_file_size": 1 << 20})
+    collector = NfsStatsCollector(harness.context)
     collector.start()
-    return collector, errors
+    return collector, harness
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -184,13 +170,12 @@ def test_random_bytes_through_the_collector(tmp_path: Path, blob: bytes, prefix_
     (tmp_path / "1").mkdir(exist_ok=True)
     content = (VICTIM.encode() + blob) if prefix_real else blob
     (tmp_path / "1" / "mountstats").write_bytes(content + SENTINEL.encode())
-    collector, errors = _collector(tmp_path)
+    collector, harness = _collector(tmp_path)
     samples = list(collector.collect())
-    _, dropped = validate(samples, DECLARED)
-    assert dropped == 0
+    assert not invalid_samples(nfs_stats, samples)
     # The sentinel follows the garbage: it may only be hidden if the garbage
     # ends in an unterminated "device" line that swallows its header line.
     sentinel = sorted(s for s in samples if s.labels[0] == SENTINEL_VOL)
     if blob.endswith(b"\n") or not blob:
         assert sentinel == CLEAN_SENTINEL
-    assert all(v >= 0 for v in errors.metric_totals().values())
+    assert all(v >= 0 for v in harness.errors.metric_totals().values())

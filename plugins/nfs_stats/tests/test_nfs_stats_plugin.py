@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from crusoe_metrics_exporter.app import Exporter
 from crusoe_metrics_exporter.exposition import render
+from crusoe_metrics_exporter.options import SettingError
 from crusoe_metrics_exporter.settings import Overrides
 
 DATA = Path(__file__).parent / "data"
@@ -116,11 +117,10 @@ def test_extra_operations_option(exporters: list[Exporter], proc: Path) -> None:
     assert value(s, "crusoe_vm_nfs_rpc_count_total", volume_id=GOLDEN_VOL, nfs_operation="getattr") == 35
 
 
-def test_bad_operation_name_fails_start_with_a_reason(exporters: list[Exporter], proc: Path) -> None:
-    ex = start(exporters, proc, operations='READ,bad"op')
-    state, reason = record(ex)
-    assert state == "failed"
-    assert "operations" in reason
+def test_bad_operation_name_stops_start_up_naming_the_setting(exporters: list[Exporter], proc: Path) -> None:
+    with pytest.raises(SettingError, match=r"""^invalid --set plugins\.nfs_stats\.operations='READ,bad"op': 'bad"op' """
+                                           r"is not an NFS operation name"):
+        start(exporters, proc, operations='READ,bad"op')
 
 
 def test_missing_file_at_start_is_unsupported(exporters: list[Exporter], tmp_path: Path) -> None:

@@ -8,10 +8,10 @@ import pytest
 from helpers.exporter_scrape import fake_proc
 
 from crusoe_metrics_exporter.app import Exporter
-from crusoe_metrics_exporter.host import validate_spec
 from crusoe_metrics_exporter.plugins import objstore
 from crusoe_metrics_exporter.plugins._tcptrace.addresses import address_key
 from crusoe_metrics_exporter.plugins.objstore.parser import BUCKETS, SLOTS, STATS_VALUE, parse_stats_entry
+from crusoe_metrics_exporter.testing import check_declaration
 
 
 def test_buckets_are_the_seed_constants() -> None:
@@ -19,7 +19,7 @@ def test_buckets_are_the_seed_constants() -> None:
     assert (*tuple(round(1000 * 10 ** (k / 6)) / 1000000.0 for k in range(19)), 1.468) == BUCKETS
     spec = objstore.crusoe_metrics_exporter_plugin()
     assert spec.metric("objectstore_connection_latency_histogram_seconds").buckets == BUCKETS
-    validate_spec(spec, "objstore")
+    check_declaration(spec)
 
 
 def test_parse_stats_entry() -> None:
@@ -47,12 +47,13 @@ def test_unsupported_without_an_endpoint(tmp_path: Path) -> None:
 @pytest.mark.parametrize("plugin", ["nfs_latency", "objstore"])
 def test_unusable_kernel_sizes_and_clamps_stop_start_up(plugin: str, option: str) -> None:
     """An empty in-flight map cannot be created and a zero clamp records every latency as 0."""
+    from crusoe_metrics_exporter.options import SettingError
     from crusoe_metrics_exporter.plugins import nfs_latency, objstore
-    from crusoe_metrics_exporter.settings import Overrides, SettingError, resolve
+    from crusoe_metrics_exporter.testing import options_for
 
-    options = {"nfs_latency": nfs_latency.OPTIONS, "objstore": objstore.OPTIONS}
+    options = {"nfs_latency": nfs_latency.NfsLatencyOptions, "objstore": objstore.ObjstoreOptions}[plugin]
     key, _, text = option.partition("=")
-    with pytest.raises(SettingError):
-        resolve(options, None, {}, Overrides({f"plugins.{plugin}.{key}": text}))
-    resolve(options, None, {}, Overrides({f"plugins.{plugin}.inflight_capacity": "1",
-                                          f"plugins.{plugin}.latency_clamp": "1ms"}))
+    with pytest.raises(SettingError, match=key):
+        options_for(options, {key: text})
+    smallest = options_for(options, {"inflight_capacity": "1", "latency_clamp": "1ms"})
+    assert (smallest.inflight_capacity, smallest.latency_clamp) == (1, 0.001)

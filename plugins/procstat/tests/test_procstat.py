@@ -8,18 +8,16 @@ from pathlib import Path
 
 import pytest
 from helpers.node_exporter import node_exporter_series
-from helpers.plugin_context import plugin_context
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crusoe_metrics_exporter.plugins.procstat import METRICS, crusoe_metrics_exporter_plugin
+from crusoe_metrics_exporter.plugins.procstat import crusoe_metrics_exporter_plugin
 from crusoe_metrics_exporter.plugins.procstat.collector import ProcStatCollector
 from crusoe_metrics_exporter.plugins.procstat.parser import FIELDS, parse_stat
-from crusoe_metrics_exporter.runner import validate
+from crusoe_metrics_exporter.testing import PluginHarness, invalid_samples
 
 DATA = Path(__file__).parent / "data"
 SPEC = crusoe_metrics_exporter_plugin()
-DECLARED = {m.name: m for m in METRICS}
 CPU_ERRORS = "cpu_steal_collection_errors_total"
 IO_ERRORS = "io_collection_errors_total"
 USER_HZ = os.sysconf("SC_CLK_TCK")
@@ -29,10 +27,9 @@ def collect(proc: Path, text: bytes | None = None) -> tuple[dict[str, float], in
     if text is not None:
         proc.mkdir(parents=True, exist_ok=True)
         (proc / "stat").write_bytes(text)
-    ctx = plugin_context(SPEC, proc)
+    ctx = PluginHarness(SPEC, host_proc=proc).context
     samples = ProcStatCollector(ctx).collect()
-    _, dropped = validate(samples, DECLARED)
-    assert dropped == 0
+    assert not invalid_samples(SPEC, samples)
     totals = ctx.errors.metric_totals()
     return {s.metric: float(s.value) for s in samples}, totals[CPU_ERRORS], totals[IO_ERRORS]  # type: ignore[arg-type]
 
@@ -60,7 +57,7 @@ def test_seed_fixtures(tmp_path: Path, name: str, values: dict[str, float], cpu_
 
 
 def test_missing_file_counts_on_both_counters(tmp_path: Path) -> None:
-    ctx = plugin_context(SPEC, tmp_path)
+    ctx = PluginHarness(SPEC, host_proc=tmp_path).context
     collector = ProcStatCollector(ctx)
     assert collector.collect() == [] and collector.collect() == []
     assert ctx.errors.metric_totals() == {CPU_ERRORS: 2, IO_ERRORS: 2}, "cumulative across scrapes"

@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pytest
 from helpers.node_exporter import node_exporter_series
-from helpers.plugin_context import plugin_context
 
-from crusoe_metrics_exporter import host
 from crusoe_metrics_exporter.plugins.psi import crusoe_metrics_exporter_plugin
 from crusoe_metrics_exporter.plugins.psi.collector import PsiCollector
 from crusoe_metrics_exporter.plugins.psi.parser import parse_pressure
 from crusoe_metrics_exporter.sdk import PluginSpec, Sample
-from crusoe_metrics_exporter.services import Services
+from crusoe_metrics_exporter.testing import PluginHarness
 
 DATA = Path(__file__).parent / "data"
 SPEC: PluginSpec = crusoe_metrics_exporter_plugin()
@@ -30,7 +28,7 @@ def tree(tmp_path: Path, memory: str, cpu: str = "psi_all_zero.txt", io: str = "
 
 
 def collect(proc: Path) -> tuple[dict[tuple[str, tuple[str, ...]], float], int]:
-    ctx = plugin_context(SPEC, proc)
+    ctx = PluginHarness(SPEC, host_proc=proc).context
     collector = PsiCollector(ctx)
     collector.start()
     samples = list(collector.collect())
@@ -113,7 +111,7 @@ def test_one_unreadable_file_keeps_the_others(tmp_path: Path) -> None:
     proc = tree(tmp_path, memory="psi_wellformed.txt")
     (proc / "pressure" / "cpu").unlink()
     (proc / "pressure" / "cpu").mkdir()  # not a regular file
-    ctx = plugin_context(SPEC, proc)
+    ctx = PluginHarness(SPEC, host_proc=proc).context
     collector = PsiCollector(ctx)
     first = {(s.metric, s.labels) for s in collector.collect()}
     collector.collect()
@@ -123,12 +121,9 @@ def test_one_unreadable_file_keeps_the_others(tmp_path: Path) -> None:
 
 
 def _support(proc: Path) -> tuple[str, str, str]:
-    rec = host.PluginRecord(name="psi", distribution="crusoe-metrics-exporter", version="1", entry_point="x",
-                            spec=SPEC)
-    settings = plugin_context(SPEC, proc).settings
-    support = host.check(rec, settings, Services(settings))
-    assert support is not None
-    return rec.state, rec.reason, support.fix
+    harness = PluginHarness(SPEC, host_proc=proc)
+    support = harness.check_support()
+    return harness.record.state, harness.record.reason, support.fix
 
 
 def test_kernel_without_psi_is_unsupported_not_an_error(tmp_path: Path) -> None:

@@ -6,14 +6,14 @@ import logging
 from collections.abc import Iterable
 
 from crusoe_exporter_uptime.parser import parse_uptime
-from crusoe_metrics_exporter.sdk import MetricSpec, PluginContext, PluginSpec, Sample, Support, hookimpl
+from crusoe_metrics_exporter.sdk import MetricSpec, NoOptions, PluginContext, PluginSpec, Sample, Support, hookimpl
 
 UPTIME = MetricSpec("uptime_seconds", "gauge", "Seconds since the host booted, from /proc/uptime.")
 ERRORS = MetricSpec.errors("uptime_collection_errors_total", "Unreadable or malformed /proc/uptime reads.")
 
 
 class UptimeCollector:
-    def __init__(self, ctx: PluginContext) -> None:
+    def __init__(self, ctx: PluginContext[NoOptions]) -> None:
         self._path = ctx.host_proc / "uptime"
         self._ctx = ctx
 
@@ -34,7 +34,7 @@ class UptimeCollector:
         pass
 
 
-def _support(ctx: PluginContext) -> Support:
+def _support(ctx: PluginContext[NoOptions]) -> Support:
     path = ctx.host_proc / "uptime"
     if not path.exists():
         return Support.unsupported(f"{path} does not exist", fix="set HOST_PROC_PATH to the host's /proc")
@@ -45,7 +45,6 @@ def _support(ctx: PluginContext) -> Support:
 def crusoe_metrics_exporter_plugin() -> PluginSpec:
     return PluginSpec(
         name="uptime",
-        version="1.0.0",
         description="Host uptime from /proc/uptime (example third-party plugin).",
         metrics=(UPTIME, ERRORS),
         factory=UptimeCollector,
