@@ -302,35 +302,26 @@ def _check_declaration(spec: PluginSpec[Any] | ServiceSpec[Any], entry_point_nam
 def _reject_duplicate_metrics(records: list[PluginRecord]) -> None:
     # Built-ins are claimed first so a third-party plugin cannot evict one;
     # among the rest, name order decides, so the outcome is reproducible.
-    owners: dict[str, str] = {}
-    for rec in sorted(records, key=lambda r: (not r.builtin, r.name)):
-        if rec.spec is None or rec.state == "failed":
-            continue
-        clash = next((m.name for m in rec.spec.metrics if m.name in owners), None)
-        if clash is not None:
-            rec.fail("validate", f"metric {clash!r} is already exported by plugin {owners[clash]!r}")
-            continue
-        for m in rec.spec.metrics:
-            owners[m.name] = rec.name
+    _claim_metrics(sorted(records, key=lambda r: (not r.builtin, r.name)), {})
 
 
 def reject_service_metric_clashes(plugins: list[PluginRecord], services: list[ServiceRecord]) -> None:
-    """A service metric name a plugin also declares fails the plugin; two services sharing one fail the later."""
+    """A metric name a service exports fails a later service or a plugin that declares it too."""
     owners: dict[str, str] = {}
-    for svc in services:
-        if svc.spec is None or svc.state == "failed":
-            continue
-        clash = next((m.name for m in svc.spec.metrics if m.name in owners), None)
-        if clash is not None:
-            svc.fail("validate", f"metric {clash!r} is already exported by service {owners[clash]!r}")
-            continue
-        owners.update({m.name: svc.name for m in svc.spec.metrics})
-    for rec in plugins:
+    _claim_metrics(services, owners)
+    _claim_metrics(plugins, owners)
+
+
+def _claim_metrics(records: Iterable[PluginRecord | ServiceRecord], owners: dict[str, str]) -> None:
+    """In order, each record claims its metric names; one that names a claimed metric fails (validate)."""
+    for rec in records:
         if rec.spec is None or rec.state == "failed":
             continue
         clash = next((m.name for m in rec.spec.metrics if m.name in owners), None)
         if clash is not None:
-            rec.fail("validate", f"metric {clash!r} is already exported by service {owners[clash]!r}")
+            rec.fail("validate", f"metric {clash!r} is already exported by {owners[clash]}")
+            continue
+        owners.update({m.name: f"{rec.kind} {rec.name!r}" for m in rec.spec.metrics})
 
 
 # -- options and selection ------------------------------------------------------

@@ -211,7 +211,7 @@ class Collector:
 
 @hookimpl
 def crusoe_metrics_exporter_plugin():
-    return PluginSpec(name=NAME, version="1.0", description="hangs in collect and stop",
+    return PluginSpec(name=NAME, description="hangs in collect and stop",
                       metrics=(MetricSpec(NAME + "_value", "gauge", "Never produced."),),
                       factory=Collector, check_support=lambda ctx: Support.ok())
 '''
