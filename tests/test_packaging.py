@@ -24,6 +24,9 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.rmtree(REPO / "build", ignore_errors=True)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
                     str(REPO)], check=True, cwd=out)
+    # The build leaves an egg-info in the checkout; importlib.metadata would
+    # find it before the editable install's metadata (cwd is on sys.path).
+    shutil.rmtree(REPO / "crusoe_metrics_exporter.egg-info", ignore_errors=True)
     [whl] = out.glob("crusoe_metrics_exporter-*.whl")
     return whl
 
