@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
-from crusoe_metrics_exporter import __version__
+from crusoe_metrics_exporter import __version__, footprint
 from crusoe_metrics_exporter.app import Exporter, StrictModeError
 from crusoe_metrics_exporter.options import SettingError
 from crusoe_metrics_exporter.settings import Overrides
@@ -132,6 +132,8 @@ def cli(ctx: click.Context, /, **kwargs: Any) -> None:
 @click.pass_context
 def serve_cmd(ctx: click.Context, /, **kwargs: Any) -> None:
     """Start plugins and serve /metrics (the default command)."""
+    # Before any thread starts: each would otherwise get a malloc arena of its own.
+    footprint.limit_malloc_arenas()
     from crusoe_metrics_exporter.web.config import WebConfig, WebConfigError, load
     from crusoe_metrics_exporter.web.server import CannotListen, serve
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from crusoe_metrics_exporter import __version__
 from crusoe_metrics_exporter.app import Exporter
 from crusoe_metrics_exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, render
+from crusoe_metrics_exporter.footprint import GC_PAUSE
 from crusoe_metrics_exporter.web import in_thread
 from crusoe_metrics_exporter.web.wire import Request, accepts
 
@@ -70,7 +71,10 @@ class SharedExposition:
             future.exception()  # retrieved: a failure is reported to the scrapers, not as "never retrieved"
 
     def _produce(self, openmetrics: bool, gzipped: bool) -> bytes:
-        body = render(self._exporter.collect(), openmetrics=openmetrics)
+        # A big host's scrape allocates hundreds of thousands of short-lived
+        # tuples; the cyclic GC would walk everything alive again and again.
+        with GC_PAUSE.held():
+            body = render(self._exporter.collect(), openmetrics=openmetrics)
         return gzip.compress(body, compresslevel=1) if gzipped else body
 
 

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crusoe_metrics_exporter import footprint
 from crusoe_metrics_exporter.app import Exporter
 from crusoe_metrics_exporter.host import PluginRecord
 from crusoe_metrics_exporter.web.auth import BasicAuth
@@ -522,6 +523,9 @@ async def _serve(exporter: Exporter, sock: socket.socket, cap: int, web: Watcher
     def settled(rec: PluginRecord) -> None:
         if exporter.settings.core["strict"] and rec.state == "failed":
             loop.call_soon_threadsafe(server.request_stop, 1)
+        if exporter.startup is not None and exporter.startup.ready:
+            # The last plugin settled: what start-up dropped goes back to the kernel.
+            footprint.settle_after_start()
 
     exporter.begin_start(on_settled=settled)
     try:
