@@ -127,10 +127,13 @@ def _entry_points(group: str) -> list[tuple[importlib.metadata.EntryPoint, str, 
     seen: set[tuple[str, str, str]] = set()
     out = []
     for dist in importlib.metadata.distributions():
+        # entry_points.txt is a small file; METADATA is parsed (an email
+        # parser, ~1 ms each) only for the few distributions that match.
+        matching = [ep for ep in dist.entry_points if ep.group == group]
+        if not matching:
+            continue
         dist_name = dist.metadata["Name"] or "unknown"
-        for ep in dist.entry_points:
-            if ep.group != group:
-                continue
+        for ep in matching:
             # The same dist can be visible twice (symlinked lib64, editable
             # installs); identical triples are one plugin, not a collision.
             key = (dist_name.lower().replace("_", "-"), ep.name, ep.value)
