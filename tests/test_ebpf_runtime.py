@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -302,6 +303,34 @@ def test_nearest_distribution_headers_are_merged_in_the_state_dir(
     assert headers_mod.resolve_headers(state, release="5.10.0-31-amd64").source == (
         state / "kernel-headers" / "linux-headers-5.10.0-30-cloud-amd64"
     )
+
+
+def test_concurrent_header_builds_share_one_tree_and_leave_no_scratch(tmp_path: Path) -> None:
+    """Builders that do not share a lock (other processes on one state dir) each use a scratch dir of their own."""
+    common = tmp_path / "linux-headers-6.1.0-9-common"
+    (common / "include" / "linux").mkdir(parents=True)
+    (common / "include" / "linux" / "kconfig.h").write_text("/* common */\n")
+    tree = _fake_tree(tmp_path, "linux-headers-6.1.0-9-cloud-amd64", arch="x86", common=common)
+    state = tmp_path / "state"
+    barrier = threading.Barrier(6)
+    results: list[Path | BaseException] = []
+
+    def build() -> None:
+        barrier.wait()
+        try:
+            results.append(headers_mod._build_merged_tree(state, tree, [common, tree]))
+        except BaseException as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    out = state / "kernel-headers" / tree.name
+    assert results == [out] * 6
+    assert (out / "include" / "linux" / "kconfig.h").read_text() == "/* common */\n"
+    assert sorted(p.name for p in out.parent.iterdir()) == [tree.name]
 
 
 def test_running_kernel_headers_win(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,6 +16,7 @@ import os
 import platform
 import re
 import shutil
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,12 +140,22 @@ def _build_merged_tree(state_dir: Path, tree: Path, parts: list[Path]) -> Path:
     except OSError:
         pass
     out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = out.parent / f".{tree.name}.building.{os.getpid()}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    _merge(scratch, parts)
-    (scratch / _MARKER).write_text(wanted)
-    shutil.rmtree(out, ignore_errors=True)
-    scratch.rename(out)
+    # A fresh directory per build: not named by pid, which every start thread
+    # of this process (and a reused pid in a container) would share.
+    scratch = Path(tempfile.mkdtemp(prefix=f".{tree.name}.building.", dir=out.parent))
+    try:
+        scratch.chmod(0o755)
+        _merge(scratch, parts)
+        (scratch / _MARKER).write_text(wanted)
+        shutil.rmtree(out, ignore_errors=True)
+        try:
+            scratch.rename(out)
+        except OSError:
+            # Another exporter on this state dir finished the same tree first.
+            if (out / _MARKER).read_text() != wanted:
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return out
 
 
