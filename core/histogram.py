@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from prometheus_client.utils import floatToGoString
-
 from crusoe_metrics_exporter.contract import HistogramValue
+from crusoe_metrics_exporter.textformat import go_float
 
 
 def cumulative_buckets(bounds: Sequence[float], value: HistogramValue) -> list[tuple[str, float]]:
@@ -53,4 +52,4 @@ def geometric_bounds(first: float, last: float, count: int, digits: int = 6) -> 
 
 def _format_bound(bound: float) -> str:
     # The same spelling prometheus_client's own histograms use for "le".
-    return str(floatToGoString(float(bound)))  # type: ignore[no-untyped-call]
+    return go_float(bound)

@@ -12,24 +12,48 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from prometheus_client.utils import floatToGoString
-
 from crusoe_metrics_exporter.contract import HistogramValue, MetricSpec, Sample
 from crusoe_metrics_exporter.naming import PREFIX, SEED_COUNTERS_WITHOUT_TOTAL
 
 
-def _go_float(v: float) -> str:
-    return str(floatToGoString(v))  # type: ignore[no-untyped-call]
+def go_float(v: float) -> str:
+    """``v`` as Prometheus expositions spell it: Go's shortest 'g' format (what prometheus_client writes).
+
+    Go switches to an exponent from seven integer digits on (``1.234567e+06``)
+    where Python's repr() does from seventeen; ``+Inf``, ``-Inf``, ``NaN``.
+    """
+    v = float(v)
+    if v == math.inf:
+        return "+Inf"
+    if v == -math.inf:
+        return "-Inf"
+    if v != v:  # noqa: PLR0124 - NaN is the value unequal to itself
+        return "NaN"
+    s = repr(v)
+    dot = s.find(".")
+    if v > 0 and dot > 6:
+        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1:]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return s
+
+
+#: Below 2**53 every int is exactly a float, and repr() of that float is its decimal digits plus ".0".
+_EXACT_INT = 2**53
 
 
 def _value(v: float) -> str:
-    # repr() is what floatToGoString returns for every finite value below 1e6
-    # (Go switches to exponent form from seven integer digits on).
+    # repr() is what go_float returns for every finite value below 1e6.
     if type(v) is float and -math.inf < v < 1e6:
         return repr(v)
-    if type(v) is int and -1_000_000 < v < 1_000_000:
-        return repr(float(v))
-    return _go_float(v)
+    if type(v) is int:
+        if -1_000_000 < v < 1_000_000:
+            return repr(float(v))
+        if 0 < v < _EXACT_INT:
+            # Counters past a million (bytes, ticks): go_float's exponent form
+            # straight from the digits, without the float round trip.
+            digits = str(v)
+            return f"{digits[0]}.{digits[1:]}".rstrip("0.") + f"e+{len(digits) - 1:02d}"
+    return go_float(v)
 
 
 def _escape_label(value: str) -> str:
@@ -47,13 +71,14 @@ def _label_order(names: Sequence[str]) -> list[int]:
     return sorted(range(len(names)), key=lambda i: names[i])
 
 
-LabelCache = dict[tuple[tuple[str, ...], tuple[str, ...]], str]
+#: label names -> label values -> the rendered ``{...} ``.
+LabelCache = dict[tuple[str, ...], dict[tuple[str, ...], str]]
 
 
 def render_group(spec: MetricSpec, samples: Sequence[Sample], out: list[str], cache: LabelCache) -> None:
     """Append the lines of one family to ``out``.
 
-    ``cache`` maps (label names, label values) to the rendered ``{...}``: the
+    ``cache`` maps label names and values to the rendered ``{...}``: the
     per-lane mountstats metrics share their label sets, so most are reused.
     """
     full = PREFIX + spec.name
@@ -73,19 +98,25 @@ def render_group(spec: MetricSpec, samples: Sequence[Sample], out: list[str], ca
             add(f"{full} {_value(s.value)}\n")  # type: ignore[arg-type]
         return
     keys = [f'{names[i]}="' for i in order]
-    for s in samples:
-        labels = s.labels
-        rendered = cache.get((names, labels))
+    # One lookup table per set of label names, so the key is the values tuple itself.
+    rendered_labels = cache.get(names)
+    if rendered_labels is None:
+        rendered_labels = cache[names] = {}
+    for _, labels, value in samples:
+        rendered = rendered_labels.get(labels)
         if rendered is None:
             pairs = ",".join(keys[j] + _escape_label(labels[i]) + '"' for j, i in enumerate(order))
-            rendered = cache[(names, labels)] = "{" + pairs + "} "
-        add(f"{full}{rendered}{_value(s.value)}\n")  # type: ignore[arg-type]
+            rendered = rendered_labels[labels] = "{" + pairs + "} "
+        if type(value) is float and -math.inf < value < 1e6:
+            add(f"{full}{rendered}{value!r}\n")  # the common case of _value, without the call
+        else:
+            add(f"{full}{rendered}{_value(value)}\n")  # type: ignore[arg-type]
 
 
 def _render_histogram(full: str, spec: MetricSpec, samples: Sequence[Sample], order: list[int],
                       out: list[str]) -> None:
     names = spec.labels
-    bounds = [_go_float(b) for b in spec.buckets] + ["+Inf"]
+    bounds = [go_float(b) for b in spec.buckets] + ["+Inf"]
     # "le" takes its sorted place among the plugin's labels.
     le_at = sum(1 for n in names if n < "le")
     add = out.append
