@@ -44,9 +44,12 @@ What is here
   device_exclude, for a plugin's options class to inherit), :class:`DeviceFilter`,
   :func:`device_names`;
 * histograms: :func:`geometric_bounds`, :func:`bucket_index`, :func:`cumulative_buckets`;
-* eBPF: :class:`BpfSpec`, :class:`ProgramSpec`, :class:`Tracepoint`,
-  :class:`Kprobe` declare an object; ``ctx.ebpf.load`` returns a
-  :class:`LoadedBpf` with :class:`BpfMap` maps;
+* eBPF: :class:`BpfSpec`, :class:`ProgramSpec`, the attach candidates
+  :class:`BtfTracepoint`, :class:`RawTracepoint`, :class:`Tracepoint`,
+  :class:`Kprobe` and the BTF constants :class:`BtfOffset`, :class:`BtfEnum`
+  declare an object; ``ctx.ebpf.load`` returns a :class:`LoadedBpf` with
+  :class:`BpfMap` maps; :func:`tracepoint_exists` and :func:`tracepoint_has_field`
+  say what the running kernel's tracepoints offer;
 * target discovery: the records ``ctx.targets`` hands out, :class:`NfsServer`,
   :class:`NfsMount`, :class:`ObjstoreEndpoint`; :func:`volume_id` and friends.
 
@@ -102,16 +105,21 @@ if TYPE_CHECKING:
         BpfMap,
         BpfSpec,
         BpfUnavailable,
+        BtfEnum,
+        BtfOffset,
+        BtfTracepoint,
+        KernelConstant,
         Kprobe,
         LoadedBpf,
         ProgramSpec,
         ProgramStats,
         ProgramStatus,
+        RawTracepoint,
         Tracepoint,
         verify_only,
         want_macro,
     )
-    from crusoe_metrics_exporter.ebpf.kernel import tracepoint_exists
+    from crusoe_metrics_exporter.ebpf.kernel import tracepoint_exists, tracepoint_has_field
     from crusoe_metrics_exporter.targets.addresses import normalize as normalize_address
     from crusoe_metrics_exporter.targets.model import NfsMount, NfsServer, ObjstoreEndpoint
     from crusoe_metrics_exporter.targets.mounts import unescape as unescape_mount_field
@@ -122,11 +130,13 @@ _LAZY: dict[str, tuple[str, str]] = {
     **{
         name: ("crusoe_metrics_exporter.ebpf", name)
         for name in (
-            "AttachCandidate", "AttachMethod", "BpfMap", "BpfSpec", "BpfUnavailable", "Kprobe", "LoadedBpf",
-            "ProgramSpec", "ProgramStats", "ProgramStatus", "Tracepoint", "verify_only", "want_macro",
+            "AttachCandidate", "AttachMethod", "BpfMap", "BpfSpec", "BpfUnavailable", "BtfEnum", "BtfOffset",
+            "BtfTracepoint", "KernelConstant", "Kprobe", "LoadedBpf", "ProgramSpec", "ProgramStats", "ProgramStatus",
+            "RawTracepoint", "Tracepoint", "verify_only", "want_macro",
         )
     },
     "tracepoint_exists": ("crusoe_metrics_exporter.ebpf.kernel", "tracepoint_exists"),
+    "tracepoint_has_field": ("crusoe_metrics_exporter.ebpf.kernel", "tracepoint_has_field"),
     "normalize_address": ("crusoe_metrics_exporter.targets.addresses", "normalize"),
     "NfsMount": ("crusoe_metrics_exporter.targets.model", "NfsMount"),
     "NfsServer": ("crusoe_metrics_exporter.targets.model", "NfsServer"),
@@ -165,6 +175,9 @@ __all__ = [
     "BpfMap",
     "BpfSpec",
     "BpfUnavailable",
+    "BtfEnum",
+    "BtfOffset",
+    "BtfTracepoint",
     "Collector",
     "ConfigOption",
     "DeviceFilter",
@@ -174,6 +187,7 @@ __all__ = [
     "ErrorReporter",
     "FileContent",
     "HistogramValue",
+    "KernelConstant",
     "Kprobe",
     "LoadedBpf",
     "MetricSpec",
@@ -190,6 +204,7 @@ __all__ = [
     "ProgramSpec",
     "ProgramStats",
     "ProgramStatus",
+    "RawTracepoint",
     "Sample",
     "ServiceContext",
     "ServiceSpec",
@@ -209,6 +224,7 @@ __all__ = [
     "parse_device_table",
     "read_limited",
     "tracepoint_exists",
+    "tracepoint_has_field",
     "unescape_mount_field",
     "unreadable",
     "verify_only",

@@ -4,8 +4,10 @@ bcc compiles each plugin's C source in a short-lived helper process
 (:mod:`.loader`); this process only attaches the programs and reads maps
 with ``bpf(2)``, so it never carries bcc's compiler in memory. Plugins use:
 
-* :class:`BpfSpec`, :class:`ProgramSpec`, :class:`Tracepoint`, :class:`Kprobe`
-  to declare their object and its attach candidates (best first);
+* :class:`BpfSpec`, :class:`ProgramSpec` and the attach candidates
+  :class:`BtfTracepoint`, :class:`RawTracepoint`, :class:`Tracepoint`,
+  :class:`Kprobe` to declare their object and how to attach it (best first);
+  :class:`BtfOffset`, :class:`BtfEnum` for kernel constants read from BTF;
 * :func:`load` (or the ``ebpf`` service's ``load``) to get a :class:`LoadedBpf`;
 * :func:`check_environment` in ``check_support``; :func:`verify_only` in tests.
 """
@@ -31,10 +33,15 @@ from crusoe_metrics_exporter.ebpf.spec import (
     AttachMethod,
     BpfSpec,
     BpfUnavailable,
+    BtfEnum,
+    BtfOffset,
+    BtfTracepoint,
+    KernelConstant,
     Kprobe,
     ProgramSpec,
     ProgramStats,
     ProgramStatus,
+    RawTracepoint,
     Tracepoint,
 )
 
@@ -51,12 +58,17 @@ __all__ = [
     "BpfMap",
     "BpfSpec",
     "BpfUnavailable",
+    "BtfEnum",
+    "BtfOffset",
+    "BtfTracepoint",
     "DoctorCheck",
+    "KernelConstant",
     "Kprobe",
     "LoadedBpf",
     "ProgramSpec",
     "ProgramStats",
     "ProgramStatus",
+    "RawTracepoint",
     "Tracepoint",
     "attach_plan",
     "bpf_stats_enabled",

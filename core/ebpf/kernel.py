@@ -7,16 +7,18 @@ kprobe PMU), never from version numbers: distributions backport freely.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import subprocess
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from crusoe_metrics_exporter import capabilities
 from crusoe_metrics_exporter.capabilities import Unreadable
+from crusoe_metrics_exporter.ebpf import syscalls
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,28 @@ def tracepoint_id(category: str, event: str, root: Path | None = None) -> int | 
 def tracepoint_exists(category: str, event: str) -> bool:
     """Whether the running kernel has the tracepoint ``category:event`` (tracefs must be mounted)."""
     return tracepoint_id(category, event) is not None
+
+
+def tracepoint_has_field(category: str, event: str, field: str) -> bool:
+    """Whether the tracepoint's record has ``field`` (its tracefs ``format``); False when unknown.
+
+    Tracepoints gain arguments across releases (``tcp:tcp_retransmit_skb``
+    has ``err`` on 6.18, not on 6.1, and fires for failed attempts where it
+    has it): programs that read one compile it in only when the running
+    kernel has it.
+    """
+    base = tracefs_root()
+    if base is None:
+        return False
+    try:
+        text = (base / "events" / category / event / "format").read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        declaration = line.strip().partition(";")[0]
+        if declaration.startswith("field:") and declaration.split()[-1].partition("[")[0] == field:
+            return True
+    return False
 
 
 def kprobe_pmu_type() -> int | None:
@@ -233,6 +257,16 @@ def bpf_stats_enabled() -> bool:
         return BPF_STATS_SYSCTL.read_text().strip() not in ("", "0")
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def run_stats() -> Iterator[None]:
+    """Measure every BPF program's run time and count for the duration of the block (BPF_ENABLE_STATS)."""
+    fd = syscalls.enable_run_stats()
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 def set_bpf_stats(enabled: bool) -> bool:

@@ -29,7 +29,9 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
+from crusoe_metrics_exporter.ebpf import syscalls
 from crusoe_metrics_exporter.ebpf.bcc_locator import BccMissing, import_bcc
+from crusoe_metrics_exporter.ebpf.btf import Btf, BtfError
 
 #: Compiling a small program takes well under a second; this bounds a wedged helper.
 DEFAULT_TIMEOUT = 60.0
@@ -166,12 +168,89 @@ def _table_fds(bcc: Any, module: int) -> dict[str, int]:
     return out
 
 
+class _KernelBtf:
+    """The running kernel's BTF, parsed on first use (only requests that need it pay)."""
+
+    def __init__(self) -> None:
+        self._btf: Btf | None = None
+        self._error = ""
+
+    def get(self) -> Btf:
+        if self._btf is None and not self._error:
+            try:
+                self._btf = Btf.vmlinux()
+            except BtfError as exc:
+                self._error = str(exc)
+        if self._btf is None:
+            raise BtfError(self._error)
+        return self._btf
+
+
+def resolve_constants(constants: list[Mapping[str, str]], btf: _KernelBtf) -> tuple[list[str], dict[str, Any]]:
+    """-D flags for the kernel constants BTF has, and per macro its value or why it is missing."""
+    cflags: list[str] = []
+    found: dict[str, Any] = {}
+    for item in constants:
+        macro = item["macro"]
+        try:
+            if "enumerator" in item:
+                value = btf.get().enum_value(item["enumerator"])
+            else:
+                value = btf.get().member_offset(item["struct"], item["member"])
+        except BtfError as exc:
+            found[macro] = {"missing": str(exc)}
+            continue
+        cflags.append(f"-D{macro}={value}")
+        found[macro] = {"value": value}
+    return cflags, found
+
+
+def _load_btf_tracepoint(bcc: Any, bpf: Any, fn: str, event: str, btf: _KernelBtf) -> int:
+    """Load ``fn`` as a tp_btf program for ``event`` (bcc has no loader for this type)."""
+    lib = bcc.libbcc.lib
+    name = fn.encode()
+    start = lib.bpf_function_start(bpf.module, name)
+    if not start:
+        raise LoaderError(f"no function {fn} in the compiled object")
+    try:
+        type_id = btf.get().tracepoint_type_id(event)
+    except BtfError as exc:
+        raise LoaderError(str(exc)) from None
+    try:
+        return syscalls.prog_load(
+            syscalls.BPF_PROG_TYPE_TRACING,
+            start,
+            lib.bpf_function_size(bpf.module, name),
+            lib.bpf_module_license(bpf.module),
+            name=fn,
+            expected_attach_type=syscalls.BPF_TRACE_RAW_TP,
+            attach_btf_id=type_id,
+        )
+    except OSError as exc:
+        raise LoaderError(f"the kernel refused {fn}: {exc.strerror or exc}") from None
+
+
 def compile_and_load(request: Mapping[str, Any]) -> tuple[dict[str, Any], list[int]]:
     """Compile the source and load the requested functions; never attaches."""
     try:
         bcc = import_bcc()
     except BccMissing as exc:
         raise LoaderError(str(exc)) from None
+    btf = _KernelBtf()
+    constant_flags, constants = resolve_constants(list(request.get("constants", ())), btf)
+    programs: dict[str, dict[str, Any]] = {}
+    functions = []
+    for item in request.get("functions", ()):
+        missing = [need for need in item.get("needs", ()) if "value" not in constants.get(need, {})]
+        if missing:
+            # Not compiled at all: its CME_WANT_ macro stays undefined, so the
+            # rest of the object still compiles and the runtime falls back.
+            reasons = "; ".join(str(constants.get(m, {}).get("missing", f"{m} unknown")) for m in missing)
+            programs[item["fn"]] = {"error": f"needs {', '.join(missing)} from the kernel's BTF: {reasons}"}
+            continue
+        functions.append(item)
+        if item.get("macro"):
+            constant_flags.append(f"-D{item['macro']}=1")
     # bcc attaches functions named tracepoint__*/kprobe__* on construction;
     # attaching is the exporter's job, and a helper-side attach would vanish
     # when the helper exits anyway.
@@ -179,7 +258,7 @@ def compile_and_load(request: Mapping[str, Any]) -> tuple[dict[str, Any], list[i
     started = time.monotonic()
     with _capture_fd2() as diagnostics:
         try:
-            bpf = bcc.BPF(text=request["source"], cflags=list(request.get("cflags", ())))
+            bpf = bcc.BPF(text=request["source"], cflags=list(request.get("cflags", ())) + constant_flags)
         except Exception:  # noqa: BLE001 - bcc raises bare Exception
             diagnostics.seek(0)
             text = diagnostics.read().decode("utf-8", "replace")
@@ -187,9 +266,17 @@ def compile_and_load(request: Mapping[str, Any]) -> tuple[dict[str, Any], list[i
             raise LoaderError(f"compiling {request.get('name', 'the program')} failed: {summary}") from None
         compiled = time.monotonic()
         fds: list[int] = []
-        programs: dict[str, dict[str, Any]] = {}
-        for item in request.get("functions", ()):
+        for item in functions:
             fn, prog_type = item["fn"], int(item["prog_type"])
+            if item.get("btf_event"):
+                try:
+                    fd = _load_btf_tracepoint(bcc, bpf, fn, item["btf_event"], btf)
+                except LoaderError as exc:
+                    programs[fn] = {"error": str(exc)}
+                    continue
+                programs[fn] = {"index": len(fds)}
+                fds.append(fd)
+                continue
             mark = diagnostics.tell()
             try:
                 handle = bpf.load_func(fn.encode(), prog_type)
@@ -209,6 +296,7 @@ def compile_and_load(request: Mapping[str, Any]) -> tuple[dict[str, Any], list[i
         "ok": True,
         "programs": programs,
         "maps": maps,
+        "constants": constants,
         "compile_seconds": compiled - started,
         "load_seconds": time.monotonic() - compiled,
     }

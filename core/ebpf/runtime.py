@@ -1,8 +1,10 @@
 """Load a plugin's eBPF object: choose variants, compile in the helper, attach here, read maps.
 
 The exporter process only ever holds file descriptors: programs and maps
-come from the loader helper (see :mod:`.loader`), attaching is a
-``perf_event_open`` plus two ioctls, and map access is plain ``bpf(2)``.
+come from the loader helper (see :mod:`.loader`), attaching is one
+``BPF_RAW_TRACEPOINT_OPEN`` (``tp_btf``, raw tracepoints) or a
+``perf_event_open`` plus two ioctls (tracepoints, kprobes), and map access
+is plain ``bpf(2)``.
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crusoe_metrics_exporter.ebpf import kernel, syscalls
+from crusoe_metrics_exporter.ebpf import btf, kernel, syscalls
 from crusoe_metrics_exporter.ebpf.headers import HeaderChoice, HeadersUnavailable, resolve_headers
 from crusoe_metrics_exporter.ebpf.loader import DEFAULT_TIMEOUT, LoaderError, run_loader
 from crusoe_metrics_exporter.ebpf.spec import (
+    TRACEPOINT_LINKS,
     AttachCandidate,
     BpfSpec,
     BpfUnavailable,
+    BtfEnum,
+    BtfTracepoint,
     Kprobe,
     ProgramStats,
     ProgramStatus,
+    RawTracepoint,
     Tracepoint,
 )
 
@@ -93,12 +99,22 @@ class _Program:
     candidate: AttachCandidate
     prog_fd: int
     prog_id: int
-    perf_fd: int = -1
+    #: The descriptor whose lifetime is the attachment: a raw tracepoint
+    #: link, or the perf event of a tracepoint or kprobe (-1: not attached).
+    link_fd: int = -1
     error: str = ""
 
     def status(self) -> ProgramStatus:
         c = self.candidate
-        return ProgramStatus(self.role, c.fn, c.method, c.target, self.perf_fd >= 0, self.prog_id, self.error)
+        return ProgramStatus(self.role, c.fn, c.method, c.target, self.link_fd >= 0, self.prog_id, self.error)
+
+    def detach(self) -> None:
+        if self.link_fd < 0:
+            return
+        if not isinstance(self.candidate, TRACEPOINT_LINKS):
+            syscalls.perf_event_disable(self.link_fd)
+        _close(self.link_fd)
+        self.link_fd = -1
 
 
 @dataclass
@@ -111,6 +127,8 @@ class LoadedBpf:
     startup_seconds: float = 0.0
     _programs: list[_Program] = field(default_factory=list)
     _maps: dict[str, BpfMap] = field(default_factory=dict)
+    #: Kernel constants (struct offsets, enum values) the loader found in BTF, by macro.
+    constants: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _closed: bool = False
 
@@ -124,28 +142,51 @@ class LoadedBpf:
         except KeyError:
             raise KeyError(f"{self.spec.name}: no map named {name!r} (have {', '.join(sorted(self._maps))})") from None
 
-    def stats(self) -> dict[str, ProgramStats]:
-        """Per role, the kernel's run time and run count; empty unless bpf_stats_enabled is on."""
-        if not kernel.bpf_stats_enabled():
-            return {}
+    def stats(self, *, include_detached: bool = False) -> dict[str, ProgramStats]:
+        """Per attached program (by role): the kernel's run time, run count and skipped runs.
+
+        Run time and count only move while ``kernel.bpf_stats_enabled=1``;
+        skipped runs (``recursion_misses``) are counted regardless.
+        ``include_detached`` adds programs :meth:`detach` took off (a
+        benchmark proves "off" by their run count standing still).
+        """
         out: dict[str, ProgramStats] = {}
         with self._lock:
             for p in self._programs:
-                if self._closed or p.perf_fd < 0:
+                if self._closed or p.prog_fd < 0 or (p.link_fd < 0 and not include_detached):
                     continue
-                info = syscalls.fdinfo(p.prog_fd)
                 try:
-                    out[p.role] = ProgramStats(
-                        p.role, p.candidate.fn, int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0))
-                    )
-                except ValueError:
+                    info = syscalls.prog_info(p.prog_fd)
+                except OSError:
                     continue
+                out[p.role] = ProgramStats(
+                    p.role, p.candidate.fn, info.get("run_time_ns", 0), info.get("run_cnt", 0),
+                    info.get("recursion_misses"),
+                )
         return out
+
+    def detach(self) -> None:
+        """Detach every program, keeping programs and maps (benchmarks measure "off" this way)."""
+        with self._lock:
+            for p in self._programs:
+                p.detach()
+
+    def reattach(self) -> None:
+        """Attach every detached program again, by the method it was attached with."""
+        with self._lock:
+            if self._closed:
+                raise BpfUnavailable(f"{self.spec.name}: closed")
+            tracefs = kernel.tracefs_root()
+            if tracefs is None:
+                raise BpfUnavailable("tracefs is not mounted")
+            for p in self._programs:
+                if p.link_fd < 0:
+                    p.link_fd = _attach(p.candidate, p.prog_fd, tracefs)
 
     def details(self) -> dict[str, str]:
         """Facts for ``plugins``/``/``: attach method per program and headers in use."""
         out = {f"attach.{p.role}": f"{p.candidate.method} {p.candidate.target}" for p in self._programs}
-        methods = sorted({p.candidate.method for p in self._programs if p.perf_fd >= 0})
+        methods = sorted({p.candidate.method for p in self._programs if p.link_fd >= 0})
         if methods:
             out["attach_method"] = "+".join(methods)
         out["kernel_headers"] = self.headers.description
@@ -158,10 +199,7 @@ class LoadedBpf:
                 return
             self._closed = True
             for p in self._programs:
-                if p.perf_fd >= 0:
-                    syscalls.perf_event_disable(p.perf_fd)
-                    _close(p.perf_fd)
-                    p.perf_fd = -1
+                p.detach()
                 if p.prog_fd >= 0:
                     _close(p.prog_fd)
                     p.prog_fd = -1
@@ -182,9 +220,14 @@ def _close(fd: int) -> None:
 
 def _viable(candidate: AttachCandidate, tracefs: Path, kprobe_functions: set[str]) -> str | None:
     """None when this kernel offers the candidate's attach point, else why not."""
-    if isinstance(candidate, Tracepoint):
+    if isinstance(candidate, (Tracepoint, RawTracepoint, BtfTracepoint)):
         if kernel.tracepoint_id(candidate.category, candidate.event, tracefs) is None:
             return f"no tracepoint {candidate.target}"
+        if isinstance(candidate, BtfTracepoint):
+            if not kernel.btf_available():
+                return "kernel without BTF (/sys/kernel/btf/vmlinux)"
+            if not btf.mentions(f"btf_trace_{candidate.event}"):
+                return f"kernel BTF has no type for tracepoint {candidate.target}"
         return None
     if kernel.kprobe_pmu_type() is None:
         return "kernel without kprobe support"
@@ -205,6 +248,15 @@ def attach_plan(spec: BpfSpec) -> dict[str, AttachCandidate | str]:
     kprobe_names = {c.function for p in spec.programs for c in p.candidates if isinstance(c, Kprobe)}
     probeable = kernel.traceable_functions(kprobe_names, tracefs) if kprobe_names else set()
     plan: dict[str, AttachCandidate | str] = {}
+    if spec.attach_together and spec.programs:
+        reasons = []
+        for method in dict.fromkeys(c.method for c in spec.programs[0].candidates):
+            picks = [next((c for c in p.candidates if c.method == method), None) for p in spec.programs]
+            problems = [why for c in picks if c is not None for why in [_viable(c, tracefs, probeable)] if why]
+            if all(c is not None for c in picks) and not problems:
+                return {p.role: c for p, c in zip(spec.programs, picks, strict=True) if c is not None}
+            reasons.append(f"{method}: {'; '.join(problems) or 'not offered for every program'}")
+        return {p.role: "; ".join(reasons) for p in spec.programs}
     for program in spec.programs:
         reasons = []
         for candidate in program.candidates:
@@ -232,11 +284,39 @@ def plan_details(plan: dict[str, AttachCandidate | str]) -> dict[str, str]:
     return out
 
 
-def _prog_type(candidate: AttachCandidate) -> int:
-    return syscalls.BPF_PROG_TYPE_TRACEPOINT if isinstance(candidate, Tracepoint) else syscalls.BPF_PROG_TYPE_KPROBE
+_PROG_TYPES: dict[type, int] = {
+    BtfTracepoint: syscalls.BPF_PROG_TYPE_TRACING,
+    RawTracepoint: syscalls.BPF_PROG_TYPE_RAW_TRACEPOINT,
+    Tracepoint: syscalls.BPF_PROG_TYPE_TRACEPOINT,
+    Kprobe: syscalls.BPF_PROG_TYPE_KPROBE,
+}
+
+
+def _function_request(candidate: AttachCandidate) -> dict[str, object]:
+    out: dict[str, object] = {
+        "fn": candidate.fn,
+        "prog_type": _PROG_TYPES[type(candidate)],
+        "macro": want_macro(candidate.fn),
+        "needs": list(candidate.needs),
+    }
+    if isinstance(candidate, BtfTracepoint):
+        out["btf_event"] = candidate.event
+    return out
+
+
+def _constant_request(spec: BpfSpec) -> list[dict[str, str]]:
+    return [
+        {"macro": c.macro, "enumerator": c.enumerator} if isinstance(c, BtfEnum)
+        else {"macro": c.macro, "struct": c.struct, "member": c.member}
+        for c in spec.kernel_constants
+    ]
 
 
 def _attach(candidate: AttachCandidate, prog_fd: int, tracefs: Path) -> int:
+    if isinstance(candidate, BtfTracepoint):
+        return syscalls.raw_tracepoint_open(prog_fd, None)
+    if isinstance(candidate, RawTracepoint):
+        return syscalls.raw_tracepoint_open(prog_fd, candidate.event)
     if isinstance(candidate, Tracepoint):
         tp_id = kernel.tracepoint_id(candidate.category, candidate.event, tracefs)
         if tp_id is None:
@@ -265,6 +345,15 @@ def _validate(spec: BpfSpec) -> None:
         for c in program.candidates:
             if not _FN_NAME.match(c.fn):
                 raise BpfUnavailable(f"{spec.name}: {c.fn!r} is not a C function name")
+    macros = {c.macro for c in spec.kernel_constants}
+    for constant in spec.kernel_constants:
+        if not _FN_NAME.match(constant.macro):
+            raise BpfUnavailable(f"{spec.name}: {constant.macro!r} is not a C macro name")
+    for program in spec.programs:
+        for c in program.candidates:
+            unknown = sorted(set(c.needs) - macros)
+            if unknown:
+                raise BpfUnavailable(f"{spec.name}: {c.fn} needs {', '.join(unknown)}, not a declared kernel constant")
 
 
 def load(
@@ -312,12 +401,14 @@ def load(
         if not any(role == program.role for role, _ in to_load):
             raise BpfUnavailable(f"{spec.name}: nothing to attach program {program.role} to ({'; '.join(reasons)})")
 
-    cflags = list(spec.cflags) + [f"-D{want_macro(c.fn)}=1" for _, c in to_load]
+    # The helper defines CME_WANT_<fn> for each variant whose kernel
+    # constants it found (see the loader).
     request = {
         "name": spec.name,
         "source": spec.source,
-        "cflags": cflags,
-        "functions": [{"fn": c.fn, "prog_type": _prog_type(c)} for _, c in to_load],
+        "cflags": list(spec.cflags),
+        "constants": _constant_request(spec),
+        "functions": [_function_request(c) for _, c in to_load],
     }
     try:
         reply, fds = run_loader(request, headers.environment(), timeout)
@@ -329,6 +420,12 @@ def load(
         raise BpfUnavailable(f"{spec.name}: {reply.get('error', 'the eBPF loader failed')}")
 
     loaded = LoadedBpf(spec=spec, headers=headers, compile_seconds=float(reply.get("compile_seconds", 0.0)))
+    for macro, found in sorted(reply.get("constants", {}).items()):
+        if "missing" in found:
+            log.info("%s: %s not from BTF (%s); the C falls back to the kernel headers", spec.name, macro,
+                     found["missing"])
+        else:
+            loaded.constants[macro] = int(found["value"])
     used: set[int] = set()
     for name, index in reply.get("maps", {}).items():
         loaded._maps[name] = BpfMap(name, fds[index])
@@ -370,6 +467,9 @@ def load(
 
 
 def _attach_all(loaded: LoadedBpf, tracefs: Path, load_errors: dict[str, str]) -> None:
+    if loaded.spec.attach_together:
+        _attach_together(loaded, tracefs, load_errors)
+        return
     kept: list[_Program] = []
     for program in loaded.spec.programs:
         failures = [f"{fn}: {err}" for key, err in load_errors.items() for r, _, fn in [key.partition("/")]
@@ -383,7 +483,7 @@ def _attach_all(loaded: LoadedBpf, tracefs: Path, load_errors: dict[str, str]) -
                 p.prog_fd = -1
                 continue
             try:
-                p.perf_fd = _attach(p.candidate, p.prog_fd, tracefs)
+                p.link_fd = _attach(p.candidate, p.prog_fd, tracefs)
             except OSError as exc:
                 failures.append(f"{p.candidate.method} {p.candidate.target}: {exc.strerror or exc}")
                 log.info("%s: attaching %s to %s failed (%s); trying the next variant", loaded.spec.name,
@@ -392,6 +492,11 @@ def _attach_all(loaded: LoadedBpf, tracefs: Path, load_errors: dict[str, str]) -
                 p.prog_fd = -1
                 continue
             chosen = p
+        if chosen is not None and failures:
+            # A better attach kind was there but did not work: say so, since
+            # the fallback may cost more or lose events (docs/ebpf.md).
+            log.warning("%s: %s attached by %s %s; better variants failed: %s", loaded.spec.name, program.role,
+                        chosen.candidate.method, chosen.candidate.target, "; ".join(failures))
         if chosen is None:
             # Every program still holding a descriptor (attached, or of a
             # role not reached yet) stays listed so that close() frees it.
@@ -399,3 +504,39 @@ def _attach_all(loaded: LoadedBpf, tracefs: Path, load_errors: dict[str, str]) -
             raise BpfUnavailable(f"{loaded.spec.name}: cannot attach {program.role} ({'; '.join(failures)})")
         kept.append(chosen)
     loaded._programs = kept
+
+
+def _attach_together(loaded: LoadedBpf, tracefs: Path, load_errors: dict[str, str]) -> None:
+    """Attach every program by one method: the first (in the first program's order) that works for all."""
+    roles = [program.role for program in loaded.spec.programs]
+    methods = list(dict.fromkeys(c.method for c in loaded.spec.programs[0].candidates))
+    failures = [f"{key}: {err}" for key, err in load_errors.items()]
+    chosen: list[_Program] = []
+    for method in methods:
+        group = {p.role: p for p in loaded._programs if p.candidate.method == method}
+        if set(group) != set(roles):
+            missing = sorted(set(roles) - set(group))
+            failures.append(f"{method}: {', '.join(missing)} not loaded")
+            continue
+        try:
+            for role in roles:
+                group[role].link_fd = _attach(group[role].candidate, group[role].prog_fd, tracefs)
+        except OSError as exc:
+            failures.append(f"{method} {group[role].candidate.target}: {exc.strerror or exc}")
+            for p in group.values():
+                p.detach()
+            continue
+        chosen = [group[role] for role in roles]
+        break
+    for p in loaded._programs:
+        if p not in chosen:
+            _close(p.prog_fd)
+            p.prog_fd = -1
+    loaded._programs = chosen
+    if not chosen:
+        raise BpfUnavailable(
+            f"{loaded.spec.name}: cannot attach its programs by any one method ({'; '.join(failures)})"
+        )
+    if failures:
+        log.warning("%s: programs attached by %s; better methods failed: %s", loaded.spec.name,
+                    chosen[0].candidate.method, "; ".join(failures))

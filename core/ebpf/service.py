@@ -4,8 +4,9 @@ Registered through the ``crusoe_metrics_exporter.services`` entry point
 ``ebpf`` (the hook at the end of this module), the way a third-party service
 would be; a plugin gets it as ``ctx.ebpf`` and calls :meth:`EbpfService.load`.
 Its options form the ``[ebpf]`` table. The self metrics tell operators which
-programs are attached, how, and (with ``kernel.bpf_stats_enabled=1``) how
-much kernel time they take.
+programs are attached, how, how many events the kernel skipped them for
+(always), and (with ``kernel.bpf_stats_enabled=1``) how much kernel time they
+take.
 """
 
 from __future__ import annotations
@@ -106,6 +107,12 @@ class EbpfService:
             "Times the eBPF program ran (needs kernel.bpf_stats_enabled=1).",
             labels=["plugin", "program"],
         )
+        misses = CounterMetricFamily(
+            PREFIX + "program_recursion_misses",
+            "Events the kernel did not run the eBPF program for because a BPF program was already running on "
+            "that CPU (bpf_prog_info.recursion_misses): events the plugin did not see.",
+            labels=["plugin", "program"],
+        )
         stats_on = kernel.bpf_stats_enabled()
         enabled = GaugeMetricFamily(
             PREFIX + "stats_enabled",
@@ -122,11 +129,13 @@ class EbpfService:
                     continue
                 seen.add(key)
                 attached.add_metric([plugin, status.role, status.method], 1.0 if status.attached else 0.0)
-            if stats_on:
-                for role, stats in obj.stats().items():
+            for role, stats in obj.stats().items():
+                if stats.recursion_misses is not None:
+                    misses.add_metric([plugin, role], float(stats.recursion_misses))
+                if stats_on:
                     run_time.add_metric([plugin, role], stats.run_time_ns / 1e9)
                     run_count.add_metric([plugin, role], float(stats.run_cnt))
-        families: list[Metric] = [attached, enabled]
+        families: list[Metric] = [attached, enabled, misses]
         if stats_on:
             families += [run_time, run_count]
         return families

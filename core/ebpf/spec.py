@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-AttachMethod = Literal["tracepoint", "kprobe"]
+#: How a program is attached, best first (see docs/ebpf.md, "Attach kinds"):
+#: ``tp_btf`` (BPF_PROG_TYPE_TRACING, BTF-typed raw tracepoint) and
+#: ``raw_tracepoint`` run from the tracepoint itself and are skipped only when
+#: the same program is already running on that CPU (and then counted in
+#: ``recursion_misses``); ``tracepoint`` and ``kprobe`` go through a perf event
+#: and are skipped whenever *any* perf-event BPF program runs on that CPU.
+AttachMethod = Literal["tp_btf", "raw_tracepoint", "tracepoint", "kprobe"]
 
 
 class BpfUnavailable(Exception):
@@ -19,10 +25,64 @@ class Tracepoint:
     category: str
     event: str
     fn: str
+    #: Macros of the spec's ``kernel_constants`` this variant reads: when the
+    #: kernel's BTF lacks one, the variant is not compiled (its
+    #: ``CME_WANT_<fn>`` stays undefined) and the next candidate is used.
+    needs: tuple[str, ...] = ()
 
     @property
     def method(self) -> AttachMethod:
         return "tracepoint"
+
+    @property
+    def target(self) -> str:
+        return f"{self.category}:{self.event}"
+
+
+@dataclass(frozen=True)
+class BtfTracepoint:
+    """A tracepoint reached as ``tp_btf``: ``fn(u64 *ctx)`` gets the tracepoint's raw arguments,
+    typed by the kernel's BTF, so it may read struct fields with plain loads.
+
+    ``fn`` takes ``u64 *ctx`` (not bcc's context types, which make bcc turn
+    every field read into a helper call). Needs the kernel's BTF; attached
+    with ``BPF_RAW_TRACEPOINT_OPEN`` (works from 5.5 on, where
+    ``BPF_LINK_CREATE`` for this type only works from 6.10 on).
+    """
+
+    category: str
+    event: str
+    fn: str
+    #: Kernel constants (macros of the spec's ``kernel_constants``) this
+    #: variant cannot be compiled without; see :attr:`Tracepoint.needs`.
+    needs: tuple[str, ...] = ()
+
+    @property
+    def method(self) -> AttachMethod:
+        return "tp_btf"
+
+    @property
+    def target(self) -> str:
+        return f"{self.category}:{self.event}"
+
+
+@dataclass(frozen=True)
+class RawTracepoint:
+    """A tracepoint reached as a raw tracepoint: ``fn(u64 *ctx)`` gets its raw arguments untyped.
+
+    Pointers in the arguments are plain numbers to the verifier: fields are
+    read with ``bpf_probe_read_kernel``. Needs no BTF.
+    """
+
+    category: str
+    event: str
+    fn: str
+    #: Kernel constants this variant cannot be compiled without.
+    needs: tuple[str, ...] = ()
+
+    @property
+    def method(self) -> AttachMethod:
+        return "raw_tracepoint"
 
     @property
     def target(self) -> str:
@@ -36,6 +96,8 @@ class Kprobe:
     function: str
     fn: str
     ret: bool = False
+    #: Kernel constants this variant cannot be compiled without.
+    needs: tuple[str, ...] = ()
 
     @property
     def method(self) -> AttachMethod:
@@ -46,7 +108,33 @@ class Kprobe:
         return f"{'kretprobe' if self.ret else 'kprobe'}:{self.function}"
 
 
-AttachCandidate = Tracepoint | Kprobe
+AttachCandidate = BtfTracepoint | RawTracepoint | Tracepoint | Kprobe
+#: Candidates that run from the tracepoint itself (no perf event).
+TRACEPOINT_LINKS = (BtfTracepoint, RawTracepoint)
+
+
+@dataclass(frozen=True)
+class BtfOffset:
+    """``-D<macro>=<byte offset of member in struct>``, from the running kernel's BTF.
+
+    Left undefined when the kernel has no BTF or the member is missing, so
+    the C can fall back (``#ifndef``) to ``offsetof`` over the kernel headers.
+    """
+
+    macro: str
+    struct: str
+    member: str
+
+
+@dataclass(frozen=True)
+class BtfEnum:
+    """``-D<macro>=<value of an enumerator>``, from the running kernel's BTF (undefined when absent)."""
+
+    macro: str
+    enumerator: str
+
+
+KernelConstant = BtfOffset | BtfEnum
 
 
 @dataclass(frozen=True)
@@ -65,6 +153,13 @@ class BpfSpec:
     source: str
     cflags: tuple[str, ...] = ()
     programs: tuple[ProgramSpec, ...] = ()
+    #: Struct offsets and enum values the loader helper looks up in the
+    #: running kernel's BTF and passes to the compiler as -D macros.
+    kernel_constants: tuple[KernelConstant, ...] = ()
+    #: The programs share state keyed by what their attach kind sees (a
+    #: request pointer, or a device and sector): all of them attach by the
+    #: same method, the first one every program can use.
+    attach_together: bool = False
 
 
 class ProgramStatus(NamedTuple):
@@ -81,9 +176,16 @@ class ProgramStatus(NamedTuple):
 
 
 class ProgramStats(NamedTuple):
-    """Cumulative kernel accounting of one program (needs ``kernel.bpf_stats_enabled=1``)."""
+    """Cumulative kernel accounting of one program.
+
+    ``run_time_ns`` and ``run_cnt`` move only while ``kernel.bpf_stats_enabled=1``;
+    ``recursion_misses`` (runs the kernel skipped because the program was
+    already running on that CPU) is always counted, from kernel 5.12 on, and
+    is None where the kernel does not report it.
+    """
 
     role: str
     fn: str
     run_time_ns: int
     run_cnt: int
+    recursion_misses: int | None = None

@@ -21,11 +21,19 @@ BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
+BPF_PROG_LOAD = 5
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_RAW_TRACEPOINT_OPEN = 17
+BPF_ENABLE_STATS = 32
+BPF_STATS_RUN_TIME = 0
 
 BPF_ANY = 0
 
 BPF_PROG_TYPE_KPROBE = 2
 BPF_PROG_TYPE_TRACEPOINT = 5
+BPF_PROG_TYPE_RAW_TRACEPOINT = 17
+BPF_PROG_TYPE_TRACING = 26
+BPF_TRACE_RAW_TP = 23
 
 PERF_TYPE_TRACEPOINT = 2
 PERF_FLAG_FD_CLOEXEC = 8
@@ -47,6 +55,52 @@ class _MapElemAttr(ctypes.Structure):
         ("value", ctypes.c_uint64),
         ("flags", ctypes.c_uint64),
     )
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    # union bpf_attr, the BPF_PROG_LOAD member up to attach_btf_id and
+    # attach_prog_fd (5.5+ layout; every field after them stays zero).
+    _fields_ = (
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_name", ctypes.c_char * 16),
+        ("prog_ifindex", ctypes.c_uint32),
+        ("expected_attach_type", ctypes.c_uint32),
+        ("prog_btf_fd", ctypes.c_uint32),
+        ("func_info_rec_size", ctypes.c_uint32),
+        ("func_info", ctypes.c_uint64),
+        ("func_info_cnt", ctypes.c_uint32),
+        ("line_info_rec_size", ctypes.c_uint32),
+        ("line_info", ctypes.c_uint64),
+        ("line_info_cnt", ctypes.c_uint32),
+        ("attach_btf_id", ctypes.c_uint32),
+        ("attach_prog_fd", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    )
+
+
+class _RawTracepointAttr(ctypes.Structure):
+    # union bpf_attr, the BPF_RAW_TRACEPOINT_OPEN member (name NULL for tp_btf).
+    _fields_ = (("name", ctypes.c_uint64), ("prog_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32))
+
+
+class _InfoAttr(ctypes.Structure):
+    # union bpf_attr, the BPF_OBJ_GET_INFO_BY_FD member.
+    _fields_ = (("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64))
+
+
+#: struct bpf_prog_info up to recursion_misses (5.12+): byte offsets of the
+#: fields we read. The kernel fills min(our size, its size) and says how
+#: much in info_len, so an older kernel simply reports less.
+_PROG_INFO_SIZE = 232
+_RUN_TIME_NS, _RUN_CNT, _RECURSION_MISSES = 192, 200, 208
 
 
 class _PerfEventAttr(ctypes.Structure):
@@ -184,6 +238,87 @@ def perf_event_attach_bpf(perf_fd: int, prog_fd: int) -> None:
 
 def perf_event_disable(perf_fd: int) -> None:
     _libc.ioctl(perf_fd, PERF_EVENT_IOC_DISABLE, 0)
+
+
+def prog_load(
+    prog_type: int,
+    insns: int,
+    insn_bytes: int,
+    license_: bytes,
+    *,
+    name: str = "",
+    expected_attach_type: int = 0,
+    attach_btf_id: int = 0,
+) -> int:
+    """BPF_PROG_LOAD from instructions at address ``insns``; the verifier's complaint on failure.
+
+    Used by the loader helper for program types bcc cannot load itself
+    (``tp_btf``: BPF_PROG_TYPE_TRACING with an attach BTF id). The first try
+    runs without a verifier log (cheaper); a rejected program is loaded
+    again with one, for the reason.
+    """
+    lic = ctypes.create_string_buffer(license_)
+    attr = _ProgLoadAttr()
+    attr.prog_type = prog_type
+    attr.insn_cnt = insn_bytes // 8
+    attr.insns = insns
+    attr.license = ctypes.addressof(lic)
+    attr.prog_name = name.encode()[:15]
+    attr.expected_attach_type = expected_attach_type
+    attr.attach_btf_id = attach_btf_id
+    try:
+        return _bpf(BPF_PROG_LOAD, attr)
+    except OSError as first:
+        if first.errno not in (errno.EACCES, errno.EINVAL):
+            raise
+    log = ctypes.create_string_buffer(1 << 20)
+    attr.log_level, attr.log_size, attr.log_buf = 1, len(log), ctypes.addressof(log)
+    try:
+        return _bpf(BPF_PROG_LOAD, attr)
+    except OSError as exc:
+        lines = [ln for ln in log.value.decode("utf-8", "replace").splitlines() if ln.strip()]
+        detail = next((ln for ln in reversed(lines) if not ln.startswith(("processed ", "verification time"))), "")
+        raise OSError(exc.errno, f"{exc.strerror}: {detail}" if detail else exc.strerror) from None
+
+
+def raw_tracepoint_open(prog_fd: int, name: str | None) -> int:
+    """Attach a raw tracepoint program to tracepoint ``name`` (or a ``tp_btf`` one, name None).
+
+    Returns the link's file descriptor: the program stays attached exactly
+    as long as that descriptor is open.
+    """
+    buf = ctypes.create_string_buffer(name.encode()) if name is not None else None
+    attr = _RawTracepointAttr(ctypes.addressof(buf) if buf is not None else 0, prog_fd, 0)
+    fd = _bpf(BPF_RAW_TRACEPOINT_OPEN, attr)
+    del buf
+    return fd
+
+
+def enable_run_stats() -> int:
+    """BPF_ENABLE_STATS: run time and count are measured while the returned descriptor is open (5.8+).
+
+    Scoped to the caller (closing the descriptor, or exiting, ends it), unlike
+    writing the ``kernel.bpf_stats_enabled`` sysctl; benchmarks and tests use it.
+    """
+    attr = ctypes.c_uint32(BPF_STATS_RUN_TIME)
+    ret = _libc.syscall(_numbers()[0], BPF_ENABLE_STATS, ctypes.byref(attr), ctypes.sizeof(attr))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(ret)
+
+
+def prog_info(prog_fd: int) -> dict[str, int]:
+    """run_time_ns, run_cnt and (kernel 5.12+) recursion_misses of a program, from BPF_OBJ_GET_INFO_BY_FD."""
+    info = ctypes.create_string_buffer(_PROG_INFO_SIZE)
+    attr = _InfoAttr(prog_fd, _PROG_INFO_SIZE, ctypes.addressof(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    raw, filled = info.raw, attr.info_len
+    out = {}
+    for key, offset in (("run_time_ns", _RUN_TIME_NS), ("run_cnt", _RUN_CNT), ("recursion_misses", _RECURSION_MISSES)):
+        if filled >= offset + 8:
+            out[key] = int.from_bytes(raw[offset : offset + 8], "little")
+    return out
 
 
 def keep_cstring(text: str) -> tuple[ctypes.Array[ctypes.c_char], int]:
