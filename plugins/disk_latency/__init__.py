@@ -44,6 +44,20 @@ METRICS: tuple[MetricSpec, ...] = (
     ),
     MetricSpec("disk_read_errors_total", "counter", "Total number of disk read errors", _DEVICE),
     MetricSpec("disk_write_errors_total", "counter", "Total number of disk write errors", _DEVICE),
+    MetricSpec(
+        "disk_read_untimed_completions_total",
+        "counter",
+        "Reads the disk completed whose issue was not seen, so they have no latency; the read latency "
+        "histogram's _count plus this equals /proc/diskstats reads completed",
+        _DEVICE,
+    ),
+    MetricSpec(
+        "disk_write_untimed_completions_total",
+        "counter",
+        "Writes completed without an issue to time them from (the empty pre-flush write of an fsync); the "
+        "write latency histogram's _count plus this equals /proc/diskstats writes completed",
+        _DEVICE,
+    ),
     MetricSpec.errors("disk_collection_errors_total", "Total number of errors during disk stats collection"),
 )
 
@@ -64,7 +78,7 @@ def _factory(ctx: PluginContext[DeviceOptions]) -> Collector:
 def crusoe_metrics_exporter_plugin() -> PluginSpec[DeviceOptions]:
     return PluginSpec(
         name="disk_latency",
-        description="Per-disk block I/O latency (issue to completion), bytes and errors, traced with eBPF",
+        description="Per-disk block I/O latency (first issue to completion), bytes and errors, traced with eBPF",
         metrics=METRICS,
         factory=_factory,
         check_support=_check_support,

@@ -24,14 +24,19 @@ from crusoe_metrics_exporter.plugins.disk_latency.parser import (
     merge,
 )
 from crusoe_metrics_exporter.sdk import (
+    AttachCandidate,
     BpfMap,
     BpfSpec,
     BpfUnavailable,
+    BtfEnum,
+    BtfOffset,
+    BtfTracepoint,
     DeviceOptions,
     Kprobe,
     LoadedBpf,
     PluginContext,
     ProgramSpec,
+    RawTracepoint,
     Sample,
     Tracepoint,
     device_names,
@@ -49,11 +54,46 @@ INFLIGHT_SLOTS = 2048
 #: scrapes, so hot-plugged disks get names and slots and removed ones vanish.
 TABLE_REFRESH_SECONDS = 5.0
 
-_EMPTY_SIDE = SideStats(0, 0, 0, (0,) * NBUCKETS)
+_EMPTY_SIDE = SideStats(0, 0, 0, 0, (0,) * NBUCKETS)
+
+#: struct request and friends, read by the request-based variants at the
+#: running kernel's offsets (from its BTF).
+KERNEL_CONSTANTS = (
+    BtfOffset("CME_RQ_Q", "request", "q"),
+    BtfOffset("CME_RQ_CMD_FLAGS", "request", "cmd_flags"),
+    BtfOffset("CME_RQ_RQ_FLAGS", "request", "rq_flags"),
+    BtfOffset("CME_RQ_DATA_LEN", "request", "__data_len"),
+    BtfOffset("CME_Q_DISK", "request_queue", "disk"),
+    BtfOffset("CME_DISK_MAJOR", "gendisk", "major"),
+    BtfOffset("CME_DISK_FIRST_MINOR", "gendisk", "first_minor"),
+    BtfEnum("CME_RQF_FLUSH_SEQ_BIT", "__RQF_FLUSH_SEQ"),
+)
+_REQUEST_FIELDS = tuple(c.macro for c in KERNEL_CONSTANTS if isinstance(c, BtfOffset))
+
+#: role -> (block tracepoint, kprobe fallback function). The C names each
+#: variant after its kind: btf_<event>, raw_<event>, tracepoint__block__<event>,
+#: kprobe_<function>.
+HOOKS = {
+    "issue": ("block_rq_issue", "blk_mq_start_request"),
+    "requeue": ("block_rq_requeue", "blk_mq_requeue_request"),
+    "complete": ("block_rq_complete", "blk_mq_end_request"),
+}
+#: Attach kinds in order of preference (docs/ebpf.md, "Attach kinds").
+KINDS = ("tp_btf", "raw_tracepoint", "tracepoint", "kprobe")
 
 
-def bpf_spec() -> BpfSpec:
-    """The eBPF object: tracepoints first, kprobes where the tracepoints are missing."""
+def _candidate(kind: str, event: str, function: str) -> AttachCandidate:
+    if kind == "tp_btf":
+        return BtfTracepoint("block", event, f"btf_{event}", needs=_REQUEST_FIELDS)
+    if kind == "raw_tracepoint":
+        return RawTracepoint("block", event, f"raw_{event}", needs=_REQUEST_FIELDS)
+    if kind == "tracepoint":
+        return Tracepoint("block", event, f"tracepoint__block__{event}")
+    return Kprobe(function, f"kprobe_{function}", needs=_REQUEST_FIELDS)
+
+
+def bpf_spec(kinds: tuple[str, ...] = KINDS) -> BpfSpec:
+    """The eBPF object; ``kinds`` narrows the attach kinds (tests compare them)."""
     source = resources.files(__package__).joinpath("disk_latency.c").read_text()
     source = source.replace("/*@BUCKET_FUNCTION@*/", bucket_search_c())
     return BpfSpec(
@@ -65,22 +105,14 @@ def bpf_spec() -> BpfSpec:
             f"-DCME_MAX_DEVICES={MAX_DEVICES}",
             f"-DCME_INFLIGHT_SLOTS={INFLIGHT_SLOTS}",
         ),
-        programs=(
-            ProgramSpec(
-                "issue",
-                (
-                    Tracepoint("block", "block_rq_issue", "tracepoint__block__block_rq_issue"),
-                    Kprobe("blk_mq_start_request", "kprobe_blk_mq_start_request"),
-                ),
-            ),
-            ProgramSpec(
-                "complete",
-                (
-                    Tracepoint("block", "block_rq_complete", "tracepoint__block__block_rq_complete"),
-                    Kprobe("blk_mq_end_request", "kprobe_blk_mq_end_request"),
-                ),
-            ),
+        programs=tuple(
+            ProgramSpec(role, tuple(_candidate(kind, event, function) for kind in kinds))
+            for role, (event, function) in HOOKS.items()
         ),
+        kernel_constants=KERNEL_CONSTANTS,
+        # The in-flight table is keyed by what the kind sees (a request, or
+        # a device and sector): issue, requeue and complete must agree.
+        attach_together=True,
     )
 
 
@@ -217,4 +249,6 @@ def _samples(device: str, read: SideStats, write: SideStats) -> list[Sample]:
         Sample("disk_write_latency_seconds", labels, write.histogram()),
         Sample("disk_read_errors_total", labels, float(read.errors)),
         Sample("disk_write_errors_total", labels, float(write.errors)),
+        Sample("disk_read_untimed_completions_total", labels, float(read.untimed)),
+        Sample("disk_write_untimed_completions_total", labels, float(write.untimed)),
     ]

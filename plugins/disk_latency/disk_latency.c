@@ -1,38 +1,71 @@
-// Block I/O latency per disk, issue to completion, kept in the kernel as
-// per-bucket counts with exact sums. Compiled by bcc at exporter start-up.
+// Block I/O latency per disk, from the first issue of a request to the
+// device until its completion, kept in the kernel as per-bucket counts with
+// exact sums. Compiled by bcc at exporter start-up.
 //
-// Two attach variants; the runtime defines CME_WANT_<fn> for the ones it
-// compiles:
-//   tracepoints block:block_rq_issue / block:block_rq_complete (preferred:
-//     a stable ABI whose argument layout bcc reads from tracefs), keyed by
-//     (dev, sector) because the tracepoints do not expose the request;
-//   kprobes on blk_mq_start_request / blk_mq_end_request (fallback for
-//     kernels without the tracepoints), keyed by the request pointer.
+// Four attach variants of the same three programs (issue, requeue,
+// complete); the runtime attaches all three by one method, the first this
+// kernel offers, and defines CME_WANT_<fn> only for the variants it compiles:
+//   tp_btf (btf_*):     the tracepoints' raw arguments, typed by the kernel's
+//     BTF: struct request fields are plain loads. Preferred: cheapest, and
+//     the kernel skips it only when the same program is already running on
+//     that CPU (counted in recursion_misses), never because another BPF
+//     program is running.
+//   raw tracepoint (raw_*): the same arguments untyped; fields are read
+//     with bpf_probe_read_kernel. For kernels that refuse the tp_btf load.
+//   tracepoint (tracepoint__block__*): the perf-event tracepoints, whose
+//     records carry (dev, sector) but not the request; skipped whenever any
+//     perf-event BPF program runs on the CPU. For kernels without BTF.
+//   kprobe (kprobe_*): blk_mq_start_request / blk_mq_requeue_request /
+//     blk_mq_end_request, for kernels without the block tracepoints.
 //
-// Cost matters: these programs run twice per I/O on every disk. On the
-// reference VM each helper call (hash-map lookup/update/delete, ktime) costs
-// 60-130 ns, and a first version built on hash maps cost 6x an empty program.
-// So the hot path makes exactly one helper call per event (the clock):
-// in-flight requests live in a small four-way set-associative table in an
-// ARRAY map (lookups are inlined by the JIT; one set is one 64-byte line),
-// and per-disk statistics in ARRAY slots whose owner disk the exporter
-// assigns. The in-flight table evicts like an LRU map: when a set is full
-// the oldest request in it is dropped, so a request whose completion is
-// never seen (requeue, a batched completion path) can never fill the table.
+// The request-based variants read struct request at offsets the loader
+// takes from the running kernel's BTF (CME_RQ_*, CME_Q_DISK, CME_DISK_*);
+// the kernel headers bcc compiles against may belong to another release.
+//
+// What is counted, so that the histogram's _count plus the untimed counter
+// equals the read/write completions /proc/diskstats counts:
+//   * bytes at every completion event of a read or write (partial ones and
+//     the data phase of a flush sequence too), as diskstats counts sectors;
+//   * one completion per request, at its final completion event: not the
+//     data phase of a write with pre-flush/FUA (RQF_FLUSH_SEQ is still set
+//     then; diskstats counts the request when the sequence ends), not a
+//     partial completion (fewer bytes than the request still has);
+//   * a final completion whose issue was never seen is "untimed": the empty
+//     write an fsync sends as pre-flush is completed by the flush machinery
+//     without ever being issued to the device, and diskstats counts it as a
+//     write. The perf-event variant cannot tell these apart (its records
+//     have no request flags): it counts only completions it saw issued.
+//   * a requeued request keeps the time of its first issue: the requeue
+//     marks its in-flight entry, and the next issue of a marked entry leaves
+//     the start alone (an unmarked entry of the same request is stale and
+//     restarts).
+//
+// Cost matters: these programs run twice per I/O on every disk. The hot path
+// makes one helper call per event (the clock): in-flight requests live in a
+// four-way set-associative table in an ARRAY map (lookups are inlined by the
+// JIT; one set is one 64-byte line), per-disk statistics in ARRAY slots whose
+// owner disk the exporter assigns. The in-flight table evicts like an LRU
+// map: when a set is full the oldest request in it is dropped (its
+// completion then counts as untimed), so lost completions never fill it.
 
 #include <uapi/linux/ptrace.h>
-#if defined(CME_WANT_kprobe_blk_mq_start_request) || defined(CME_WANT_kprobe_blk_mq_end_request)
-#include <linux/blk-mq.h>
-#include <linux/blkdev.h>
-#endif
 
 #define OP_READ 0
 #define OP_WRITE 1
+// The request op is the low byte of cmd_flags (REQ_OP_MASK); /proc/diskstats
+// groups ops by direction (odd: write, even: read) except discards (their own
+// columns), flushes (theirs) and driver passthrough (not counted). The numbers
+// are the same in every kernel since the ops were split from the flags (4.10).
+#define REQ_OP_MASK_BITS 0xff
+#define REQ_OP_FLUSH 2
+#define REQ_OP_DISCARD 3
+#define REQ_OP_DRV_IN 34
 
 struct side_stats {
     u64 bytes;
     u64 latency_ns;
     u64 errors;
+    u64 untimed;  // final completions whose issue was not seen
     u64 buckets[CME_NBUCKETS];  // finite bounds, then the overflow bucket
 };
 
@@ -47,11 +80,12 @@ struct dev_stats {
 // requests in flight in the same set with equal fingerprints.
 struct inflight {
     u32 fp;
-    u32 aux;       // kprobes: request bytes (the tracepoints report them at completion)
+    u32 flags;     // INFLIGHT_REQUEUED
     u64 start_ns;  // 0: way free
 };
 
 #define INFLIGHT_WAYS 4
+#define INFLIGHT_REQUEUED 1
 
 // Slots for the disks the exporter reports, assigned by the exporter (two
 // candidate slots per dev_t, see dev_slot()); any other disk lands in the
@@ -93,53 +127,45 @@ static __always_inline struct dev_stats *stats_for(u32 dev)
     return disk_other.lookup(&dev);
 }
 
-static __always_inline void record(u32 dev, u32 op, u64 bytes, u64 ns, int failed)
-{
-    struct dev_stats *st = stats_for(dev);
-    if (!st)
-        return;
-    struct side_stats *s = &st->side[op & 1];
-    __sync_fetch_and_add(&s->bytes, bytes);
-    __sync_fetch_and_add(&s->latency_ns, ns);
-    if (failed)
-        __sync_fetch_and_add(&s->errors, 1);
-    u32 b = bucket_of(ns);
-    if (b >= CME_NBUCKETS)
-        b = CME_NBUCKETS - 1;
-    __sync_fetch_and_add(&s->buckets[b], 1);
-}
-
-static __always_inline void io_start(u64 id, u32 tag, u32 aux)
+// A request was issued to the device. `id`/`tag` identify it: the request's
+// address (tag 0), or for the perf-event variant its start sector and dev.
+static __always_inline void on_issue(u64 id, u32 tag)
 {
     u64 h = inflight_hash(id, tag);
     u32 base = (u32)(h >> 32) & (CME_INFLIGHT_SLOTS - INFLIGHT_WAYS);
     u32 fp = (u32)h | 1;
-    struct inflight *victim = 0;
-    u64 oldest = ~0ULL;
+    struct inflight *same = 0, *free = 0, *oldest = 0;
+    u64 oldest_ns = ~0ULL;
 #pragma unroll
     for (u32 w = 0; w < INFLIGHT_WAYS; w++) {
         u32 i = base + w;
         struct inflight *e = inflight.lookup(&i);
         if (!e)
             return;
-        if (e->start_ns == 0 || e->fp == fp) {
-            victim = e;
-            break;
-        }
-        if (e->start_ns < oldest) {
-            oldest = e->start_ns;
-            victim = e;
+        if (e->start_ns == 0) {
+            if (!free)
+                free = e;
+        } else if (e->fp == fp) {
+            same = e;
+        } else if (e->start_ns < oldest_ns) {
+            oldest_ns = e->start_ns;
+            oldest = e;
         }
     }
-    if (!victim)
+    if (same && (same->flags & INFLIGHT_REQUEUED)) {
+        // Dispatched again after a requeue: keep timing from the first issue.
+        same->flags = 0;
         return;
-    victim->fp = fp;
-    victim->aux = aux;
-    victim->start_ns = bpf_ktime_get_ns();
+    }
+    struct inflight *e = same ? same : (free ? free : oldest);
+    if (!e)
+        return;
+    e->fp = fp;
+    e->flags = 0;
+    e->start_ns = bpf_ktime_get_ns();
 }
 
-// Finds and frees the request's way; returns its start time (0: not found).
-static __always_inline u64 io_take(u64 id, u32 tag, u32 *aux)
+static __always_inline struct inflight *inflight_find(u64 id, u32 tag)
 {
     u64 h = inflight_hash(id, tag);
     u32 base = (u32)(h >> 32) & (CME_INFLIGHT_SLOTS - INFLIGHT_WAYS);
@@ -150,28 +176,282 @@ static __always_inline u64 io_take(u64 id, u32 tag, u32 *aux)
         struct inflight *e = inflight.lookup(&i);
         if (!e)
             return 0;
-        if (e->start_ns != 0 && e->fp == fp) {
-            u64 start = e->start_ns;
-            *aux = e->aux;
-            e->start_ns = 0;
-            return start;
-        }
+        if (e->start_ns != 0 && e->fp == fp)
+            return e;
     }
     return 0;
 }
 
-static __always_inline void io_done(u32 dev, u32 op, u64 bytes, u64 start, int failed)
+// The request goes back to the queue; its next issue keeps the first start.
+static __always_inline void on_requeue(u64 id, u32 tag)
 {
-    u64 now = bpf_ktime_get_ns();
-    if (start == 0 || now < start)
-        return;
-    record(dev, op, bytes, now - start, failed);
+    struct inflight *e = inflight_find(id, tag);
+    if (e)
+        e->flags = INFLIGHT_REQUEUED;
 }
+
+// A completion event of a read or write: `bytes` finished now; `final` when
+// it ends the request as /proc/diskstats counts it.
+static __always_inline void on_complete(u64 id, u32 tag, u32 dev, u32 op, u64 bytes, int final, int failed)
+{
+    struct dev_stats *st = stats_for(dev);
+    if (!st)
+        return;
+    struct side_stats *s = &st->side[op & 1];
+    if (bytes)
+        __sync_fetch_and_add(&s->bytes, bytes);
+    if (!final)
+        return;
+    if (failed)
+        __sync_fetch_and_add(&s->errors, 1);
+    struct inflight *e = inflight_find(id, tag);
+    u64 start = e ? e->start_ns : 0;
+    if (e)
+        e->start_ns = 0;
+    u64 now = bpf_ktime_get_ns();
+    if (start == 0 || now < start) {
+        __sync_fetch_and_add(&s->untimed, 1);
+        return;
+    }
+    u64 ns = now - start;
+    __sync_fetch_and_add(&s->latency_ns, ns);
+    u32 b = bucket_of(ns);
+    if (b >= CME_NBUCKETS)
+        b = CME_NBUCKETS - 1;
+    __sync_fetch_and_add(&s->buckets[b], 1);
+}
+
+// --- request-based variants (tp_btf, raw tracepoint, kprobe) ---------------
+
+#if defined(CME_WANT_btf_block_rq_issue) || defined(CME_WANT_btf_block_rq_requeue) || \
+    defined(CME_WANT_btf_block_rq_complete)
+#define CME_BTF_VARIANT 1
+#endif
+#if defined(CME_WANT_raw_block_rq_issue) || defined(CME_WANT_raw_block_rq_requeue) || \
+    defined(CME_WANT_raw_block_rq_complete) || defined(CME_WANT_kprobe_blk_mq_start_request) || \
+    defined(CME_WANT_kprobe_blk_mq_requeue_request) || defined(CME_WANT_kprobe_blk_mq_end_request)
+#define CME_PROBE_VARIANT 1
+#endif
+#if defined(CME_BTF_VARIANT) || defined(CME_PROBE_VARIANT)
+#define CME_REQUEST_VARIANTS 1
+#endif
+
+#ifndef CME_RQF_FLUSH_SEQ_BIT
+// Kernels that define the request flags as macros (6.1 among them) have
+// RQF_FLUSH_SEQ = 1 << 4; newer ones an enum (__RQF_FLUSH_SEQ, 1 on 6.18)
+// that the loader reads from BTF.
+#define CME_RQF_FLUSH_SEQ_BIT 4
+#endif
+
+#ifdef CME_REQUEST_VARIANTS
+struct rq_view {
+    u32 cmd_flags;
+    u32 rq_flags;
+    u32 data_len;  // bytes not yet completed
+    u32 dev;       // whole-disk dev_t as the tracepoints report it (0: none)
+};
+
+static __always_inline u32 disk_dev(u32 major, u32 first_minor)
+{
+    return (major << 20) | first_minor;
+}
+
+// OP_READ / OP_WRITE as /proc/diskstats counts the request, or -1.
+static __always_inline int rq_op(u32 cmd_flags)
+{
+    u32 op = cmd_flags & REQ_OP_MASK_BITS;
+    if (op == REQ_OP_FLUSH || op == REQ_OP_DISCARD || op >= REQ_OP_DRV_IN)
+        return -1;
+    return op & 1;
+}
+
+// Final as /proc/diskstats counts a completion: not inside a flush sequence
+// (the request is counted when the sequence ends) and no bytes left after it.
+static __always_inline int rq_final(struct rq_view *v, u32 nr_bytes)
+{
+    return !(v->rq_flags & (1u << CME_RQF_FLUSH_SEQ_BIT)) && nr_bytes >= v->data_len;
+}
+#endif
+
+#ifdef CME_BTF_VARIANT
+// The verifier allows no arithmetic on a BTF-typed pointer (hashing it)
+// except subtracting another pointer, which yields a plain number: the
+// request's distance from a fixed map address identifies it as well as its
+// address does.
+static __always_inline u64 rq_id(void *rq)
+{
+    u32 zero = 0;
+    struct inflight *base = inflight.lookup(&zero);
+    return base ? (u64)rq - (u64)base : 0;
+}
+
+// tp_btf: the verifier knows `rq` is a struct request (BTF) and turns these
+// loads into exception-handled direct reads; no helper calls.
+static __always_inline void rq_read_direct(void *rq, struct rq_view *v, int with_dev)
+{
+    v->cmd_flags = *(u32 *)((char *)rq + CME_RQ_CMD_FLAGS);
+    v->rq_flags = *(u32 *)((char *)rq + CME_RQ_RQ_FLAGS);
+    v->data_len = *(u32 *)((char *)rq + CME_RQ_DATA_LEN);
+    v->dev = 0;
+    if (!with_dev)
+        return;
+    void *q = *(void **)((char *)rq + CME_RQ_Q);
+    if (!q)
+        return;
+    void *disk = *(void **)((char *)q + CME_Q_DISK);
+    if (!disk)
+        return;
+    v->dev = disk_dev(*(u32 *)((char *)disk + CME_DISK_MAJOR), *(u32 *)((char *)disk + CME_DISK_FIRST_MINOR));
+}
+#endif
+
+#ifdef CME_PROBE_VARIANT
+// Raw tracepoints and kprobes see the request as a plain number: every
+// field is a bpf_probe_read_kernel.
+static __always_inline u32 probe_u32(u64 base, u32 off)
+{
+    u32 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)(base + off));
+    return v;
+}
+
+static __always_inline u64 probe_u64(u64 base, u32 off)
+{
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)(base + off));
+    return v;
+}
+
+static __always_inline void rq_read_probe(u64 rq, struct rq_view *v, int with_dev)
+{
+    v->cmd_flags = probe_u32(rq, CME_RQ_CMD_FLAGS);
+    v->rq_flags = probe_u32(rq, CME_RQ_RQ_FLAGS);
+    v->data_len = probe_u32(rq, CME_RQ_DATA_LEN);
+    v->dev = 0;
+    if (!with_dev)
+        return;
+    u64 q = probe_u64(rq, CME_RQ_Q);
+    u64 disk = q ? probe_u64(q, CME_Q_DISK) : 0;
+    if (disk)
+        v->dev = disk_dev(probe_u32(disk, CME_DISK_MAJOR), probe_u32(disk, CME_DISK_FIRST_MINOR));
+}
+#endif
+
+#ifdef CME_REQUEST_VARIANTS
+static __always_inline void rq_issue(u64 rq, struct rq_view *v)
+{
+    if (rq_op(v->cmd_flags) >= 0)
+        on_issue(rq, 0);
+}
+
+static __always_inline void rq_complete(u64 rq, struct rq_view *v, u32 nr_bytes, int failed)
+{
+    int op = rq_op(v->cmd_flags);
+    if (op < 0 || v->dev == 0)
+        return;
+    on_complete(rq, 0, v->dev, op, nr_bytes, rq_final(v, nr_bytes), failed);
+}
+#endif
+
+// block_rq_issue(struct request *rq)
+#ifdef CME_WANT_btf_block_rq_issue
+int btf_block_rq_issue(u64 *ctx)
+{
+    void *rq = (void *)ctx[0];
+    struct rq_view v;
+    rq_read_direct(rq, &v, 0);
+    rq_issue(rq_id(rq), &v);
+    return 0;
+}
+#endif
+
+// block_rq_requeue(struct request *rq)
+#ifdef CME_WANT_btf_block_rq_requeue
+int btf_block_rq_requeue(u64 *ctx)
+{
+    on_requeue(rq_id((void *)ctx[0]), 0);
+    return 0;
+}
+#endif
+
+// block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes)
+#ifdef CME_WANT_btf_block_rq_complete
+int btf_block_rq_complete(u64 *ctx)
+{
+    void *rq = (void *)ctx[0];
+    struct rq_view v;
+    rq_read_direct(rq, &v, 1);
+    rq_complete(rq_id(rq), &v, (u32)ctx[2], (u8)ctx[1] != 0);
+    return 0;
+}
+#endif
+
+#ifdef CME_WANT_raw_block_rq_issue
+int raw_block_rq_issue(u64 *ctx)
+{
+    struct rq_view v;
+    rq_read_probe(ctx[0], &v, 0);
+    rq_issue(ctx[0], &v);
+    return 0;
+}
+#endif
+
+#ifdef CME_WANT_raw_block_rq_requeue
+int raw_block_rq_requeue(u64 *ctx)
+{
+    on_requeue(ctx[0], 0);
+    return 0;
+}
+#endif
+
+#ifdef CME_WANT_raw_block_rq_complete
+int raw_block_rq_complete(u64 *ctx)
+{
+    struct rq_view v;
+    rq_read_probe(ctx[0], &v, 1);
+    rq_complete(ctx[0], &v, (u32)ctx[2], (u8)ctx[1] != 0);
+    return 0;
+}
+#endif
+
+#ifdef CME_WANT_kprobe_blk_mq_start_request
+int kprobe_blk_mq_start_request(struct pt_regs *ctx)
+{
+    u64 rq = PT_REGS_PARM1(ctx);
+    struct rq_view v;
+    rq_read_probe(rq, &v, 0);
+    rq_issue(rq, &v);
+    return 0;
+}
+#endif
+
+#ifdef CME_WANT_kprobe_blk_mq_requeue_request
+int kprobe_blk_mq_requeue_request(struct pt_regs *ctx)
+{
+    on_requeue(PT_REGS_PARM1(ctx), 0);
+    return 0;
+}
+#endif
+
+#ifdef CME_WANT_kprobe_blk_mq_end_request
+// Entered before the request is updated: it completes all its bytes.
+int kprobe_blk_mq_end_request(struct pt_regs *ctx)
+{
+    u64 rq = PT_REGS_PARM1(ctx);
+    struct rq_view v;
+    rq_read_probe(rq, &v, 1);
+    rq_complete(rq, &v, v.data_len, (u8)PT_REGS_PARM2(ctx) != 0);
+    return 0;
+}
+#endif
+
+// --- perf-event tracepoints, keyed by (dev, sector) ------------------------
 
 #if defined(CME_WANT_tracepoint__block__block_rq_issue) || defined(CME_WANT_tracepoint__block__block_rq_complete)
 // rwbs is "[F]<op>[F][A][S][M]": a leading F is a pre-flush flag only when
-// another op letter follows it. Only plain reads and writes are timed,
-// like the read/write columns of /proc/diskstats.
+// another op letter follows it. Only R and W are counted: the rarer ops
+// diskstats also counts as writes (write-zeroes, zone ops: "N"; secure
+// erase: "DE") cannot be told from those it does not count.
 static __always_inline int op_from_rwbs(char c0, char c1)
 {
     char op = c0;
@@ -190,7 +470,15 @@ TRACEPOINT_PROBE(block, block_rq_issue)
 {
     if (args->dev == 0 || op_from_rwbs(args->rwbs[0], args->rwbs[1]) < 0)
         return 0;
-    io_start(args->sector, args->dev, 0);
+    on_issue(args->sector, args->dev);
+    return 0;
+}
+#endif
+
+#ifdef CME_WANT_tracepoint__block__block_rq_requeue
+TRACEPOINT_PROBE(block, block_rq_requeue)
+{
+    on_requeue(args->sector, args->dev);
     return 0;
 }
 #endif
@@ -198,64 +486,15 @@ TRACEPOINT_PROBE(block, block_rq_issue)
 #ifdef CME_WANT_tracepoint__block__block_rq_complete
 TRACEPOINT_PROBE(block, block_rq_complete)
 {
-    u32 aux;
-    u64 start = io_take(args->sector, args->dev, &aux);
-    if (start == 0)
-        return 0;
     int op = op_from_rwbs(args->rwbs[0], args->rwbs[1]);
-    if (op < 0)
+    if (op < 0 || args->dev == 0)
+        return 0;
+    // Without the request's flags a completion is only counted when its
+    // issue was seen (see the top of this file).
+    if (!inflight_find(args->sector, args->dev))
         return 0;
     // nr_sector is what this completion finished, as /proc/diskstats counts it.
-    io_done(args->dev, op, (u64)args->nr_sector << 9, start, args->error != 0);
-    return 0;
-}
-#endif
-
-#if defined(CME_WANT_kprobe_blk_mq_start_request) || defined(CME_WANT_kprobe_blk_mq_end_request)
-// Whole-disk dev_t in the kernel's encoding, as the tracepoints report it,
-// so partition I/O counts for its disk on both paths; 0 for passthrough.
-static __always_inline u32 rq_disk_dev(struct request *rq)
-{
-    struct block_device *part = rq->part;
-    if (!part)
-        return 0;
-    struct gendisk *disk = part->bd_disk;
-    return ((u32)disk->major << 20) | (u32)disk->first_minor;
-}
-
-static __always_inline int rq_op(struct request *rq)
-{
-    u32 op = rq->cmd_flags & REQ_OP_MASK;
-    if (op == REQ_OP_READ)
-        return OP_READ;
-    if (op == REQ_OP_WRITE)
-        return OP_WRITE;
-    return -1;
-}
-#endif
-
-#ifdef CME_WANT_kprobe_blk_mq_start_request
-int kprobe_blk_mq_start_request(struct pt_regs *ctx, struct request *rq)
-{
-    if (rq_op(rq) < 0 || rq_disk_dev(rq) == 0)
-        return 0;
-    io_start((u64)rq, 0, rq->__data_len);
-    return 0;
-}
-#endif
-
-#ifdef CME_WANT_kprobe_blk_mq_end_request
-int kprobe_blk_mq_end_request(struct pt_regs *ctx, struct request *rq, blk_status_t error)
-{
-    u32 bytes;
-    u64 start = io_take((u64)rq, 0, &bytes);
-    if (start == 0)
-        return 0;
-    int op = rq_op(rq);
-    u32 dev = rq_disk_dev(rq);
-    if (op < 0 || dev == 0)
-        return 0;
-    io_done(dev, op, bytes, start, error != 0);
+    on_complete(args->sector, args->dev, args->dev, op, (u64)args->nr_sector << 9, 1, args->error != 0);
     return 0;
 }
 #endif

@@ -15,8 +15,8 @@ NBUCKETS = len(BOUNDS_SECONDS) + 1
 
 OP_READ, OP_WRITE = 0, 1
 _U64 = 8
-#: struct side_stats: bytes, latency_ns, errors, buckets[NBUCKETS].
-SIDE_WORDS = 3 + NBUCKETS
+#: struct side_stats: bytes, latency_ns, errors, untimed, buckets[NBUCKETS].
+SIDE_WORDS = 4 + NBUCKETS
 #: struct dev_stats: u32 dev (slot owner), u32 pad, then read and write sides.
 VALUE_SIZE = 8 + 2 * SIDE_WORDS * _U64
 _VALUE = struct.Struct(f"<II{2 * SIDE_WORDS}Q")
@@ -33,10 +33,14 @@ class SideStats:
     bytes: int
     latency_ns: int
     errors: int
+    #: Completions whose issue was not seen (an fsync's empty pre-flush):
+    #: counted, not timed. ``completions + untimed`` is what diskstats counts.
+    untimed: int
     buckets: tuple[int, ...]
 
     @property
     def completions(self) -> int:
+        """Timed completions (the histogram's count)."""
         return sum(self.buckets)
 
     def histogram(self) -> HistogramValue:
@@ -113,7 +117,8 @@ def decode_value(value: bytes) -> DiskStats:
             bytes=words[offset],
             latency_ns=words[offset + 1],
             errors=words[offset + 2],
-            buckets=tuple(words[offset + 3 : offset + SIDE_WORDS]),
+            untimed=words[offset + 3],
+            buckets=tuple(words[offset + 4 : offset + SIDE_WORDS]),
         )
 
     return DiskStats(owner=owner, read=side(0), write=side(SIDE_WORDS))
@@ -123,12 +128,12 @@ def encode_value(stats: DiskStats) -> bytes:
     """The inverse of :func:`decode_value` (slot assignment and tests use it)."""
     words: list[int] = []
     for s in (stats.read, stats.write):
-        words += [s.bytes, s.latency_ns, s.errors, *s.buckets]
+        words += [s.bytes, s.latency_ns, s.errors, s.untimed, *s.buckets]
     return _VALUE.pack(stats.owner, 0, *words)
 
 
 def empty_stats(owner: int = 0) -> DiskStats:
-    side = SideStats(0, 0, 0, (0,) * NBUCKETS)
+    side = SideStats(0, 0, 0, 0, (0,) * NBUCKETS)
     return DiskStats(owner, side, side)
 
 
@@ -140,6 +145,7 @@ def merge(a: DiskStats, b: DiskStats) -> DiskStats:
             x.bytes + y.bytes,
             x.latency_ns + y.latency_ns,
             x.errors + y.errors,
+            x.untimed + y.untimed,
             tuple(p + q for p, q in zip(x.buckets, y.buckets, strict=True)),
         )
 

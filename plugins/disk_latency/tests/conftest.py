@@ -15,9 +15,19 @@ import pytest
 @pytest.fixture
 def loop_device(require_ebpf: None) -> Iterator[str]:
     """A fresh 128 MiB loop device over a sparse file; yields its kernel name (loopN)."""
+    yield from _loop_device("/var/tmp")
+
+
+@pytest.fixture
+def memory_loop_device(require_ebpf: None) -> Iterator[str]:
+    """A loop device over a file in /dev/shm: its I/O never reaches a real disk (no second device's events)."""
+    yield from _loop_device("/dev/shm")
+
+
+def _loop_device(directory: str) -> Iterator[str]:
     if shutil.which("losetup") is None:
         pytest.skip("!!! EBPF TEST SKIPPED: losetup (util-linux) is not installed !!!")
-    with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
         backing = Path(tmp) / "disk.img"
         with backing.open("wb") as fh:
             fh.truncate(128 * 1024 * 1024)

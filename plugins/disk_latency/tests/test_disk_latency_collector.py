@@ -77,7 +77,7 @@ def _collector(tmp_path: Path) -> tuple[DiskLatencyCollector, ErrorCounters, Loa
 def _side(count_bucket: int, n: int) -> SideStats:
     buckets = [0] * NBUCKETS
     buckets[count_bucket] = n
-    return SideStats(n * 4096, n * 50_000, 0, tuple(buckets))
+    return SideStats(n * 4096, n * 50_000, 0, n // 4, tuple(buckets))
 
 
 def test_reported_disks_get_slots_and_other_disks_go_through_the_hash(tmp_path: Path) -> None:

@@ -82,14 +82,15 @@ _BUCKET_OF = _generated_bucket_of()
 
 
 def test_value_round_trip_and_histogram() -> None:
-    read = SideStats(4096, 2_000_000_000, 1, tuple(range(NBUCKETS)))
-    write = SideStats(8192, 3, 0, (0,) * (NBUCKETS - 1) + (7,))
+    read = SideStats(4096, 2_000_000_000, 1, 5, tuple(range(NBUCKETS)))
+    write = SideStats(8192, 3, 0, 0, (0,) * (NBUCKETS - 1) + (7,))
     raw = encode_value(DiskStats(dev_t(252, 16), read, write))
     assert len(raw) == VALUE_SIZE
     decoded = decode_value(raw)
     assert decoded == DiskStats(dev_t(252, 16), read, write)
     assert merge(decoded, decoded).read.buckets == tuple(2 * n for n in range(NBUCKETS))
     assert merge(decoded, decoded).owner == dev_t(252, 16)
+    assert merge(decoded, decoded).read.untimed == 10
     assert decoded.read.completions == sum(range(NBUCKETS))
     hist = decoded.write.histogram()
     assert hist == HistogramValue((0,) * (NBUCKETS - 1) + (7,), 3e-9)
