@@ -12,10 +12,11 @@
  * the form an AF_INET6 socket uses for an IPv4-mapped peer, so one key covers
  * both.
  *
- * Offsets inside struct sock_common come from the running kernel's BTF (the
- * loader passes them with -D); the defaults are what every 64-bit kernel
- * since 4.x has had. The program including this file defines struct tt_stats
- * (the per-address counters) before including it.
+ * Offsets inside struct sock_common, struct sock, struct sk_buff and struct
+ * tcp_skb_cb come from the running kernel's BTF (the loader passes them with
+ * -D); the defaults are what every 64-bit kernel since 4.x has had. The
+ * program including this file defines struct tt_stats (the per-address
+ * counters) before including it.
  */
 #include <uapi/linux/ptrace.h>
 
@@ -30,6 +31,12 @@
 #endif
 #ifndef SKC_V6_DADDR_OFF
 #define SKC_V6_DADDR_OFF 56
+#endif
+#ifndef SKB_CB_OFF
+#define SKB_CB_OFF 40
+#endif
+#ifndef TCP_SKB_GSO_SEGS_OFF
+#define TCP_SKB_GSO_SEGS_OFF 8
 #endif
 
 #define TT_AF_INET 2
@@ -86,6 +93,30 @@ static __always_inline void tt_forget_socket(void *sk)
     u64 *entry = tt_verdicts.lookup(&index);
     if (entry && (*entry & TT_SK_BITS) == ((u64)sk & TT_SK_BITS))
         *entry = 0;
+}
+
+/* The hooks take a socket as a plain number (its address): that is what the
+ * perf-event tracepoints and kprobes give, and it keys the maps. A tp_btf
+ * program gets a BTF-typed pointer instead, with which the verifier allows no
+ * arithmetic except subtracting another pointer. So: the distance from a
+ * map value, plus that map value's own address, which the program stores
+ * into it once (a stored pointer reads back as a plain number). Costs one
+ * inlined array lookup and a load. */
+BPF_ARRAY(tt_self, u64, 1);
+
+static __always_inline void *tt_btf_address(void *ptr)
+{
+    u32 zero = 0;
+    u64 *self = tt_self.lookup(&zero);
+    if (!self)
+        return NULL;
+    if (*self == 0)
+        *self = (u64)self;
+    u64 distance = (u64)ptr - (u64)self;
+    /* Keeps clang from reassociating into pointer + unknown number, which
+     * the verifier refuses. */
+    asm volatile("" : "+r"(distance));
+    return (void *)(distance + *self);
 }
 
 static __always_inline struct tt_stats *tt_counters(u32 slot)
@@ -202,4 +233,40 @@ static __always_inline struct tt_stats *tt_match_args(u16 dport, struct addr16 *
     if (!tt_port_watched(dport))
         return NULL;
     return tt_counters(tt_lookup_slot(a));
+}
+
+static __always_inline u16 tt_sock_family(void *sk)
+{
+    u16 family = 0;
+    bpf_probe_read_kernel(&family, sizeof(family), (char *)sk + SKC_FAMILY_OFF);
+    return family;
+}
+
+/* The peer of a socket, read from it: port in host order, address in the
+ * 16-byte form; 0 for a socket that is neither IPv4 nor IPv6. */
+static __always_inline u16 tt_sock_peer(void *sk, struct addr16 *a)
+{
+    u16 family = tt_sock_family(sk);
+    if (family == TT_AF_INET) {
+        u32 daddr = 0;
+        bpf_probe_read_kernel(&daddr, sizeof(daddr), (char *)sk + SKC_DADDR_OFF);
+        tt_v4_to_addr16(daddr, a);
+    } else if (family == TT_AF_INET6) {
+        bpf_probe_read_kernel(a, sizeof(*a), (char *)sk + SKC_V6_DADDR_OFF);
+    } else {
+        return 0;
+    }
+    u16 dport_be = 0;
+    bpf_probe_read_kernel(&dport_be, sizeof(dport_be), (char *)sk + SKC_DPORT_OFF);
+    return bpf_ntohs(dport_be);
+}
+
+/* Segments in a TCP skb (tcp_skb_pcount: TCP_SKB_CB(skb)->tcp_gso_segs): what
+ * the kernel adds to TcpRetransSegs when it retransmits the skb. A TSO/GSO
+ * skb carries several. At least 1. */
+static __always_inline u32 tt_skb_segments(void *skb)
+{
+    u16 segs = 0;
+    bpf_probe_read_kernel(&segs, sizeof(segs), (char *)skb + SKB_CB_OFF + TCP_SKB_GSO_SEGS_OFF);
+    return segs ? segs : 1;
 }

@@ -5,20 +5,6 @@
  * program defines on_send, on_recv, on_retransmit and on_close.
  */
 
-static __always_inline u16 tt_sock_family(void *sk)
-{
-    u16 family = 0;
-    bpf_probe_read_kernel(&family, sizeof(family), (char *)sk + SKC_FAMILY_OFF);
-    return family;
-}
-
-static __always_inline u16 tt_sock_dport(void *sk)
-{
-    u16 dport_be = 0;
-    bpf_probe_read_kernel(&dport_be, sizeof(dport_be), (char *)sk + SKC_DPORT_OFF);
-    return bpf_ntohs(dport_be);
-}
-
 #if defined(CME_WANT_kp_tcp_sendmsg) || defined(CME_WANT_kr_tcp_sendmsg)
 /* tcp_sendmsg's result is only known at return; the entry remembers the
  * socket of a matching call (only of a matching call, so unrelated sends
@@ -63,21 +49,15 @@ int kp_tcp_cleanup_rbuf(struct pt_regs *ctx)
 #endif
 
 #ifdef CME_WANT_kp_tcp_retransmit_skb
+/* On entry: counts attempts (a failed one too) with the skb's segments
+ * before the kernel may split it, so it approximates TcpRetransSegs where
+ * the tracepoint counts it exactly. */
 int kp_tcp_retransmit_skb(struct pt_regs *ctx)
 {
-    void *sk = (void *)PT_REGS_PARM1(ctx);
-    u16 family = tt_sock_family(sk);
     struct addr16 a = {};
-    if (family == TT_AF_INET) {
-        u32 daddr = 0;
-        bpf_probe_read_kernel(&daddr, sizeof(daddr), (char *)sk + SKC_DADDR_OFF);
-        tt_v4_to_addr16(daddr, &a);
-    } else if (family == TT_AF_INET6) {
-        bpf_probe_read_kernel(&a, sizeof(a), (char *)sk + SKC_V6_DADDR_OFF);
-    } else {
-        return 0;
-    }
-    on_retransmit(tt_sock_dport(sk), &a);
+    u16 dport = tt_sock_peer((void *)PT_REGS_PARM1(ctx), &a);
+    if (dport)
+        on_retransmit(dport, &a, tt_skb_segments((void *)PT_REGS_PARM2(ctx)));
     return 0;
 }
 #endif

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from crusoe_metrics_exporter.plugins._tcptrace import btf, program
+from crusoe_metrics_exporter.plugins._tcptrace import program
 from crusoe_metrics_exporter.plugins._tcptrace.addresses import (
     ADDR_KEY_SIZE,
     address_key,
@@ -24,7 +24,7 @@ from crusoe_metrics_exporter.plugins._tcptrace.addresses import (
     port_bitmap,
     word_bytes,
 )
-from crusoe_metrics_exporter.sdk import BpfSpec, EbpfRuntime, LoadedBpf, tracepoint_exists
+from crusoe_metrics_exporter.sdk import BpfSpec, EbpfRuntime, LoadedBpf, tracepoint_exists, tracepoint_has_field
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +45,16 @@ def send_tracepoint_available() -> bool:
 
 
 def make_spec(name: str, body: str, bounds_seconds: tuple[float, ...], *, defines: Mapping[str, int],
-              max_targets: int, kprobes_only: bool = False) -> BpfSpec:
-    offsets, origin = btf.sock_common_offsets()
-    if origin != "btf":
-        log.warning("socket field offsets: %s", origin)
+              max_targets: int, kinds: tuple[str, ...] = ("tp_btf", "tracepoint", "kprobe")) -> BpfSpec:
+    extra = {"TT_MAX_TARGETS": max_targets}
+    if tracepoint_has_field("tcp", "tcp_retransmit_skb", "err"):
+        # This kernel's tcp_retransmit_skb fires for failed attempts too.
+        extra["TT_RETRANSMIT_ERR"] = 1
     return program.bpf_spec(
         name, body, bounds_seconds,
-        defines={**defines, "TT_MAX_TARGETS": max_targets},
-        offset_cflags=btf.offset_cflags(offsets),
+        defines={**defines, **extra},
         send_tracepoint=send_tracepoint_available(),
-        kprobes_only=kprobes_only,
+        kinds=kinds,
     )
 
 

@@ -31,7 +31,10 @@ METRICS = (
     ),
     MetricSpec("nfs_requests_total", "counter", "Total number of NFS requests (send/receive exchanges).", LABELS),
     MetricSpec(
-        "nfs_tcp_retransmits_total", "counter", "Total number of TCP retransmissions to NFS servers.", LABELS
+        "nfs_tcp_retransmits_total",
+        "counter",
+        "Total number of TCP segments retransmitted to NFS servers (as the kernel's TcpRetransSegs counts them).",
+        LABELS,
     ),
     MetricSpec(
         "nfs_latency_histogram_seconds",

@@ -38,7 +38,8 @@ METRICS = (
     MetricSpec(
         "objectstore_tcp_retransmits_total",
         "counter",
-        "Total number of TCP retransmissions to object store servers.",
+        "Total number of TCP segments retransmitted to object store servers (as the kernel's TcpRetransSegs "
+        "counts them).",
         LABELS,
     ),
     MetricSpec(

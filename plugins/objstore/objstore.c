@@ -81,11 +81,12 @@ static __always_inline void on_recv(void *sk, u16 family, int bytes)
         cur->last_recv_ns = bpf_ktime_get_ns();
 }
 
-static __always_inline void on_retransmit(u16 dport, struct addr16 *a)
+/* `segments`: what the retransmission added to TcpRetransSegs. */
+static __always_inline void on_retransmit(u16 dport, struct addr16 *a, u32 segments)
 {
     struct tt_stats *s = tt_match_args(dport, a);
     if (s)
-        __sync_fetch_and_add(&s->retransmits, 1);
+        __sync_fetch_and_add(&s->retransmits, segments);
 }
 
 /* The socket is released: record its last phase, forget it. */

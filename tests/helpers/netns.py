@@ -73,8 +73,15 @@ class VethPair:
 
 
 @contextmanager
-def veth_pair(prefix: str = "cme") -> Iterator[VethPair]:
-    """Create two namespaces with a veth link (10.x/24 and fd00::/64 addresses)."""
+def veth_pair(prefix: str = "cme", *, offload: bool = False) -> Iterator[VethPair]:
+    """Create two namespaces with a veth link (10.x/24 and fd00::/64 addresses).
+
+    By default GSO/GRO are capped at one segment, so every segment is its own
+    packet and a loss rate means what it says. ``offload=True`` keeps veth's
+    TSO/GSO: the sender hands 64 KiB super-packets to the link, a drop loses
+    a whole one, and a retransmitted skb carries several segments - the case
+    that counts differ per skb and per segment.
+    """
     tag = uuid.uuid4().hex[:6]
     client, server = f"{prefix}c{tag}", f"{prefix}s{tag}"
     link_c, link_s = f"vc{tag}", f"vs{tag}"
@@ -92,9 +99,11 @@ def veth_pair(prefix: str = "cme") -> Iterator[VethPair]:
             _run("ip", "-n", ns, "link", "set", "lo", "up")
             _run("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", link)
             _run("ip", "-n", ns, "addr", "add", f"{addr6}/64", "dev", link, "nodad")
-            # Without GSO every segment is its own packet, so a loss rate means
-            # what it says (veth otherwise passes 64 KiB super-packets).
-            _run("ip", "-n", ns, "link", "set", link, "gso_max_size", "1500", "gro_max_size", "1500", check=False)
+            if not offload:
+                # Without GSO every segment is its own packet, so a loss rate
+                # means what it says (veth otherwise passes 64 KiB super-packets).
+                _run("ip", "-n", ns, "link", "set", link, "gso_max_size", "1500", "gro_max_size", "1500",
+                     check=False)
             _run("ip", "-n", ns, "link", "set", link, "up")
         yield pair
     finally:

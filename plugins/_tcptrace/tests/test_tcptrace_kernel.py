@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from helpers.exporter_scrape import ebpf_unavailable
 
-from crusoe_metrics_exporter.ebpf import BpfMap, LoadedBpf, Tracepoint, attach_plan, verify_only
+from crusoe_metrics_exporter.ebpf import BpfMap, BtfTracepoint, LoadedBpf, Tracepoint, attach_plan, kernel, verify_only
 from crusoe_metrics_exporter.plugins._tcptrace.addresses import ADDR_KEY_SIZE
 from crusoe_metrics_exporter.plugins._tcptrace.tracer import make_spec, plan_spec
 from crusoe_metrics_exporter.plugins.nfs_latency import collector as nfs_collector
@@ -35,9 +35,9 @@ PROGRAMS: dict[str, tuple[Callable[[], str], tuple[float, ...], dict[str, int]]]
 }
 
 
-def compile_and_load(name: str, kprobes_only: bool) -> LoadedBpf:
+def compile_and_load(name: str, kinds: tuple[str, ...] = ("tp_btf", "tracepoint", "kprobe")) -> LoadedBpf:
     read, bounds, defines = PROGRAMS[name]
-    return verify_only(make_spec(name, read(), bounds, defines=defines, max_targets=64, kprobes_only=kprobes_only))
+    return verify_only(make_spec(name, read(), bounds, defines=defines, max_targets=64, kinds=kinds))
 
 
 def sizes(m: BpfMap) -> tuple[int, int, int]:
@@ -46,7 +46,7 @@ def sizes(m: BpfMap) -> tuple[int, int, int]:
 
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
 def test_map_layouts_match_python(name: str) -> None:
-    loaded = compile_and_load(name, kprobes_only=False)
+    loaded = compile_and_load(name)
     try:
         assert sizes(loaded.map("port_bits")) == (4, 8, 1024)
         assert sizes(loaded.map("addr_bits")) == (4, 8, 1024)
@@ -60,9 +60,13 @@ def test_map_layouts_match_python(name: str) -> None:
             assert sizes(loaded.map("phases"))[:2] == (8, obj_parser.PHASE_VALUE_SIZE)
         # Tracepoint variants are compiled only for the hooks feature detection
         # gives a tracepoint on this kernel (all four on 6.3+, retransmit and close on 6.1).
-        planned = {role for role, choice in attach_plan(plan_spec(name)).items() if isinstance(choice, Tracepoint)}
+        planned = {role for role, choice in attach_plan(plan_spec(name)).items()
+                   if isinstance(choice, (BtfTracepoint, Tracepoint))}
         tracepoints = {p.role for p in loaded.programs if p.method == "tracepoint"}
         assert tracepoints == planned
+        if kernel.btf_available():
+            # The preferred kind passes the verifier too: plain loads at BTF offsets.
+            assert {p.role for p in loaded.programs if p.method == "tp_btf"} == planned
     finally:
         loaded.close()
 
@@ -71,7 +75,7 @@ def test_map_layouts_match_python(name: str) -> None:
 def test_kprobe_fallback_passes_the_verifier(name: str) -> None:
     # This kernel refuses to attach kprobes, so the fallback is loaded
     # (compiled, verified, given a program fd) but not attached.
-    loaded = compile_and_load(name, kprobes_only=True)
+    loaded = compile_and_load(name, kinds=("kprobe",))
     try:
         targets = sorted(p.target for p in loaded.programs)
         assert targets == ["kprobe:tcp_cleanup_rbuf", "kprobe:tcp_retransmit_skb", "kprobe:tcp_sendmsg",
@@ -94,7 +98,7 @@ def test_counter_slots_capacity_quarantine_and_zeroing() -> None:
 
     from crusoe_metrics_exporter.plugins._tcptrace.tracer import TcpTracer
 
-    loaded = compile_and_load("objstore", kprobes_only=False)
+    loaded = compile_and_load("objstore")
     clock = Clock()
     try:
         tracer = TcpTracer(loaded, 64, clock=clock)

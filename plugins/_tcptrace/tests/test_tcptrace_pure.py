@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import struct
-from pathlib import Path
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from crusoe_metrics_exporter.plugins._tcptrace.accumulate import Accumulator
 from crusoe_metrics_exporter.plugins._tcptrace.addresses import address_key, address_text, normalize, port_bitmap
-from crusoe_metrics_exporter.plugins._tcptrace.btf import (
-    BTF_VMLINUX,
-    BtfError,
-    sock_common_offsets,
-    struct_member_offsets,
-)
 from crusoe_metrics_exporter.plugins._tcptrace.buckets import bounds_ns, bucket_function_c, bucket_of
 from crusoe_metrics_exporter.plugins._tcptrace.program import HEADER_DIR, build_source, program_specs
 
@@ -79,43 +70,23 @@ def test_bucket_bounds_are_inclusive() -> None:
         bounds_ns((0.002, 0.001))
 
 
-def test_btf_offsets_of_the_running_kernel() -> None:
-    if not BTF_VMLINUX.exists():
-        pytest.skip("!!! no /sys/kernel/btf/vmlinux on this kernel !!!")
-    offsets = struct_member_offsets(BTF_VMLINUX.read_bytes(), "sock_common")
-    # skc_daddr/skc_dport sit in the fixed addrpair/portpair words; v6 after them.
-    assert offsets["skc_daddr"] == 0 and offsets["skc_rcv_saddr"] == 4
-    assert offsets["skc_dport"] == 12 and offsets["skc_num"] == 14
-    assert offsets["skc_v6_daddr"] > offsets["skc_family"]
-    assert sock_common_offsets()[1] == "btf"
-
-
-def test_btf_reader_rejects_garbage(tmp_path: Path) -> None:
-    with pytest.raises(BtfError):
-        struct_member_offsets(b"\x00" * 40, "sock_common")
-    with pytest.raises(BtfError):
-        struct_member_offsets(b"short", "sock_common")
-    header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, 0, 0, 1) + b"\x00"
-    with pytest.raises(BtfError):
-        struct_member_offsets(header, "sock_common")
-    missing = tmp_path / "vmlinux"
-    missing.write_bytes(b"junk")
-    offsets, origin = sock_common_offsets(missing)
-    assert origin.startswith("defaults") and offsets["skc_v6_daddr"] == 56
-
-
 def test_send_fallback_is_two_programs_only_without_the_tracepoint() -> None:
-    with_tp = {p.role: [c.target for c in p.candidates] for p in program_specs(send_tracepoint=True)}
+    with_tp = {p.role: [f"{c.method} {c.target}" for c in p.candidates] for p in program_specs(send_tracepoint=True)}
     assert with_tp == {
-        "send": ["sock:sock_send_length"],
-        "recv": ["sock:sock_recv_length", "kprobe:tcp_cleanup_rbuf"],
-        "retransmit": ["tcp:tcp_retransmit_skb", "kprobe:tcp_retransmit_skb"],
-        "close": ["tcp:tcp_destroy_sock", "kprobe:tcp_v4_destroy_sock"],
+        "send": ["tp_btf sock:sock_send_length", "tracepoint sock:sock_send_length"],
+        "recv": ["tp_btf sock:sock_recv_length", "tracepoint sock:sock_recv_length", "kprobe kprobe:tcp_cleanup_rbuf"],
+        "retransmit": ["tp_btf tcp:tcp_retransmit_skb", "tracepoint tcp:tcp_retransmit_skb",
+                       "kprobe kprobe:tcp_retransmit_skb"],
+        "close": ["tp_btf tcp:tcp_destroy_sock", "tracepoint tcp:tcp_destroy_sock",
+                  "kprobe kprobe:tcp_v4_destroy_sock"],
     }
     without = {p.role: [c.target for c in p.candidates] for p in program_specs(send_tracepoint=False)}
     assert without["send"] == ["kprobe:tcp_sendmsg"] and without["send_return"] == ["kretprobe:tcp_sendmsg"]
-    only = [c.method for p in program_specs(True, kprobes_only=True) for c in p.candidates]
+    assert without["recv"][0] == "sock:sock_recv_length"
+    only = [c.method for p in program_specs(True, kinds=("kprobe",)) for c in p.candidates]
     assert set(only) == {"kprobe"}
+    perf = [c.method for p in program_specs(True, kinds=("tracepoint",)) for c in p.candidates]
+    assert set(perf) == {"tracepoint"}
 
 
 def test_shared_headers_are_pasted_into_the_source() -> None:

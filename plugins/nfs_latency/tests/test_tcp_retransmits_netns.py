@@ -3,10 +3,16 @@
 Both eBPF plugins are loaded; NFS watches the server namespace's address on
 2049, objstore on 8443 and 8444. Traffic to 2050 crosses the same lossy link
 but belongs to neither, and must not be counted.
+
+The link keeps TSO/GSO, so a dropped packet is a 64 KiB super-packet and a
+retransmitted skb carries several segments: the plugins count segments, as
+the kernel's TcpRetransSegs does, and must equal the client namespace's
+nstat delta exactly (counting per skb came out 5x low).
 """
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +23,9 @@ from helpers.exporter_scrape import ebpf_unavailable, fake_proc, running, scrape
 from helpers.netns import VethPair, netns_unavailable, veth_pair
 
 from crusoe_metrics_exporter.app import Exporter
+from crusoe_metrics_exporter.ebpf import kernel
+from crusoe_metrics_exporter.plugins._tcptrace import collector as tcp_collector
+from crusoe_metrics_exporter.plugins._tcptrace.tracer import make_spec
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.netns]
 
@@ -29,22 +38,23 @@ NFS = {"protocol": "tcp", "operation": "nfs", "volume_id": "unknown"}
 
 
 def retrans_segs(pair: VethPair) -> int:
-    """Retransmission attempts in the client namespace so far.
+    """Retransmitted segments that went out in the client namespace so far.
 
-    The tracepoint fires for every attempt; TcpRetransSegs counts only those
-    that went out, TCPRetransFail the ones that did not, so their sum bounds
-    what the plugin may count.
+    TcpRetransSegs counts every retransmitted segment the kernel tried to
+    send, TCPRetransFail those of them whose transmission failed; the
+    plugins count the ones that went out (a failed attempt is not a packet on
+    the wire).
     """
     out = pair.run(pair.client, ["nstat", "-az", "TcpRetransSegs", "TcpExtTCPRetransFail"]).stdout
     values = {line.split()[0]: int(line.split()[1]) for line in out.splitlines() if line.startswith("Tcp")}
     if "TcpRetransSegs" not in values:
         raise AssertionError(f"no TcpRetransSegs in {out!r}")
-    return values["TcpRetransSegs"] + values.get("TcpExtTCPRetransFail", 0)
+    return values["TcpRetransSegs"] - values.get("TcpExtTCPRetransFail", 0)
 
 
 @pytest.fixture
 def lossy() -> Iterator[VethPair]:
-    with veth_pair() as pair:
+    with veth_pair(offload=True) as pair:
         sinks = [
             pair.popen(pair.server, [sys.executable, PEER, "sink", pair.server_addr, str(port)],
                        stdout=subprocess.PIPE)
@@ -53,9 +63,10 @@ def lossy() -> Iterator[VethPair]:
         try:
             for sink in sinks:
                 assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
-            # ~180 segments per flow at 10 % loss: a flow without a drop is a
-            # 1-in-10^8 event.
-            pair.drop_incoming(pair.server, 10)
+            # 1 MiB per flow is ~16 super-packets plus many ACK-clocked
+            # smaller ones: at 20 % loss a flow without a drop is a 1-in-10^4
+            # event, and most drops hit a multi-segment packet.
+            pair.drop_incoming(pair.server, 20)
             yield pair
         finally:
             for sink in sinks:
@@ -63,8 +74,15 @@ def lossy() -> Iterator[VethPair]:
                 sink.wait()
 
 
-@pytest.fixture
-def both_plugins(lossy: VethPair, tmp_path: Path) -> Iterator[Exporter]:
+#: The attach kinds the plugins may use: their preferred order, and the
+#: perf-event tracepoints alone (the fallback for kernels without BTF).
+KINDS = {"preferred": ("tp_btf", "tracepoint", "kprobe"), "perf-event": ("tracepoint", "kprobe")}
+
+
+@pytest.fixture(params=sorted(KINDS))
+def both_plugins(request: pytest.FixtureRequest, lossy: VethPair, tmp_path: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> Iterator[Exporter]:
+    monkeypatch.setattr(tcp_collector, "make_spec", functools.partial(make_spec, kinds=KINDS[request.param]))
     env = {
         "NFS_SERVER_IPS": lossy.server_addr,
         "OBJSTORE_ENDPOINT_IPS": lossy.server_addr,
@@ -72,14 +90,49 @@ def both_plugins(lossy: VethPair, tmp_path: Path) -> Iterator[Exporter]:
         "HOST_PROC_PATH": str(fake_proc(tmp_path / "proc")),
     }
     with running(env, ["nfs_latency", "objstore"]) as exporter:
+        methods = {r.details["attach.retransmit"].split()[0] for r in exporter.records
+                   if r.name in ("nfs_latency", "objstore")}
+        expected = KINDS[request.param][0] if kernel.btf_available() else "tracepoint"
+        assert methods == {expected}, methods
         yield exporter
 
 
-def send(pair: VethPair, port: int, nbytes: int = 256 * 1024) -> None:
+def send(pair: VethPair, port: int, nbytes: int = 1024 * 1024) -> None:
     pair.run(pair.client, [sys.executable, PEER, "send", pair.server_addr, str(port), str(nbytes)])
 
 
+MISSES = "crusoe_vm_exporter_ebpf_program_recursion_misses_total"
+
+
+#: A perf-event program on this shared machine also loses the odd event the
+#: kernel does not count as skipped (the perf layer drops a tracepoint that
+#: nests in another of the same context before BPF sees it).
+PERF_SILENT_LOSS = 0.03
+
+
+def assert_counted(exporter: Exporter, counted: float, kernel_delta: int, misses: float) -> None:
+    """Segments counted against the namespace's TcpRetransSegs delta.
+
+    tp_btf programs run whatever other BPF programs do: exact. A perf-event
+    program is skipped while another BPF program runs on the CPU - on this
+    shared machine other tests' programs do - so it may count less: the
+    shortfall must be among the skips the kernel counts (``misses``, the self
+    metric, from 6.7 on) or within PERF_SILENT_LOSS. Counting per skb instead
+    of per segment falls short by far more (8 of 72 here).
+    """
+    assert kernel_delta > 0
+    method = next(r for r in exporter.records if r.name == "nfs_latency").details["attach.retransmit"].split()[0]
+    if method == "tp_btf":
+        assert counted == kernel_delta, (method, counted, kernel_delta, misses)
+    else:
+        assert counted <= kernel_delta <= counted + misses + PERF_SILENT_LOSS * kernel_delta, (
+            method, counted, kernel_delta, misses)
+
+
 def test_retransmits_are_counted_for_the_right_destination(lossy: VethPair, both_plugins: Exporter) -> None:
+    s = scrape(both_plugins)
+    nfs_misses0 = value(s, MISSES, plugin="nfs_latency", program="retransmit")
+    obj_misses0 = value(s, MISSES, plugin="objstore", program="retransmit")
     start = retrans_segs(lossy)
     send(lossy, 2050)
     s = scrape(both_plugins)
@@ -89,22 +142,23 @@ def test_retransmits_are_counted_for_the_right_destination(lossy: VethPair, both
     assert value(s, "crusoe_vm_objectstore_tcp_retransmits_total", endpoint=lossy.server_addr) == 0
 
     send(lossy, 2049)
-    # Read the kernel's counter after the scrape: a retransmission the plugin
-    # counted (a late one of the connection's last segments) is then in it too.
+    # The sender returns once the sink has everything: its connection
+    # retransmits nothing after that, so both counts are final here.
     s = scrape(both_plugins)
     after_nfs = retrans_segs(lossy)
     nfs = value(s, "crusoe_vm_nfs_tcp_retransmits_total", **NFS)
-    # One tracepoint hit per retransmitted skb; an skb can carry several segments.
-    assert 0 < nfs <= after_nfs - after_unwatched, (nfs, after_nfs - after_unwatched)
+    nfs_misses = value(s, MISSES, plugin="nfs_latency", program="retransmit") - nfs_misses0
+    assert_counted(both_plugins, nfs, after_nfs - after_unwatched, nfs_misses)
     assert value(s, "crusoe_vm_objectstore_tcp_retransmits_total", endpoint=lossy.server_addr) == 0
 
     send(lossy, 8443)
     s = scrape(both_plugins)
     after_obj = retrans_segs(lossy)
     obj = value(s, "crusoe_vm_objectstore_tcp_retransmits_total", endpoint=lossy.server_addr)
-    assert 0 < obj <= after_obj - after_nfs
+    obj_misses = value(s, MISSES, plugin="objstore", program="retransmit") - obj_misses0
+    assert_counted(both_plugins, obj, after_obj - after_nfs, obj_misses)
     assert value(s, "crusoe_vm_nfs_tcp_retransmits_total", **NFS) == nfs
-    assert value(s, "crusoe_vm_objectstore_bytes_sent_total", endpoint=lossy.server_addr) == 256 * 1024
+    assert value(s, "crusoe_vm_objectstore_bytes_sent_total", endpoint=lossy.server_addr) == 1024 * 1024
 
 
 def test_retransmits_of_a_connection_that_dies_are_counted(lossy: VethPair, both_plugins: Exporter) -> None:
