@@ -19,8 +19,8 @@ class BpfUnavailable(Exception):
 
 
 @dataclass(frozen=True)
-class Tracepoint:
-    """A classic (stable) tracepoint ``category:event`` served by the C function ``fn``."""
+class _OnTracepoint:
+    """What every way of reaching the tracepoint ``category:event`` with the C function ``fn`` has."""
 
     category: str
     event: str
@@ -31,16 +31,21 @@ class Tracepoint:
     needs: tuple[str, ...] = ()
 
     @property
-    def method(self) -> AttachMethod:
-        return "tracepoint"
-
-    @property
     def target(self) -> str:
         return f"{self.category}:{self.event}"
 
 
 @dataclass(frozen=True)
-class BtfTracepoint:
+class Tracepoint(_OnTracepoint):
+    """A classic (stable) tracepoint through a perf event: ``fn`` gets the record tracefs describes."""
+
+    @property
+    def method(self) -> AttachMethod:
+        return "tracepoint"
+
+
+@dataclass(frozen=True)
+class BtfTracepoint(_OnTracepoint):
     """A tracepoint reached as ``tp_btf``: ``fn(u64 *ctx)`` gets the tracepoint's raw arguments,
     typed by the kernel's BTF, so it may read struct fields with plain loads.
 
@@ -50,43 +55,22 @@ class BtfTracepoint:
     ``BPF_LINK_CREATE`` for this type only works from 6.10 on).
     """
 
-    category: str
-    event: str
-    fn: str
-    #: Kernel constants (macros of the spec's ``kernel_constants``) this
-    #: variant cannot be compiled without; see :attr:`Tracepoint.needs`.
-    needs: tuple[str, ...] = ()
-
     @property
     def method(self) -> AttachMethod:
         return "tp_btf"
 
-    @property
-    def target(self) -> str:
-        return f"{self.category}:{self.event}"
-
 
 @dataclass(frozen=True)
-class RawTracepoint:
+class RawTracepoint(_OnTracepoint):
     """A tracepoint reached as a raw tracepoint: ``fn(u64 *ctx)`` gets its raw arguments untyped.
 
     Pointers in the arguments are plain numbers to the verifier: fields are
     read with ``bpf_probe_read_kernel``. Needs no BTF.
     """
 
-    category: str
-    event: str
-    fn: str
-    #: Kernel constants this variant cannot be compiled without.
-    needs: tuple[str, ...] = ()
-
     @property
     def method(self) -> AttachMethod:
         return "raw_tracepoint"
-
-    @property
-    def target(self) -> str:
-        return f"{self.category}:{self.event}"
 
 
 @dataclass(frozen=True)
