@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
+from helpers.block_io import direct_writes
 
 from crusoe_metrics_exporter.ebpf import (
     BpfSpec,
@@ -81,18 +81,6 @@ def _counts(loaded: object) -> list[int]:
     return [int.from_bytes(counts.lookup(i.to_bytes(4, "little")) or bytes(8), "little") for i in range(3)]
 
 
-def _direct_writes(count: int) -> None:
-    target = Path("/var/tmp") / f"cme-ebpf-kinds-{os.getpid()}"
-    try:
-        subprocess.run(
-            ["dd", "if=/dev/zero", f"of={target}", "bs=4k", f"count={count}", "oflag=direct", "status=none"],
-            check=True,
-            timeout=60,
-        )
-    finally:
-        target.unlink(missing_ok=True)
-
-
 @pytest.fixture
 def require_btf(require_ebpf: None) -> None:
     if not kernel.btf_available():
@@ -106,18 +94,21 @@ def test_every_kind_sees_every_event_and_detaching_stops_it(require_btf: None, s
         }
         assert all(p.attached and p.prog_id > 0 for p in loaded.programs)
         assert loaded.constants["RQ_CMD_FLAGS"] >= 0
-        _direct_writes(200)
-        btf, raw, perf = _counts(loaded)
-        # Other writers may add to all three alike; none may miss one.
-        assert btf == raw == perf >= 200
+        start = _counts(loaded)
+        direct_writes(200)
+        btf, raw, perf = (n - m for n, m in zip(_counts(loaded), start, strict=True))
+        # Other writers on this disk may add to all three alike; the raw
+        # tracepoint kinds miss none. The perf-event one may miss some while
+        # other tests' BPF programs run on this machine.
+        assert btf == raw >= 200 and 200 <= perf <= btf, (btf, raw, perf)
 
         with kernel.run_stats():
-            _direct_writes(10)
+            direct_writes(10)
             assert all(s.run_cnt >= 10 for s in loaded.stats().values())
             loaded.detach()
             assert not any(p.attached for p in loaded.programs) and loaded.stats() == {}
             before = loaded.stats(include_detached=True), _counts(loaded)
-            _direct_writes(50)
+            direct_writes(50)
             after = loaded.stats(include_detached=True), _counts(loaded)
         # Detached means the kernel runs none of them: counts and run counts stand still.
         assert after[1] == before[1]
@@ -126,9 +117,9 @@ def test_every_kind_sees_every_event_and_detaching_stops_it(require_btf: None, s
 
         loaded.reattach()
         assert all(p.attached for p in loaded.programs)
-        _direct_writes(30)
+        direct_writes(30)
         again = _counts(loaded)
-        assert all(n - m >= 30 for n, m in zip(again, after[1], strict=True))
+        assert all(n - m >= 30 for n, m in zip(again, after[1], strict=True)), (again, after[1])
 
 
 def test_a_variant_without_its_kernel_constant_falls_back(

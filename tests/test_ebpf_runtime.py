@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers.block_io import direct_writes
 
 from crusoe_metrics_exporter.ebpf import (
     BpfSpec,
@@ -55,18 +56,6 @@ def _counter_spec(candidates: tuple[Tracepoint | Kprobe, ...] | None = None) -> 
     )
 
 
-def _direct_writes(count: int) -> None:
-    target = Path("/var/tmp") / f"cme-ebpf-runtime-{os.getpid()}"
-    try:
-        subprocess.run(
-            ["dd", "if=/dev/zero", f"of={target}", "bs=4k", f"count={count}", "oflag=direct", "status=none"],
-            check=True,
-            timeout=60,
-        )
-    finally:
-        target.unlink(missing_ok=True)
-
-
 @pytest.mark.ebpf
 def test_load_attach_and_map_operations(require_ebpf: None, state_dir: Path) -> None:
     with load(_counter_spec(), state_dir) as loaded:
@@ -75,7 +64,7 @@ def test_load_attach_and_map_operations(require_ebpf: None, state_dir: Path) -> 
         assert status.target == "block:block_rq_complete"
         counts = loaded.map("counts")
         assert (counts.key_size, counts.value_size, counts.max_entries) == (4, 8, 64)
-        _direct_writes(50)
+        direct_writes(50)
         value = counts.lookup((1).to_bytes(4, "little"))
         assert value is not None and int.from_bytes(value, "little") >= 50
 
@@ -168,7 +157,7 @@ def test_run_stats_and_service_metrics(require_ebpf: None, state_dir: Path) -> N
     before = kernel.set_bpf_stats(True)
     try:
         loaded = service.load("runtime_test", _counter_spec())
-        _direct_writes(20)
+        direct_writes(20)
         stats = loaded.stats()["complete"]
         assert stats.run_cnt >= 20 and stats.run_time_ns > 0
         families = {f.name: f for f in service.metric_families()}

@@ -192,14 +192,15 @@ def attachments(ex: GuestExporter, plugin: str) -> tuple[set[str], set[str]]:
     """(what the runtime says ``plugin`` attached, what the kernel lists for those program ids).
 
     Perf-event attachments (tracepoints, kprobes, kretprobes) are named by
-    the kernel itself; for BPF links (raw and BTF tracepoints) the kernel
-    confirms a link holds the program and the name is the runtime's.
+    the kernel itself; so are BPF links (raw and BTF tracepoints): the link
+    holding the program and the tracepoint it names (``tp_name``), spelt
+    with the runtime's method.
     """
     programs = ex.exporter.services.get(EBPF_SERVICE).programs(plugin)
     assert programs and all(p.attached for p in programs), programs
     ours = {_name(p.method, p.target) for p in programs}
     perf = {int(str(e["prog_id"])): e for e in _bpftool("perf", "list") if "prog_id" in e}
-    links = {int(str(e["prog_id"])) for e in _bpftool("link", "list") if "prog_id" in e}
+    links = {int(str(e["prog_id"])): e for e in _bpftool("link", "list") if "prog_id" in e}
     kernel = set()
     for p in programs:
         entry = perf.get(p.prog_id)
@@ -207,5 +208,7 @@ def attachments(ex: GuestExporter, plugin: str) -> tuple[set[str], set[str]]:
             kind = str(entry.get("fd_type"))
             kernel.add(f"{kind}:{entry.get('tracepoint') if kind == 'tracepoint' else entry.get('func')}")
         elif p.prog_id in links:
-            kernel.add(_name(p.method, p.target))
+            link = links[p.prog_id]
+            kernel.add(f"{p.method}:{link.get('tp_name')}" if link.get("type") == "raw_tracepoint"
+                       else f"{link.get('type')}:?")
     return ours, kernel

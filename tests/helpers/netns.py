@@ -39,6 +39,8 @@ class VethPair:
     server_addr: str
     client_addr6: str
     server_addr6: str
+    client_link: str = ""
+    server_link: str = ""
 
     def exec_argv(self, ns: str, argv: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", ns, *argv]
@@ -71,6 +73,13 @@ class VethPair:
         )
         _run("ip", "netns", "exec", ns, "nft", "-f", "-", input_text=rules)
 
+    def drop_outgoing(self, ns: str, percent: int) -> None:
+        """Drop ``percent`` % of what ``ns`` sends over the link (netem; for hosts without nftables)."""
+        if not 0 < percent <= 100:
+            raise ValueError("percent must be in 1..100")
+        link = self.client_link if ns == self.client else self.server_link
+        _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", link, "root", "netem", "loss", f"{percent}%")
+
 
 @contextmanager
 def veth_pair(prefix: str = "cme", *, offload: bool = False) -> Iterator[VethPair]:
@@ -87,7 +96,7 @@ def veth_pair(prefix: str = "cme", *, offload: bool = False) -> Iterator[VethPai
     link_c, link_s = f"vc{tag}", f"vs{tag}"
     octet = int(tag[:2], 16) % 200 + 20
     pair = VethPair(client, server, f"10.{octet}.77.1", f"10.{octet}.77.2",
-                    f"fd00:{tag[:4]}::1", f"fd00:{tag[:4]}::2")
+                    f"fd00:{tag[:4]}::1", f"fd00:{tag[:4]}::2", link_c, link_s)
     created: list[str] = []
     try:
         for ns in (client, server):

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers.block_io import fsync_loop
 
 from crusoe_metrics_exporter.app import Exporter
 from crusoe_metrics_exporter.contract import HistogramValue, Sample
@@ -193,15 +194,6 @@ def test_counts_match_diskstats_under_concurrent_io(
         assert (count, untimed) == (expected, 0), f"{side}: plugin saw {count}+{untimed}, /proc/diskstats {expected}"
 
 
-FSYNC_SCRIPT = r"""
-import os, sys
-fd = os.open(sys.argv[1], os.O_WRONLY)
-for i in range(int(sys.argv[2])):
-    os.pwrite(fd, b"x" * 4096, (i % 256) * 4096)
-    os.fsync(fd)
-os.close(fd)
-"""
-
 
 def test_fsync_pre_flushes_are_counted_as_untimed_writes(
     exporter: Exporter, loop_device: str, diskstats: Callable[[str], list[int]]
@@ -215,7 +207,7 @@ def test_fsync_pre_flushes_are_counted_as_untimed_writes(
     fsyncs = 300
     before_ds = diskstats(loop_device)
     before = _plugin_samples(exporter)
-    subprocess.run([sys.executable, "-c", FSYNC_SCRIPT, f"/dev/{loop_device}", str(fsyncs)], check=True, timeout=120)
+    fsync_loop(f"/dev/{loop_device}", fsyncs)
     after_ds = diskstats(loop_device)
     after = _plugin_samples(exporter)
     count, untimed = _completions(before, after, "write", loop_device)

@@ -12,13 +12,14 @@ skip a program nested in itself.
 References in the same run: /proc/diskstats for the loop device, and a
 control: the smallest tp_btf program counting the device's completions.
 
-Measured on the development host (6.18): next to this neighbour, now and
-then (about one run in four) every BPF program on the tracepoint - tp_btf,
-raw and perf-event alike, the control included - misses the same few
-completions (1-33 of 6144) that /proc/diskstats and ftrace count, and no
-miss counter reports them. Without the neighbour that never happened. The
-tests therefore hold the plugin to the control exactly and to diskstats
-within that margin.
+Measured on the development host (6.18): now and then (about one run in
+four here) every BPF program on the tracepoint - tp_btf, raw and perf-event
+alike, the control included - misses the same few completions (1-33 of
+6144) that /proc/diskstats and ftrace count, and no miss counter reports
+them. It is reproduced by attaching and detaching a perf-event program on
+block_rq_complete in a loop, which other tests on this shared machine do
+(docs/ebpf.md, Limits). The tests therefore hold the plugin to the control
+exactly and to diskstats within that margin.
 """
 
 from __future__ import annotations
