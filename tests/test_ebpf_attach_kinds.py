@@ -16,6 +16,7 @@ from crusoe_metrics_exporter.ebpf import (
     ProgramSpec,
     RawTracepoint,
     Tracepoint,
+    attach_plan,
     kernel,
     load,
 )
@@ -235,3 +236,26 @@ def test_skipped_runs_are_exported_exactly(kind: str, require_btf: None, state_d
         assert sample.name.endswith("_total") and sample.value == after.recursion_misses
     finally:
         service.stop()
+
+
+def test_without_btf_only_the_kinds_that_need_none_are_planned_and_loaded(
+    require_ebpf: None, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel without BTF (simulated in the exporter process): no tp_btf, nothing that needs BTF offsets."""
+    monkeypatch.setattr(kernel, "btf_available", lambda: False)
+    spec = BpfSpec(
+        "no_btf_test",
+        COUNTERS,
+        kernel_constants=(CMD_FLAGS,),
+        programs=(
+            ProgramSpec("complete", (
+                BtfTracepoint("block", "block_rq_complete", "btf_writes", needs=("RQ_CMD_FLAGS",)),
+                RawTracepoint("block", "block_rq_complete", "raw_writes", needs=("RQ_CMD_FLAGS",)),
+                Tracepoint("block", "block_rq_complete", "tracepoint__block__block_rq_complete"),
+            )),
+        ),
+    )
+    plan = attach_plan(spec)
+    assert isinstance(plan["complete"], Tracepoint), plan
+    with load(spec, state_dir) as loaded:
+        assert [(p.role, p.method) for p in loaded.programs] == [("complete", "tracepoint")]

@@ -220,6 +220,9 @@ def _close(fd: int) -> None:
 
 def _viable(candidate: AttachCandidate, tracefs: Path, kprobe_functions: set[str]) -> str | None:
     """None when this kernel offers the candidate's attach point, else why not."""
+    if candidate.needs and not kernel.btf_available():
+        # Its kernel constants can only come from BTF.
+        return f"{candidate.method} {candidate.target} reads struct fields at BTF offsets; the kernel has no BTF"
     if isinstance(candidate, (Tracepoint, RawTracepoint, BtfTracepoint)):
         if kernel.tracepoint_id(candidate.category, candidate.event, tracefs) is None:
             return f"no tracepoint {candidate.target}"
@@ -392,9 +395,11 @@ def load(
         for candidate in program.candidates:
             why_not = _viable(candidate, tracefs, probeable)
             # Without attaching, kprobe variants only need the verifier, not
-            # the function; tracepoint variants still need the tracepoint's
-            # format to compile.
-            if why_not is None or (not attach and isinstance(candidate, Kprobe)):
+            # the function (but their kernel constants, from BTF); tracepoint
+            # variants still need the tracepoint's format to compile.
+            verify_kprobe = (not attach and isinstance(candidate, Kprobe)
+                             and (not candidate.needs or kernel.btf_available()))
+            if why_not is None or verify_kprobe:
                 to_load.append((program.role, candidate))
             else:
                 reasons.append(why_not)
