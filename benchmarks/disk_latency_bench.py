@@ -37,6 +37,7 @@ from crusoe_metrics_exporter.app import Exporter
 from crusoe_metrics_exporter.ebpf import LoadedBpf, kernel, load
 from crusoe_metrics_exporter.plugins.disk_latency import collector
 from crusoe_metrics_exporter.plugins.disk_latency.collector import DiskLatencyCollector, bpf_spec
+from crusoe_metrics_exporter.settings import Overrides
 
 TRACEPOINTS = (("issue", "block", "block_rq_issue"), ("complete", "block", "block_rq_complete"))
 ROLES = ("issue", "complete")
@@ -49,8 +50,10 @@ import os, subprocess, sys, time
 from crusoe_metrics_exporter.app import Exporter
 from crusoe_metrics_exporter.exposition import render
 dev, state = sys.argv[1], sys.argv[2]
-ex = Exporter.from_environment(environ={"CRUSOE_EXPORTER_STATE_DIR": state})
-ex.settings.plugins.setdefault("disk_latency", {})["device_include"] = "^" + os.path.basename(dev) + "$"
+from crusoe_metrics_exporter.settings import Overrides
+include = "^" + os.path.basename(dev) + "$"
+ex = Exporter.from_environment(environ={"CRUSOE_EXPORTER_STATE_DIR": state},
+                               overrides=Overrides({"plugins.disk_latency.device_include": include}))
 ex.start(only=["disk_latency"])
 rec = next(r for r in ex.records if r.name == "disk_latency")
 assert rec.state == "active", rec.reason
@@ -87,9 +90,10 @@ class Plugin:
         every_kind = collector.bpf_spec
         collector.bpf_spec = functools.partial(every_kind, kinds)
         try:
-            self.exporter = Exporter.from_environment(environ={"CRUSOE_EXPORTER_STATE_DIR": str(state)})
-            options = self.exporter.settings.plugins.setdefault("disk_latency", {})
-            options["device_include"] = f"^{os.path.basename(device)}$"
+            self.exporter = Exporter.from_environment(
+                environ={"CRUSOE_EXPORTER_STATE_DIR": str(state)},
+                overrides=Overrides({"plugins.disk_latency.device_include": f"^{os.path.basename(device)}$"}),
+            )
             self.exporter.start(only=["disk_latency"])
         finally:
             collector.bpf_spec = every_kind

@@ -207,7 +207,7 @@ def test_skipped_runs_are_exported_exactly(kind: str, require_btf: None, state_d
             ProgramSpec("nested", (NESTED[kind],)),
         ),
     )
-    service = EbpfService(None, state_dir=state_dir)
+    service = EbpfService(state_dir=state_dir)
     try:
         loaded = service.load("recursion_test", spec)
         assert {p.role: p.method for p in loaded.programs}["nested"] == kind

@@ -35,6 +35,7 @@ from crusoe_metrics_exporter.app import Exporter
 from crusoe_metrics_exporter.contract import HistogramValue, Sample
 from crusoe_metrics_exporter.ebpf import BpfSpec, BtfTracepoint, LoadedBpf, ProgramSpec, Tracepoint, kernel, load
 from crusoe_metrics_exporter.plugins.disk_latency import collector
+from crusoe_metrics_exporter.settings import Overrides
 
 pytestmark = pytest.mark.ebpf
 
@@ -128,9 +129,8 @@ def _completions(ex: Exporter, device: str) -> int:
 def _measure(device: str, state_dir: Path, diskstats: Callable[[str], list[int]]) -> dict[str, object]:
     """Start disk_latency (as ``collector.bpf_spec`` says), run fio next to the neighbour, compare."""
     Path(f"/sys/block/{device}/queue/rq_affinity").write_text("2\n")
-    ex = Exporter.from_environment(environ={"CRUSOE_EXPORTER_STATE_DIR": str(state_dir)})
-    ex.settings.plugins.setdefault("disk_latency", {})["device_include"] = f"^{device}$"
-    ex.settings.core["state_dir"] = str(state_dir)
+    ex = Exporter.from_environment(environ={"CRUSOE_EXPORTER_STATE_DIR": str(state_dir)},
+                                   overrides=Overrides({"plugins.disk_latency.device_include": f"^{device}$"}))
     ex.start(only=["disk_latency"])
     try:
         rec = next(r for r in ex.records if r.name == "disk_latency")

@@ -31,6 +31,7 @@ from crusoe_metrics_exporter.app import Exporter
 from crusoe_metrics_exporter.contract import HistogramValue, Sample
 from crusoe_metrics_exporter.ebpf import kernel
 from crusoe_metrics_exporter.plugins.disk_latency import collector
+from crusoe_metrics_exporter.settings import Overrides
 
 pytestmark = pytest.mark.ebpf
 
@@ -128,9 +129,8 @@ def test_requeued_requests_are_timed_from_their_first_issue(
     monkeypatch.setattr(collector, "bpf_spec", lambda: every_kind(kinds))
     disk, path = disk_file
     major, minor = (int(x) for x in Path(f"/sys/block/{disk}/dev").read_text().split(":"))
-    ex = Exporter.from_environment(environ={"CRUSOE_EXPORTER_STATE_DIR": str(state_dir)})
-    ex.settings.plugins.setdefault("disk_latency", {})["device_include"] = f"^{disk}$"
-    ex.settings.core["state_dir"] = str(state_dir)
+    ex = Exporter.from_environment(environ={"CRUSOE_EXPORTER_STATE_DIR": str(state_dir)},
+                                   overrides=Overrides({"plugins.disk_latency.device_include": f"^{disk}$"}))
     ex.start(only=["disk_latency"])
     method = next(r for r in ex.records if r.name == "disk_latency").details.get("attach_method")
     assert method == kinds[0] or not kernel.btf_available(), method
