@@ -12,7 +12,7 @@ PREFIX = "crusoe_vm_"
 _METRIC_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _RESERVED_LABELS = frozenset({"le", "quantile"})
-_RESERVED_SUFFIXES = ("_bucket", "_count", "_sum", "_created", "_info")
+_RESERVED_SUFFIXES = ("_bucket", "_count", "_sum", "_created")
 
 #: Names fixed by the seed exporter's README that break Prometheus naming
 #: conventions. Dashboards and the README's PromQL use them verbatim, so they
@@ -41,6 +41,7 @@ SEED_NON_BASE_UNIT_NAMES = frozenset(
         "nfs_rpc_exe_ms_total",
         "disk_read_time_ms_total",
         "disk_write_time_ms_total",
+        "nvme_power_on_hours",
     }
 )
 
@@ -70,6 +71,10 @@ def validate_metric_spec(spec: MetricSpec) -> None:
         raise InvalidDeclaration(f"metric {name!r}: only counters may end in _total")
     if name.endswith(_RESERVED_SUFFIXES):
         raise InvalidDeclaration(f"metric {name!r}: suffix is reserved for histogram/summary series")
+    if name.endswith("_info") and spec.type != "gauge":
+        # The info-metric convention (node_uname_info, the seed's nvme_info):
+        # a gauge of value 1 whose labels carry the information.
+        raise InvalidDeclaration(f"metric {name!r}: only an info gauge (value 1, facts in labels) may end in _info")
     seen: set[str] = set()
     for label in spec.labels:
         if not _LABEL_NAME.match(label) or label.startswith("__"):

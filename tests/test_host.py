@@ -70,6 +70,7 @@ def test_module_without_hook_is_a_load_failure() -> None:
         (MetricSpec("x_seconds", "histogram", "h", buckets=(1.0, float("inf"))), "must be finite"),
         (MetricSpec("exporter_plugin_up", "gauge", "h"), "belong to the exporter"),
         (MetricSpec("x_bucket", "gauge", "h"), "reserved for histogram"),
+        (MetricSpec("x_info", "histogram", "h", buckets=(1.0,)), "only an info gauge"),
     ],
 )
 def test_invalid_declarations_fail_validation_with_the_rule(metric: MetricSpec, message: str) -> None:
@@ -77,6 +78,14 @@ def test_invalid_declarations_fail_validation_with_the_rule(metric: MetricSpec, 
     [rec] = discover([plugin.entry()])
     assert rec.state == "failed" and rec.failed_phase == "validate"
     assert message in rec.reason
+
+
+def test_an_info_gauge_may_end_in_info() -> None:
+    # The info-metric convention (the seed's nvme_info): value 1, the facts in labels.
+    plugin = FakePlugin("ident", metrics=(MetricSpec("ident_info", "gauge", "h", ("serial",)),
+                                         MetricSpec.errors("ident_collection_errors_total", "e")))
+    [rec] = discover([plugin.entry()])
+    assert rec.state != "failed", rec.reason
 
 
 def test_hook_returning_something_else_fails() -> None:
