@@ -7,11 +7,12 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers.waiting import wait_until
 
 from crusoe_metrics_exporter.app import Exporter
 from crusoe_metrics_exporter.exposition import render
@@ -247,15 +248,6 @@ def test_nothing_configured(tmp_path: Path, directories: list[TargetDirectory]) 
     assert not d.objstore_configured
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
 def test_background_refresh_notifies_subscribers(tmp_path: Path, directories: list[TargetDirectory]) -> None:
     settings = make_settings(tmp_path, "10.0.0.1:/a /a nfs rw,addr=10.0.0.1 0 0\n",
                              NFS_MOUNT_REFRESH_INTERVAL="100ms")
@@ -305,7 +297,7 @@ def test_objstore_re_resolved_on_timer(tmp_path: Path) -> None:
     try:
         assert [e.address for e in d.objstore_endpoints()] == ["10.2.0.1"]
         dns.table["object.test"] = ["10.2.0.1", "fd00::9"]
-        assert _wait_for(lambda: len(d.objstore_endpoints()) == 2)
+        assert wait_until(lambda: len(d.objstore_endpoints()) == 2)
     finally:
         d.stop()
     assert not d._thread or not d._thread.is_alive()

@@ -15,12 +15,13 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers.privileges import setpriv
 from helpers.server import CLI
+from helpers.waiting import wait_until
 
 from crusoe_metrics_exporter.plugins.kernel_lockups import crusoe_metrics_exporter_plugin
 from crusoe_metrics_exporter.plugins.kernel_lockups.collector import LockupCollector
@@ -45,15 +46,6 @@ def write_kmsg(text: str) -> None:
         os.write(fd, f"<14>crusoe-metrics-exporter test: {text}\n".encode())
     finally:
         os.close(fd)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 @pytest.fixture
@@ -84,7 +76,7 @@ def test_counts_records_written_after_start_only(token: str, reader: tuple[KmsgR
     r.start()
     for i in range(10):
         write_kmsg(f"{token} after {i}")
-    assert wait_for(lambda: sum(r.counts().values()) >= 10)
+    assert wait_until(lambda: sum(r.counts().values()) >= 10, timeout=10)
     time.sleep(0.2)  # nothing more may arrive
     assert r.counts() == {"odd": 5, "even": 5}
     assert errors == []

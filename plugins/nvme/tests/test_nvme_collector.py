@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from helpers.plugin_context import plugin_context
+from helpers.waiting import wait_until
 
 from crusoe_metrics_exporter.plugins.nvme import METRICS, crusoe_metrics_exporter_plugin
 from crusoe_metrics_exporter.plugins.nvme.collector import NvmeCollector
@@ -145,13 +146,11 @@ def test_identity_and_controllers_follow_a_timer_not_scrapes(tmp_path: Path, dri
     fake_sysfs(tmp_path, {"nvme0": ("SN000", "DriveA", "1.1"), "nvme1": ("SN001", "DriveB", "2.0")})
     assert [k[1] for k in series(collector) if k[0] == "nvme_info"] == [("nvme0", "SN000", "DriveA", "1.0")]
     # ...but after the refresh timer fired.
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        infos = sorted(k[1] for k in series(collector) if k[0] == "nvme_info")
-        if len(infos) == 2:
-            break
-        time.sleep(0.1)
-    assert infos == [("nvme0", "SN000", "DriveA", "1.1"), ("nvme1", "SN001", "DriveB", "2.0")]
+    def infos() -> list[tuple[str, ...]]:
+        return sorted(k[1] for k in series(collector) if k[0] == "nvme_info")
+
+    assert wait_until(lambda: len(infos()) == 2, timeout=5)
+    assert infos() == [("nvme0", "SN000", "DriveA", "1.1"), ("nvme1", "SN001", "DriveB", "2.0")]
 
 
 def test_a_controller_that_disappears_is_rediscovered_at_once(tmp_path: Path, drives: FakeDrives,
@@ -161,10 +160,7 @@ def test_a_controller_that_disappears_is_rediscovered_at_once(tmp_path: Path, dr
     shutil.rmtree(tmp_path / "class" / "nvme" / "nvme1")
     drives.logs["nvme1"] = FileNotFoundError(2, "No such file or directory")
     series(collector)  # fails for nvme1 and wakes the refresher
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(k[1][0] == "nvme1" for k in series(collector)):
-        time.sleep(0.05)
-    assert not any(k[1][0] == "nvme1" for k in series(collector))
+    assert wait_until(lambda: not any(k[1][0] == "nvme1" for k in series(collector)), timeout=5)
 
 
 def test_sysfs_failure_keeps_the_known_controllers(tmp_path: Path, drives: FakeDrives,
