@@ -46,6 +46,13 @@ SEED_NON_BASE_UNIT_NAMES = frozenset(
 )
 
 
+#: Seed histograms whose names say "histogram" (promtool: "should not include
+#: type"); the seed README's PromQL uses them.
+SEED_NAMES_NAMING_THEIR_TYPE = frozenset(
+    {"nfs_latency_histogram_seconds", "objectstore_connection_latency_histogram_seconds"}
+)
+
+
 class InvalidDeclaration(ValueError):
     """A plugin declared something the core will not expose."""
 

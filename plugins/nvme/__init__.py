@@ -8,7 +8,7 @@ exporter's, plus the composite temperature and unsafe shutdowns.
 
 from __future__ import annotations
 
-import os
+import errno
 from pathlib import Path
 
 from crusoe_metrics_exporter.plugins.nvme.metrics import ERRORS as ERRORS_METRIC
@@ -49,8 +49,16 @@ def smart_timeout(ctx: PluginContext) -> float:
     return min(float(ctx.options.get("smart_timeout", 2.0)), 0.8 * collect_timeout)
 
 
+#: How long the support check waits for the controllers' SMART logs (below the core's 10 s deadline).
+SUPPORT_WAIT = 5.0
+
+
 def _check_support(ctx: PluginContext) -> Support:
-    from crusoe_metrics_exporter.plugins.nvme.sysfs import controller_names
+    """Read every controller's SMART log as a scrape would; supported when at least one answers."""
+    import time
+
+    from crusoe_metrics_exporter.plugins.nvme.collector import SmartRead, read_smart_log
+    from crusoe_metrics_exporter.plugins.nvme.sysfs import controller_names, read_controller
 
     sysfs = Path(str(ctx.options.get("sysfs_path") or "/sys"))
     dev = Path(str(ctx.options.get("dev_path") or "/dev"))
@@ -62,43 +70,45 @@ def _check_support(ctx: PluginContext) -> Support:
         return Support.unsupported(f"cannot list {sysfs}/class/nvme: {exc.strerror or exc}")
     if not names:
         return Support.unsupported(f"no NVMe controllers in {sysfs}/class/nvme")
-    answers = [_try_controller(sysfs, dev, name) for name in names]
-    working = [detail for detail, refusal in answers if refusal is None]
+    # Each controller on its own thread: one that hangs must not fail the check for the others.
+    reads = [SmartRead(read_controller(sysfs, dev, name), read_smart_log) for name in names]
+    deadline = time.monotonic() + SUPPORT_WAIT
+    working: list[str] = []
+    failing: list[str] = []
+    refusals: list[Support] = []
+    for read in reads:
+        c = read.controller
+        if not read.done.wait(max(0.0, deadline - time.monotonic())):
+            refusal = Support.unsupported(f"{c.name}: the SMART log read did not return within {SUPPORT_WAIT:g}s")
+        elif read.error is not None:
+            refusal = _refusal(c.name, c.device, read.error)
+        else:
+            working.append(f"{c.name} ({c.identity.serial})")
+            continue
+        failing.append(c.name)
+        refusals.append(refusal)
     if working:
-        # One failing controller never hides the others; the failures show as errors.
-        failing = [name for name, (_, refusal) in zip(names, answers, strict=True) if refusal is not None]
-        return Support.ok(controllers=", ".join(working), failing=", ".join(failing) or "none")
-    refusal = answers[0][1]
-    assert refusal is not None
-    return refusal
+        # The others show as errors on the counter and in the log, scrape by scrape.
+        return Support.ok(answering=", ".join(working), failing=", ".join(failing) or "none")
+    return refusals[0]
 
 
-def _try_controller(sysfs: Path, dev: Path, name: str) -> tuple[str, Support | None]:
-    """Read one controller's SMART log as a scrape would: ("nvme0 (SERIAL)", None) or the refusal."""
-    from crusoe_metrics_exporter.plugins.nvme.collector import open_controller, read_smart_log
-    from crusoe_metrics_exporter.plugins.nvme.sysfs import read_controller
+def _refusal(name: str, device: Path, error: Exception) -> Support:
+    from crusoe_metrics_exporter.plugins.nvme.collector import CannotOpen
 
-    controller = read_controller(sysfs, dev, name)
-    try:
-        fd = open_controller(controller)
-    except FileNotFoundError:
-        return "", Support.unsupported(f"{controller.device} does not exist",
+    if isinstance(error, CannotOpen):
+        if isinstance(error, FileNotFoundError) or error.errno == errno.ENOENT:
+            return Support.unsupported(f"{device} does not exist",
                                        "in a container, expose the host's NVMe controller devices (/dev/nvme0, ...)")
-    except OSError as exc:
-        denied = unreadable(controller.device, exc)
-        return "", Support.unsupported(denied.reason if denied else f"cannot open {controller.device}: {exc}",
-                                       denied.fix if denied else "")
-    try:
-        read_smart_log(controller, fd)
-    except PermissionError:
+        denied = unreadable(device, error)
+        if denied is not None:
+            return Support.unsupported(denied.reason, denied.fix)
+        return Support.unsupported(f"cannot open {device}: {error.strerror or error}")
+    if isinstance(error, PermissionError):
         held = "holding it" if has_capability("CAP_SYS_ADMIN") else "without it"
-        return "", Support.unsupported(
+        return Support.unsupported(
             f"reading the NVMe SMART log (admin command Get Log Page) needs CAP_SYS_ADMIN ({held})", ADMIN_FIX)
-    except (OSError, ValueError) as exc:
-        return "", Support.unsupported(f"{name}: cannot read the SMART log: {exc}")
-    finally:
-        os.close(fd)
-    return f"{name} ({controller.identity.serial})", None
+    return Support.unsupported(f"{name}: cannot read the SMART log: {error}")
 
 
 def _factory(ctx: PluginContext) -> Collector:

@@ -27,38 +27,43 @@ from crusoe_metrics_exporter.sdk import PluginContext, ProblemLog, Sample
 KELVIN_AT_ZERO_CELSIUS = 273.15
 
 
+class CannotOpen(OSError):
+    """The device node could not be opened (as opposed to the command being refused)."""
+
+
 def open_controller(controller: Controller) -> int:
-    """Open the controller's device node read-only; raises OSError.
+    """Open the controller's device node read-only; raises CannotOpen.
 
     The node must be the device sysfs names: a /dev that is not the host's
     (a container) could hold another device under this name.
     """
-    fd = os.open(controller.device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd = os.open(controller.device, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CannotOpen(exc.errno, exc.strerror, str(controller.device)) from None
     rdev = os.fstat(fd).st_rdev
     found = (os.major(rdev), os.minor(rdev))
     if controller.devnum is not None and found != controller.devnum:
         os.close(fd)
-        raise OSError(f"{controller.device} is device {found[0]}:{found[1]}, sysfs says "
-                      f"{controller.devnum[0]}:{controller.devnum[1]}")
+        raise CannotOpen(f"{controller.device} is device {found[0]}:{found[1]}, sysfs says "
+                         f"{controller.devnum[0]}:{controller.devnum[1]}")
     return fd
 
 
-def read_smart_log(controller: Controller, fd: int | None = None) -> SmartLog:
-    """The controller's SMART log (through ``fd`` if given); raises OSError or ValueError."""
-    own = fd is None
-    fd = open_controller(controller) if fd is None else fd
+def read_smart_log(controller: Controller) -> SmartLog:
+    """The controller's SMART log; raises CannotOpen, OSError (the command refused) or ValueError."""
+    fd = open_controller(controller)
     try:
         return parse_smart_log(get_log_page(fd, LOG_SMART, LOG_PAGE_SIZE))
     finally:
-        if own:
-            os.close(fd)
+        os.close(fd)
 
 
 SmartSource = Callable[[Controller], SmartLog]
 
 
-class _Read:
-    """One SMART read on its own daemon thread."""
+class SmartRead:
+    """One SMART read on its own daemon thread; ``done`` is set when it returned or failed."""
 
     def __init__(self, controller: Controller, read: SmartSource) -> None:
         self.controller = controller
@@ -105,7 +110,7 @@ class NvmeCollector:
         self._timeout = smart_timeout(ctx)
         self._lock = threading.Lock()
         self._controllers: tuple[Controller, ...] = ()
-        self._inflight: dict[str, _Read] = {}
+        self._inflight: dict[str, SmartRead] = {}
         self._problems: dict[str, ProblemLog] = {}
         self._discovery = ProblemLog(ctx.log, f"{self._sysfs}/class/nvme")
         self._stopping = threading.Event()
@@ -169,12 +174,12 @@ class NvmeCollector:
     def collect(self) -> list[Sample]:
         with self._lock:
             controllers = self._controllers
-            reads: list[tuple[Controller, _Read, bool]] = []
+            reads: list[tuple[Controller, SmartRead, bool]] = []
             for c in controllers:
                 running = self._inflight.get(c.name)
                 stuck = running is not None and not running.done.is_set()
                 if not stuck:
-                    running = self._inflight[c.name] = _Read(c, self._read_smart)
+                    running = self._inflight[c.name] = SmartRead(c, self._read_smart)
                 assert running is not None
                 reads.append((c, running, stuck))
         deadline = time.monotonic() + self._timeout
