@@ -35,6 +35,11 @@ class LockupCollector:
     def stop(self) -> None:
         self._reader.stop()
 
+    @property
+    def records_read(self) -> int:
+        """Records read from the device since start (for tests and diagnostics)."""
+        return self._reader.records_read
+
     def collect(self) -> list[Sample]:
         counts = self._reader.counts()
         return [Sample(LOCKUPS_METRIC, (kind,), float(counts[kind])) for kind in KINDS]
