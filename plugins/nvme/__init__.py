@@ -69,7 +69,9 @@ def _check_support(ctx: PluginContext) -> Support:
     except OSError as exc:
         return Support.unsupported(f"cannot list {sysfs}/class/nvme: {exc.strerror or exc}")
     if not names:
-        return Support.unsupported(f"no NVMe controllers in {sysfs}/class/nvme")
+        # Nothing to monitor is not a fault of the host: doctor does not count it as a failure.
+        return Support.unconfigured(f"no NVMe controllers in {sysfs}/class/nvme",
+                                    "nothing to monitor on this host; --disable nvme silences it")
     # Each controller on its own thread: one that hangs must not fail the check for the others.
     reads = [SmartRead(read_controller(sysfs, dev, name), read_smart_log) for name in names]
     deadline = time.monotonic() + SUPPORT_WAIT
