@@ -1,10 +1,10 @@
 """Reading three fields of /proc/stat: CPU steal time and the runnable and blocked task counts.
 
 Only the lines we need are looked at. On a large host the ``intr`` line (one
-count per interrupt number) runs to a megabyte; it is skipped with
-``bytes.find`` at memchr speed and never split or converted, so its size
-does not matter. The Go exporter could not read such a line at all until it
-raised its scanner's limit.
+count per interrupt number) runs to a megabyte; the file is walked from one
+line start to the next with ``bytes.find(b"\n")`` (memchr), so that line is
+crossed once at memory speed and never split or converted. The Go exporter
+could not read such a line at all until it raised its scanner's limit.
 
 Each field is checked on its own: a damaged or missing one is an error
 charged to that field and the others are still reported.
@@ -36,29 +36,25 @@ class StatParse(NamedTuple):
     problems: tuple[str, ...]
 
 
-def _lines(data: bytes, key: bytes) -> tuple[bytes | None, int]:
-    """The first line whose first token is ``key``, and how many more such lines follow."""
-    first: bytes | None = None
-    repeats = 0
-    needle = b"\n" + key
-    start = 0 if data.startswith(key) else _after_newline(data.find(needle))
-    while start >= 0:
-        after = start + len(key)
-        end = data.find(b"\n", after)
+def _key_lines(data: bytes, keys: tuple[bytes, ...]) -> dict[bytes, list[bytes]]:
+    """The lines whose first token is one of ``keys``, per key, in file order.
+
+    "cpu" must not match "cpu0": a key is followed by a blank or the line's end.
+    """
+    found: dict[bytes, list[bytes]] = {key: [] for key in keys}
+    size = len(data)
+    start = 0
+    while start < size:
+        end = data.find(b"\n", start)
         if end < 0:
-            end = len(data)
-        # "cpu" must not match "cpu0": the key is followed by blanks or the line's end.
-        if after == end or data[after] in _BLANKS:
-            if first is None:
-                first = data[start:end]
-            else:
-                repeats += 1
-        start = _after_newline(data.find(needle, end))
-    return first, repeats
-
-
-def _after_newline(found: int) -> int:
-    return found + 1 if found >= 0 else -1
+            end = size
+        for key in keys:
+            after = start + len(key)
+            if data.startswith(key, start) and (after == end or data[after] in _BLANKS):
+                found[key].append(data[start:end])
+                break
+        start = end + 1
+    return found
 
 
 def _number(raw: bytes) -> int | None:
@@ -72,17 +68,19 @@ def parse_stat(data: bytes) -> StatParse:
     values: dict[str, int] = {}
     errors = dict.fromkeys(FIELDS, 0)
     problems: list[str] = []
+    lines = _key_lines(data, (_CPU_KEY, b"procs_running", b"procs_blocked"))
 
     def field(name: str, key: bytes, column: int) -> None:
-        line, repeats = _lines(data, key)
-        if repeats:
-            errors[name] += repeats
+        found = lines[key]
+        if len(found) > 1:
+            # The first line wins; each repeat is an error.
+            errors[name] += len(found) - 1
             problems.append(f"'{key.decode()}' line repeated")
-        if line is None:
+        if not found:
             errors[name] += 1
             problems.append(f"no '{key.decode()}' line")
             return
-        tokens = line.split()
+        tokens = found[0].split()
         if len(tokens) <= column:
             errors[name] += 1
             problems.append(f"'{key.decode()}' line has no {name} column")
