@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -63,20 +62,14 @@ def test_missing_file_counts_on_both_counters(tmp_path: Path) -> None:
     assert ctx.errors.metric_totals() == {CPU_ERRORS: 2, IO_ERRORS: 2}, "cumulative across scrapes"
 
 
-def test_megabyte_intr_line_is_fast(tmp_path: Path) -> None:
-    # The Go test's 120 KB line, and a 2 MB one: both read, neither slow.
+def test_megabyte_intr_line(tmp_path: Path) -> None:
+    # The Go test's 120 KB line, and a 2 MB one with the fields on both sides
+    # of it. How fast: benchmarks/host_health_bench.py.
     go_case = b"cpu  100 0 50 1000 5 0 3 8 0 0\nintr 0 " + b"1 " * 60000 + b"\nprocs_running 2\n"
     assert collect(tmp_path, go_case)[0] == {"cpu_steal_seconds_total": 0.08, "procs_running": 2}
     big = b"cpu  100 0 50 1000 5 0 3 8 0 0\nintr 0 " + b"123456 " * 300_000 + b"\nprocs_running 2\nprocs_blocked 1\n"
     assert len(big) > 2_000_000
-    started = time.perf_counter()
-    for _ in range(20):
-        result = parse_stat(big)
-    per_parse = (time.perf_counter() - started) / 20
-    assert result.values == {"steal": 8, "procs_running": 2, "procs_blocked": 1}
-    # Generous bound (the parse takes ~35 us on the development VM); splitting the
-    # intr line into 300,000 ints would take tens of milliseconds.
-    assert per_parse < 0.05, f"{per_parse * 1000:.1f} ms per parse"
+    assert collect(tmp_path, big) == ({"cpu_steal_seconds_total": 0.08, "procs_running": 2, "procs_blocked": 1}, 0, 0)
 
 
 def test_key_is_a_whole_token(tmp_path: Path) -> None:
