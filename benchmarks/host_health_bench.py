@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import logging
 import shutil
 import socket
 import statistics
@@ -26,10 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from crusoe_metrics_exporter.contract import PluginContext
-from crusoe_metrics_exporter.errors import ErrorCounters
 from crusoe_metrics_exporter.host import discover
-from crusoe_metrics_exporter.settings import resolve
+from crusoe_metrics_exporter.testing import PluginHarness
 
 PLUGINS = ("psi", "meminfo", "procstat")
 NODE_EXPORTER = "prometheus-node-exporter"
@@ -52,16 +49,12 @@ def large_host(root: Path) -> Path:
 
 
 def our_collect_ms(proc: Path, rounds: int) -> float:
-    records = {r.name: r for r in discover() if r.name in PLUGINS}
-    options = {n: r.spec.options for n, r in records.items() if r.spec}
-    settings, _ = resolve(options, environ={"HOST_PROC_PATH": str(proc)})
     collectors = []
-    for name, rec in records.items():
-        assert rec.spec is not None
-        errors = ErrorCounters(name, tuple(m.name for m in rec.spec.metrics if m.error_counter))
-        ctx = PluginContext(plugin=name, options=settings.plugin(name), settings=settings, errors=errors,
-                            log=logging.getLogger(name))
-        collectors.append(rec.spec.factory(ctx))
+    for rec in discover():
+        if rec.name in PLUGINS:
+            assert rec.spec is not None
+            # The testing kit builds the context exactly as the exporter does.
+            collectors.append(rec.spec.factory(PluginHarness(rec.spec, host_proc=proc).context))
     times = []
     for _ in range(rounds):
         started = time.perf_counter()

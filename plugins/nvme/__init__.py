@@ -9,59 +9,60 @@ exporter's, plus the composite temperature and unsafe shutdowns.
 from __future__ import annotations
 
 import errno
+from dataclasses import dataclass
 from pathlib import Path
 
 from crusoe_metrics_exporter.plugins.nvme.metrics import ERRORS as ERRORS_METRIC
 from crusoe_metrics_exporter.plugins.nvme.metrics import METRICS
 from crusoe_metrics_exporter.sdk import (
     Collector,
-    ConfigOption,
     PluginContext,
     PluginSpec,
     Support,
     grant_hint,
     has_capability,
     hookimpl,
+    option,
     unreadable,
 )
 
-VERSION = "1.0.0"
+__all__ = ["ERRORS_METRIC", "METRICS", "NvmeOptions", "crusoe_metrics_exporter_plugin", "smart_timeout"]
 
-__all__ = ["ERRORS_METRIC", "METRICS", "crusoe_metrics_exporter_plugin", "smart_timeout"]
 
-OPTIONS: tuple[ConfigOption, ...] = (
-    ConfigOption("sysfs_path", "path", "/sys", "Root of sysfs; controllers are listed under <sysfs_path>/class/nvme."),
-    ConfigOption("dev_path", "path", "/dev",
-                 "Directory of the controllers' device nodes (/dev/nvme0, ...); in a container, the host's."),
-    ConfigOption("refresh_interval", "duration", 300.0,
-                 "How often controllers are rediscovered and their identity re-read, on a background timer "
-                 "(never in a scrape); a controller that disappears triggers a refresh at once.", minimum=1.0),
-    ConfigOption("smart_timeout", "duration", 2.0,
-                 "How long a scrape waits for one controller's SMART log; one that has not answered is counted as "
-                 "an error and left out of that scrape. Capped at 80% of the collect timeout.", minimum=0.05),
-)
+@dataclass(frozen=True)
+class NvmeOptions:
+    sysfs_path: str = option("path", "/sys", "Root of sysfs; controllers are listed under <sysfs_path>/class/nvme.")
+    dev_path: str = option("path", "/dev",
+                           "Directory of the controllers' device nodes (/dev/nvme0, ...); in a container, the host's.")
+    refresh_interval: float = option(
+        "duration", 300.0,
+        "How often controllers are rediscovered and their identity re-read, on a background timer (never in a "
+        "scrape); a controller that disappears triggers a refresh at once.", minimum=1.0)
+    smart_timeout: float = option(
+        "duration", 2.0,
+        "How long a scrape waits for one controller's SMART log; one that has not answered is counted as an error "
+        "and left out of that scrape. Capped at 80% of the collect timeout.", minimum=0.05)
+
 
 ADMIN_FIX = grant_hint("CAP_SYS_ADMIN") + "; or disable the nvme plugin"
 
 
-def smart_timeout(ctx: PluginContext) -> float:
-    collect_timeout = float(ctx.settings.core.get("collect_timeout", 5.0))
-    return min(float(ctx.options.get("smart_timeout", 2.0)), 0.8 * collect_timeout)
+def smart_timeout(ctx: PluginContext[NvmeOptions]) -> float:
+    return min(ctx.options.smart_timeout, 0.8 * ctx.collect_timeout)
 
 
 #: How long the support check waits for the controllers' SMART logs (below the core's 10 s deadline).
 SUPPORT_WAIT = 5.0
 
 
-def _check_support(ctx: PluginContext) -> Support:
+def _check_support(ctx: PluginContext[NvmeOptions]) -> Support:
     """Read every controller's SMART log as a scrape would; supported when at least one answers."""
     import time
 
     from crusoe_metrics_exporter.plugins.nvme.collector import SmartRead, read_smart_log
     from crusoe_metrics_exporter.plugins.nvme.sysfs import controller_names, read_controller
 
-    sysfs = Path(str(ctx.options.get("sysfs_path") or "/sys"))
-    dev = Path(str(ctx.options.get("dev_path") or "/dev"))
+    sysfs, dev = Path(ctx.options.sysfs_path), Path(ctx.options.dev_path)
     try:
         names = controller_names(sysfs)
     except FileNotFoundError:
@@ -113,21 +114,20 @@ def _refusal(name: str, device: Path, error: Exception) -> Support:
     return Support.unsupported(f"{name}: cannot read the SMART log: {error}")
 
 
-def _factory(ctx: PluginContext) -> Collector:
+def _factory(ctx: PluginContext[NvmeOptions]) -> Collector:
     from crusoe_metrics_exporter.plugins.nvme.collector import NvmeCollector
 
     return NvmeCollector(ctx)
 
 
 @hookimpl
-def crusoe_metrics_exporter_plugin() -> PluginSpec:
+def crusoe_metrics_exporter_plugin() -> PluginSpec[NvmeOptions]:
     return PluginSpec(
         name="nvme",
-        version=VERSION,
         description="NVMe controller identity and SMART / health log: critical warnings, media errors, wear, "
         "spare, power-on hours, temperature, unsafe shutdowns.",
         metrics=METRICS,
         factory=_factory,
         check_support=_check_support,
-        options=OPTIONS,
+        options=NvmeOptions,
     )

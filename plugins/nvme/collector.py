@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from crusoe_metrics_exporter.plugins.nvme import ERRORS_METRIC, smart_timeout
+from crusoe_metrics_exporter.plugins.nvme import ERRORS_METRIC, NvmeOptions, smart_timeout
 from crusoe_metrics_exporter.plugins.nvme import metrics as m
 from crusoe_metrics_exporter.plugins.nvme.admin import LOG_SMART, get_log_page
 from crusoe_metrics_exporter.plugins.nvme.smart import LOG_PAGE_SIZE, SmartLog, parse_smart_log
@@ -100,13 +100,13 @@ def smart_samples(device: str, serial: str, log: SmartLog) -> list[Sample]:
 
 
 class NvmeCollector:
-    def __init__(self, ctx: PluginContext, read_smart: SmartSource = read_smart_log) -> None:
+    def __init__(self, ctx: PluginContext[NvmeOptions], read_smart: SmartSource = read_smart_log) -> None:
         """``read_smart`` replaces the ioctl in tests on hosts without NVMe (the guest tests use the real one)."""
         self._ctx = ctx
         self._read_smart = read_smart
-        self._sysfs = Path(str(ctx.options.get("sysfs_path") or "/sys"))
-        self._dev = Path(str(ctx.options.get("dev_path") or "/dev"))
-        self._refresh_interval = float(ctx.options.get("refresh_interval", 300.0))
+        self._sysfs = Path(ctx.options.sysfs_path)
+        self._dev = Path(ctx.options.dev_path)
+        self._refresh_interval = ctx.options.refresh_interval
         self._timeout = smart_timeout(ctx)
         self._lock = threading.Lock()
         self._controllers: tuple[Controller, ...] = ()

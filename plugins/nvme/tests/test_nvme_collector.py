@@ -15,19 +15,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.plugin_context import plugin_context
 from helpers.waiting import wait_until
 
-from crusoe_metrics_exporter.plugins.nvme import METRICS, crusoe_metrics_exporter_plugin
+from crusoe_metrics_exporter.plugins.nvme import crusoe_metrics_exporter_plugin
 from crusoe_metrics_exporter.plugins.nvme.collector import NvmeCollector
 from crusoe_metrics_exporter.plugins.nvme.smart import SmartLog, parse_smart_log
 from crusoe_metrics_exporter.plugins.nvme.sysfs import Controller
-from crusoe_metrics_exporter.runner import validate
+from crusoe_metrics_exporter.testing import PluginHarness, invalid_samples
 
 from .test_nvme_parsing import fake_sysfs, page
 
 SPEC = crusoe_metrics_exporter_plugin()
-DECLARED = {m.name: m for m in METRICS}
 ERRORS = "nvme_collection_errors_total"
 TWO = {"nvme0": ("SN001", "DriveA", "1.0"), "nvme1": ("SN002", "DriveB", "2.0")}
 
@@ -69,7 +67,7 @@ def collectors() -> Iterator[list[NvmeCollector]]:
 
 
 def make(tmp_path: Path, drives: FakeDrives, collectors: list[NvmeCollector], **options: str):  # type: ignore[no-untyped-def]
-    ctx = plugin_context(SPEC, Path("/proc"), {"sysfs_path": str(tmp_path), **options})
+    ctx = PluginHarness(SPEC, options={"sysfs_path": str(tmp_path), **options}).context
     collector = NvmeCollector(ctx, read_smart=drives)
     collector.start()
     collectors.append(collector)
@@ -78,8 +76,7 @@ def make(tmp_path: Path, drives: FakeDrives, collectors: list[NvmeCollector], **
 
 def series(collector: NvmeCollector) -> dict[tuple[str, tuple[str, ...]], float]:
     samples = collector.collect()
-    _, dropped = validate(samples, DECLARED)
-    assert dropped == 0
+    assert not invalid_samples(SPEC, samples)
     return {(s.metric, s.labels): float(s.value) for s in samples}  # type: ignore[arg-type]
 
 
@@ -177,15 +174,10 @@ def test_sysfs_failure_keeps_the_known_controllers(tmp_path: Path, drives: FakeD
 
 
 def test_support_check_without_controllers_or_devices(tmp_path: Path) -> None:
-    from crusoe_metrics_exporter import host
-    from crusoe_metrics_exporter.services import Services
-
     def check(**options: str) -> tuple[str, str]:
-        ctx = plugin_context(SPEC, Path("/proc"), options)
-        rec = host.PluginRecord(name="nvme", distribution="crusoe-metrics-exporter", version="1", entry_point="x",
-                                spec=SPEC)
-        host.check(rec, ctx.settings, Services(ctx.settings))
-        return rec.state, rec.reason
+        harness = PluginHarness(SPEC, options=options)
+        harness.check_support()
+        return harness.record.state, harness.record.reason
 
     assert check(sysfs_path=str(tmp_path)) == ("unsupported", f"no NVMe controllers in {tmp_path}/class/nvme")
     fake_sysfs(tmp_path, {"nvme0": ("S", "M", "F")}, {"nvme0": "1:3"})  # /dev/null's numbers
