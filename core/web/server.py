@@ -32,6 +32,7 @@ second signal cuts at once. SIGHUP reloads the web configuration.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import contextlib
 import errno
 import logging
@@ -71,6 +72,8 @@ BACKLOG = 4096
 FD_RESERVE = 256
 #: Responses are written in pieces of this size, each after the previous one drained.
 CHUNK = 256 * 1024
+#: Read buffer of one TLS connection (the largest TLS record).
+TLS_READ_BUFFER = 16 * 1024
 #: Connections accepted per wake-up of the listening socket, before other work gets a turn.
 ACCEPT_BATCH = 64
 #: Below this size head and body go out in one write.
@@ -474,6 +477,20 @@ def _somaxconn() -> int:
         return BACKLOG
 
 
+def _bound_tls_buffers() -> None:
+    """Make asyncio's TLS protocol allocate 16 KiB per connection instead of 256 KiB.
+
+    CPython 3.11+'s ``SSLProtocol`` allocates a read buffer of
+    ``SSLProtocol.max_size`` (256 KiB) for every TLS connection up front:
+    1,000 idle TLS connections took 326 MiB, beyond the 256 MiB the exporter
+    is given. A TLS record is at most 16 KiB, so reads of that size lose
+    nothing. The attribute is CPython's, not API: without it, nothing changes.
+    """
+    protocol = getattr(asyncio.sslproto, "SSLProtocol", None)
+    if protocol is not None and getattr(protocol, "max_size", 0) > TLS_READ_BUFFER:
+        protocol.max_size = TLS_READ_BUFFER
+
+
 def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """asyncio's own reports (a failed accept, a callback that raised): one line, never a traceback."""
     exc = context.get("exception")
@@ -496,6 +513,7 @@ def serve(exporter: Exporter, host: str, port: int, web: WebConfig) -> None:
     plugin failed.
     """
     open_files = raise_open_file_limit()
+    _bound_tls_buffers()
     try:
         sock = bind(host, port)
     except OSError as exc:

@@ -11,7 +11,7 @@ one JSON object with what happened. Every loop is bounded in time.
   scrapers  CONCURRENCY clients fetching /metrics back to back, a new
             connection per scrape.
   resets    COUNT requests whose connection is reset (RST) right after sending.
-  ready     wait (at most SECONDS) until /ready answers 200.
+  ready     wait (at most SECONDS) until PATH (/ready) answers 200.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ async def ready(args: argparse.Namespace) -> dict[str, object]:
     until = time.monotonic() + args.seconds
     while True:
         try:
-            status, _ = await fetch(args.host, args.port, "/ready", timeout=2)
+            status, _ = await fetch(args.host, args.port, args.path, timeout=2)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
             status = 0
         if status == 200 or time.monotonic() > until:
@@ -177,6 +177,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--concurrency", type=int, default=50)
     ap.add_argument("--count", type=int, default=500)
+    ap.add_argument("--path", default="/ready", help="what 'ready' waits for")
     args = ap.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
