@@ -42,6 +42,7 @@ import signal
 import socket
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,8 +91,6 @@ class _Connection:
     writer: asyncio.StreamWriter | None = None
     #: Answering a request (not evictable) rather than waiting for one.
     busy: bool = False
-    #: Loop time since which it has been idle.
-    since: float = 0.0
     task: asyncio.Task[None] | None = None
 
     def abort(self) -> None:
@@ -131,6 +130,9 @@ class HttpServer:
         self._bucket: _TokenBucket | None = None
         self._loop = asyncio.get_running_loop()
         self._connections: set[_Connection] = set()
+        #: The connections waiting for a request, the longest-waiting first: eviction is O(1),
+        #: which matters when a flood of reconnecting clients keeps the server at its limit.
+        self._idle: OrderedDict[_Connection, None] = OrderedDict()
         self._listeners: list[socket.socket] = []
         self._paused: set[socket.socket] = set()
         self._stop_requested = asyncio.Event()
@@ -166,9 +168,8 @@ class HttpServer:
         for sock in self._listeners:
             self._loop.remove_reader(sock)
             sock.close()
-        for conn in list(self._connections):
-            if not conn.busy:
-                conn.abort()
+        for conn in list(self._idle):
+            conn.abort()
         if self._busy:
             log.info("waiting up to %gs for %d response(s) in flight", SHUTDOWN_GRACE, self._busy)
             with contextlib.suppress(TimeoutError):
@@ -203,23 +204,23 @@ class HttpServer:
                     return
                 continue  # ECONNABORTED and the like: that client is gone, take the next
             sock.setblocking(False)
-            conn = _Connection(sock, _format_peer(address), self.web.current(), since=self._loop.time())
+            conn = _Connection(sock, _format_peer(address), self.web.current())
             self._connections.add(conn)
+            self._idle[conn] = None
             conn.task = self._loop.create_task(self._serve_connection(conn))
 
     def _make_room(self) -> bool:
         """Whether one more connection may be accepted, closing the longest idle one if that is needed."""
         if len(self._connections) < self.max_connections:
             return True
-        idle = [c for c in self._connections if not c.busy]
-        if not idle:
+        if not self._idle:
             self._warn("limit", f"{self.max_connections} connections are busy answering; new connections wait "
                                 "in the listen queue")
             return False
-        victim = min(idle, key=lambda c: c.since)
+        victim = next(iter(self._idle))
         log.debug("connection limit %d reached: closing the longest idle connection (%s)", self.max_connections,
                   victim.peer)
-        self._connections.discard(victim)
+        self._forget(victim)
         victim.abort()
         return True
 
@@ -263,9 +264,7 @@ class HttpServer:
                 ssl.SSLError) as exc:
             log.debug("connection from %s ended: %s", conn.peer, _describe(exc))
         finally:
-            self._connections.discard(conn)
-            if conn.busy:
-                self._set_busy(conn, False)
+            self._forget(conn)
             if conn.writer is None:
                 conn.sock.close()
             elif clean:
@@ -278,7 +277,6 @@ class HttpServer:
     async def _converse(self, conn: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         first = True
         while not self._stopping:
-            conn.since = self._loop.time()
             try:
                 head = await _read_head(reader, HEADER_TIMEOUT if first else IDLE_TIMEOUT)
             except _HeadTimeout:
@@ -351,8 +349,18 @@ class HttpServer:
             return
         conn.busy = busy
         self._busy += 1 if busy else -1
+        if busy:
+            self._idle.pop(conn, None)
+        else:
+            self._idle[conn] = None  # now the most recently idle
         if self._busy == 0 and self._stopping:
             self._drained.set()
+
+    def _forget(self, conn: _Connection) -> None:
+        if conn.busy:
+            self._set_busy(conn, False)
+        self._connections.discard(conn)
+        self._idle.pop(conn, None)
 
 
 class _HeadTimeout(Exception):
