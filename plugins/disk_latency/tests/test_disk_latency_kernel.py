@@ -76,6 +76,28 @@ def _completions(before: dict[tuple[str, str], float | HistogramValue],
     return timed, int(float(after[key]) - float(before[key]))  # type: ignore[arg-type]
 
 
+def _skipped_completions(ex: Exporter) -> int:
+    """Runs of the completion program the kernel skipped so far (its recursion_misses).
+
+    tp_btf programs are skipped only when the same program is already
+    running on that CPU: a completion of this loop device in softirq nested
+    in the program's run for another disk's completion. Rare, but another
+    disk busy at the same time (other tests, a build) makes it happen; the
+    kernel counts each skip, and so must every reconciliation here.
+    """
+    rec = next(r for r in ex.records if r.name == "disk_latency")
+    loaded = getattr(rec.collector, "loaded", None)
+    assert loaded is not None
+    return loaded.stats()["complete"].recursion_misses or 0
+
+
+def _assert_reconciles(side: str, seen: int, expected: int, skipped: int) -> None:
+    """Completions the plugin saw equal diskstats' count, less only runs the kernel reported skipping."""
+    assert expected - skipped <= seen <= expected, (
+        f"{side}: plugin saw {seen}, /proc/diskstats {expected}, kernel skipped {skipped} runs"
+    )
+
+
 def expected_method() -> str:
     """The attach method the plan picks on this kernel: tp_btf wherever the kernel has BTF."""
     method = plan_details(attach_plan(bpf_spec()))["attach_method"]
@@ -93,12 +115,14 @@ def test_counts_and_mean_latency_match_diskstats(
     dev = f"/dev/{loop_device}"
     before_ds = diskstats(loop_device)
     before = _plugin_samples(exporter)
+    skipped_before = _skipped_completions(exporter)
 
     _dd(["if=/dev/urandom", f"of={dev}", "bs=64k", "count=600", "oflag=direct"])
     _dd([f"if={dev}", "of=/dev/null", "bs=64k", "count=800", "iflag=direct"])
 
     after_ds = diskstats(loop_device)
     after = _plugin_samples(exporter)
+    skipped = _skipped_completions(exporter) - skipped_before
     for side, completed, sectors, ms in (
         ("read", READS, READ_SECTORS, READ_MS),
         ("write", WRITES, WRITE_SECTORS, WRITE_MS),
@@ -109,11 +133,13 @@ def test_counts_and_mean_latency_match_diskstats(
         expected = after_ds[completed] - before_ds[completed]
         assert expected >= 600, f"{side}: the workload did not reach the device ({expected} completions)"
         # Every request here is issued and completed whole: all of them timed.
-        assert (count, untimed) == (expected, 0), f"{side}: plugin saw {count}+{untimed}, /proc/diskstats {expected}"
+        assert untimed == 0, f"{side}: {untimed} completions without an issue"
+        _assert_reconciles(side, count, expected, skipped)
 
         key = (f"disk_{side}_bytes_total", loop_device)
         bytes_delta = float(after[key]) - float(before[key])  # type: ignore[arg-type]
-        assert bytes_delta == (after_ds[sectors] - before_ds[sectors]) * 512
+        if skipped == 0:
+            assert bytes_delta == (after_ds[sectors] - before_ds[sectors]) * 512
 
         ours = (h1.sum - h0.sum) / count
         theirs = (after_ds[ms] - before_ds[ms]) / 1000 / expected
@@ -177,6 +203,7 @@ def test_counts_match_diskstats_under_concurrent_io(
     """32 requests in flight at once (fio, installed by scripts/setup-system.sh --test)."""
     before_ds = diskstats(loop_device)
     before = _plugin_samples(exporter)
+    skipped_before = _skipped_completions(exporter)
     subprocess.run(
         [
             "fio", "--name=concurrent", f"--filename=/dev/{loop_device}", "--rw=randrw", "--bs=4k", "--direct=1",
@@ -187,11 +214,13 @@ def test_counts_match_diskstats_under_concurrent_io(
     )
     after_ds = diskstats(loop_device)
     after = _plugin_samples(exporter)
+    skipped = _skipped_completions(exporter) - skipped_before
     for side, completed in (("read", READS), ("write", WRITES)):
         count, untimed = _completions(before, after, side, loop_device)
         expected = after_ds[completed] - before_ds[completed]
         assert expected > 1000
-        assert (count, untimed) == (expected, 0), f"{side}: plugin saw {count}+{untimed}, /proc/diskstats {expected}"
+        assert untimed == 0, f"{side}: {untimed} completions without an issue"
+        _assert_reconciles(side, count, expected, skipped)
 
 
 
@@ -207,17 +236,20 @@ def test_fsync_pre_flushes_are_counted_as_untimed_writes(
     fsyncs = 300
     before_ds = diskstats(loop_device)
     before = _plugin_samples(exporter)
+    skipped_before = _skipped_completions(exporter)
     fsync_loop(f"/dev/{loop_device}", fsyncs)
     after_ds = diskstats(loop_device)
     after = _plugin_samples(exporter)
+    skipped = _skipped_completions(exporter) - skipped_before
     count, untimed = _completions(before, after, "write", loop_device)
     expected = after_ds[WRITES] - before_ds[WRITES]
     assert expected >= 2 * fsyncs, f"diskstats counted {expected} writes for {fsyncs} fsyncs"
-    assert count + untimed == expected, f"timed {count} + untimed {untimed} != /proc/diskstats {expected}"
-    assert count >= fsyncs and untimed >= fsyncs, (count, untimed)
-    written = float(after[("disk_write_bytes_total", loop_device)]) - float(  # type: ignore[arg-type]
-        before[("disk_write_bytes_total", loop_device)])  # type: ignore[arg-type]
-    assert written == (after_ds[WRITE_SECTORS] - before_ds[WRITE_SECTORS]) * 512
+    _assert_reconciles("write", count + untimed, expected, skipped)
+    assert count >= fsyncs - skipped and untimed >= fsyncs - skipped, (count, untimed, skipped)
+    if skipped == 0:
+        written = float(after[("disk_write_bytes_total", loop_device)]) - float(  # type: ignore[arg-type]
+            before[("disk_write_bytes_total", loop_device)])  # type: ignore[arg-type]
+        assert written == (after_ds[WRITE_SECTORS] - before_ds[WRITE_SECTORS]) * 512
 
 
 def test_plugins_command_shows_the_attach_method(require_ebpf: None, state_dir: Path) -> None:
