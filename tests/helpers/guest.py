@@ -192,9 +192,9 @@ def attachments(ex: GuestExporter, plugin: str) -> tuple[set[str], set[str]]:
     """(what the runtime says ``plugin`` attached, what the kernel lists for those program ids).
 
     Perf-event attachments (tracepoints, kprobes, kretprobes) are named by
-    the kernel itself; so are BPF links (raw and BTF tracepoints): the link
-    holding the program and the tracepoint it names (``tp_name``), spelt
-    with the runtime's method.
+    the kernel itself; so are raw and BTF tracepoints, whether held by a
+    BPF link (``tp_name``) or by a raw tracepoint fd (listed by ``bpftool
+    perf`` with fd_type ``raw_tracepoint``), spelt with the runtime's method.
     """
     programs = ex.exporter.services.get(EBPF_SERVICE).programs(plugin)
     assert programs and all(p.attached for p in programs), programs
@@ -206,7 +206,13 @@ def attachments(ex: GuestExporter, plugin: str) -> tuple[set[str], set[str]]:
         entry = perf.get(p.prog_id)
         if entry is not None:
             kind = str(entry.get("fd_type"))
-            kernel.add(f"{kind}:{entry.get('tracepoint') if kind == 'tracepoint' else entry.get('func')}")
+            if kind == "raw_tracepoint":
+                # An fd from BPF_RAW_TRACEPOINT_OPEN (raw and BTF tracepoints
+                # alike): bpftool lists it with perf events, under the event's
+                # name; spelt with the runtime's method like a link.
+                kernel.add(f"{p.method}:{entry.get('tracepoint')}")
+            else:
+                kernel.add(f"{kind}:{entry.get('tracepoint') if kind == 'tracepoint' else entry.get('func')}")
         elif p.prog_id in links:
             link = links[p.prog_id]
             kernel.add(f"{p.method}:{link.get('tp_name')}" if link.get("type") == "raw_tracepoint"

@@ -93,7 +93,7 @@ def nfs_exporter_kprobes(
     from crusoe_metrics_exporter.plugins._tcptrace import collector
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(collector, "make_spec", functools.partial(collector.make_spec, kprobes_only=True))
+        mp.setattr(collector, "make_spec", functools.partial(collector.make_spec, kinds=("kprobe",)))
         ex = start_exporter(TCP_PLUGINS, EXPORTER_ENV, _nfs_settings(nfs_mounts))
     yield ex
     ex.exporter.stop()
