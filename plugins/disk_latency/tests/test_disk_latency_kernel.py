@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 from helpers.block_io import fsync_loop
@@ -76,14 +77,19 @@ def _completions(before: dict[tuple[str, str], float | HistogramValue],
     return timed, int(float(after[key]) - float(before[key]))  # type: ignore[arg-type]
 
 
+class CompletionControl(Protocol):
+    """The ``completion_control`` fixture's counter (conftest.py): completions it was handed so far."""
+
+    def count(self) -> int: ...
+
+
 def _skipped_completions(ex: Exporter) -> int:
-    """Runs of the completion program the kernel skipped so far (its recursion_misses).
+    """Runs of the completion program the kernel reports skipping so far (its recursion_misses).
 
     tp_btf programs are skipped only when the same program is already
-    running on that CPU: a completion of this loop device in softirq nested
-    in the program's run for another disk's completion. Rare, but another
-    disk busy at the same time (other tests, a build) makes it happen; the
-    kernel counts each skip, and so must every reconciliation here.
+    running on that CPU (a completion of this loop device in softirq nested
+    in the program's run for another disk's completion); the kernel counts
+    each skip, and so must every reconciliation here.
     """
     rec = next(r for r in ex.records if r.name == "disk_latency")
     loaded = getattr(rec.collector, "loaded", None)
@@ -91,10 +97,19 @@ def _skipped_completions(ex: Exporter) -> int:
     return loaded.stats()["complete"].recursion_misses or 0
 
 
-def _assert_reconciles(side: str, seen: int, expected: int, skipped: int) -> None:
-    """Completions the plugin saw equal diskstats' count, less only runs the kernel reported skipping."""
-    assert expected - skipped <= seen <= expected, (
-        f"{side}: plugin saw {seen}, /proc/diskstats {expected}, kernel skipped {skipped} runs"
+def _assert_reconciles(ours: int, control: int, expected: int, skipped: int, margin: int) -> None:
+    """Ours equals what the control program was handed, less reported skips; the control equals diskstats.
+
+    The control is an independent tp_btf counter on the same tracepoint:
+    a completion ours drops that the control saw is our bug, exactly. What
+    no BPF program was handed at all (the kernel's silent loss, see the
+    ``silent_loss_margin`` fixture) may separate the control from diskstats.
+    """
+    assert control - skipped <= ours <= control, (
+        f"plugin saw {ours} completions, the control program {control}, kernel-reported skips {skipped}"
+    )
+    assert expected - margin <= control <= expected, (
+        f"the control program saw {control} completions, /proc/diskstats {expected} (margin {margin})"
     )
 
 
@@ -106,16 +121,14 @@ def expected_method() -> str:
     return method
 
 
-def test_counts_and_mean_latency_match_diskstats(
-    exporter: Exporter, loop_device: str, diskstats: Callable[[str], list[int]]
-) -> None:
-    rec = next(r for r in exporter.records if r.name == "disk_latency")
-    assert rec.state == "active", rec.reason
-    assert rec.details["attach_method"] == expected_method()
+def _check_dd_workload(exporter: Exporter, loop_device: str, diskstats: Callable[[str], list[int]],
+                       control: CompletionControl, margin: Callable[[int], int]) -> None:
+    """600 direct 64 KiB writes and 800 reads: counts, bytes and mean latency against diskstats and the control."""
     dev = f"/dev/{loop_device}"
     before_ds = diskstats(loop_device)
     before = _plugin_samples(exporter)
     skipped_before = _skipped_completions(exporter)
+    control_before = control.count()
 
     _dd(["if=/dev/urandom", f"of={dev}", "bs=64k", "count=600", "oflag=direct"])
     _dd([f"if={dev}", "of=/dev/null", "bs=64k", "count=800", "iflag=direct"])
@@ -123,6 +136,8 @@ def test_counts_and_mean_latency_match_diskstats(
     after_ds = diskstats(loop_device)
     after = _plugin_samples(exporter)
     skipped = _skipped_completions(exporter) - skipped_before
+    seen = control.count() - control_before
+    ours_total = expected_total = 0
     for side, completed, sectors, ms in (
         ("read", READS, READ_SECTORS, READ_MS),
         ("write", WRITES, WRITE_SECTORS, WRITE_MS),
@@ -134,11 +149,12 @@ def test_counts_and_mean_latency_match_diskstats(
         assert expected >= 600, f"{side}: the workload did not reach the device ({expected} completions)"
         # Every request here is issued and completed whole: all of them timed.
         assert untimed == 0, f"{side}: {untimed} completions without an issue"
-        _assert_reconciles(side, count, expected, skipped)
+        ours_total += count
+        expected_total += expected
 
         key = (f"disk_{side}_bytes_total", loop_device)
         bytes_delta = float(after[key]) - float(before[key])  # type: ignore[arg-type]
-        if skipped == 0:
+        if count == expected:
             assert bytes_delta == (after_ds[sectors] - before_ds[sectors]) * 512
 
         ours = (h1.sum - h0.sum) / count
@@ -149,6 +165,32 @@ def test_counts_and_mean_latency_match_diskstats(
         )
         total = after[(f"disk_{side}_latency_seconds_total", loop_device)]
         assert total == pytest.approx(h1.sum)
+    _assert_reconciles(ours_total, seen, expected_total, skipped, margin(expected_total))
+
+
+def test_counts_and_mean_latency_match_diskstats(
+    exporter: Exporter, loop_device: str, diskstats: Callable[[str], list[int]],
+    completion_control: Callable[[str], CompletionControl], silent_loss_margin: Callable[[int], int],
+) -> None:
+    rec = next(r for r in exporter.records if r.name == "disk_latency")
+    assert rec.state == "active", rec.reason
+    assert rec.details["attach_method"] == expected_method()
+    _check_dd_workload(exporter, loop_device, diskstats, completion_control(loop_device), silent_loss_margin)
+
+
+def test_counts_match_diskstats_while_another_disk_is_busy(
+    busy_disk: str, exporter: Exporter, loop_device: str, diskstats: Callable[[str], list[int]],
+    completion_control: Callable[[str], CompletionControl], silent_loss_margin: Callable[[int], int],
+) -> None:
+    """The same workload while a second loop device runs 16-deep random I/O.
+
+    Before, this failed in about one run in four: the plugin counted 599 of
+    600 writes while its recursion_misses stayed 0. The missing completion
+    reached no BPF program at all (the control missed the same one; ftrace
+    saw it): the kernel's silent loss, now told apart from ours.
+    """
+    assert busy_disk != loop_device
+    _check_dd_workload(exporter, loop_device, diskstats, completion_control(loop_device), silent_loss_margin)
 
 
 def test_exposition_buckets_are_cumulative_and_end_in_inf(exporter: Exporter, loop_device: str) -> None:
@@ -198,12 +240,15 @@ def test_every_variant_passes_the_verifier(require_ebpf: None, state_dir: Path) 
 
 
 def test_counts_match_diskstats_under_concurrent_io(
-    exporter: Exporter, loop_device: str, diskstats: Callable[[str], list[int]]
+    exporter: Exporter, loop_device: str, diskstats: Callable[[str], list[int]],
+    completion_control: Callable[[str], CompletionControl], silent_loss_margin: Callable[[int], int],
 ) -> None:
     """32 requests in flight at once (fio, installed by scripts/setup-system.sh --test)."""
+    control = completion_control(loop_device)
     before_ds = diskstats(loop_device)
     before = _plugin_samples(exporter)
     skipped_before = _skipped_completions(exporter)
+    control_before = control.count()
     subprocess.run(
         [
             "fio", "--name=concurrent", f"--filename=/dev/{loop_device}", "--rw=randrw", "--bs=4k", "--direct=1",
@@ -215,17 +260,21 @@ def test_counts_match_diskstats_under_concurrent_io(
     after_ds = diskstats(loop_device)
     after = _plugin_samples(exporter)
     skipped = _skipped_completions(exporter) - skipped_before
+    seen = control.count() - control_before
+    ours_total = expected_total = 0
     for side, completed in (("read", READS), ("write", WRITES)):
         count, untimed = _completions(before, after, side, loop_device)
         expected = after_ds[completed] - before_ds[completed]
         assert expected > 1000
         assert untimed == 0, f"{side}: {untimed} completions without an issue"
-        _assert_reconciles(side, count, expected, skipped)
-
+        ours_total += count
+        expected_total += expected
+    _assert_reconciles(ours_total, seen, expected_total, skipped, silent_loss_margin(expected_total))
 
 
 def test_fsync_pre_flushes_are_counted_as_untimed_writes(
-    exporter: Exporter, loop_device: str, diskstats: Callable[[str], list[int]]
+    exporter: Exporter, loop_device: str, diskstats: Callable[[str], list[int]],
+    silent_loss_margin: Callable[[int], int],
 ) -> None:
     """An fsync of a block device sends a data write and an empty pre-flush write; diskstats counts both.
 
@@ -244,9 +293,15 @@ def test_fsync_pre_flushes_are_counted_as_untimed_writes(
     count, untimed = _completions(before, after, "write", loop_device)
     expected = after_ds[WRITES] - before_ds[WRITES]
     assert expected >= 2 * fsyncs, f"diskstats counted {expected} writes for {fsyncs} fsyncs"
-    _assert_reconciles("write", count + untimed, expected, skipped)
-    assert count >= fsyncs - skipped and untimed >= fsyncs - skipped, (count, untimed, skipped)
-    if skipped == 0:
+    # No control here: a pre-flush write completes in several events, and
+    # which of them diskstats counts is the plugin's logic under test.
+    margin = silent_loss_margin(expected)
+    assert expected - skipped - margin <= count + untimed <= expected, (
+        f"plugin counted {count} + {untimed} untimed writes, /proc/diskstats {expected}, "
+        f"kernel-reported skips {skipped}, margin for completions no BPF program sees {margin}"
+    )
+    assert count >= fsyncs - skipped - margin and untimed >= fsyncs - skipped - margin, (count, untimed, skipped)
+    if count + untimed == expected:
         written = float(after[("disk_write_bytes_total", loop_device)]) - float(  # type: ignore[arg-type]
             before[("disk_write_bytes_total", loop_device)])  # type: ignore[arg-type]
         assert written == (after_ds[WRITE_SECTORS] - before_ds[WRITE_SECTORS]) * 512

@@ -28,12 +28,13 @@ import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
 from crusoe_metrics_exporter.app import Exporter
 from crusoe_metrics_exporter.contract import HistogramValue, Sample
-from crusoe_metrics_exporter.ebpf import BpfSpec, BtfTracepoint, LoadedBpf, ProgramSpec, Tracepoint, kernel, load
+from crusoe_metrics_exporter.ebpf import BpfSpec, LoadedBpf, ProgramSpec, Tracepoint, load
 from crusoe_metrics_exporter.plugins.disk_latency import collector
 from crusoe_metrics_exporter.settings import Overrides
 
@@ -62,23 +63,11 @@ int neighbour_complete(void *ctx) { return spin(); }
     ),
 )
 
-CONTROL_SOURCE = r"""
-BPF_ARRAY(completions, u64, 1);
-int control_complete(u64 *ctx)
-{
-    void *rq = (void *)ctx[0];
-    void *q = *(void **)((char *)rq + CME_RQ_Q);
-    void *disk = q ? *(void **)((char *)q + CME_Q_DISK) : 0;
-    if (!disk)
-        return 0;
-    u32 dev = (*(u32 *)((char *)disk + CME_DISK_MAJOR) << 20) | *(u32 *)((char *)disk + CME_DISK_FIRST_MINOR);
-    u32 zero = 0;
-    u64 *n = completions.lookup(&zero);
-    if (n && dev == TEST_DEV)
-        __sync_fetch_and_add(n, 1);
-    return 0;
-}
-"""
+class CompletionControl(Protocol):
+    """The ``completion_control`` fixture's counter (conftest.py): this device's completions it was handed."""
+
+    def count(self) -> int: ...
+
 
 #: Kernels from 6.7 on count a perf-event program's skip in its
 #: recursion_misses when another BPF program runs on the CPU ("bpf: Count
@@ -92,22 +81,8 @@ KERNEL_WIDE_MARGIN = IOS // 100
 def neighbour(require_ebpf: None, state_dir: Path) -> Iterator[LoadedBpf]:
     if (os.cpu_count() or 1) < 2:
         pytest.skip("!!! EBPF TEST SKIPPED: needs two CPUs to complete I/O on one from the other !!!")
-    if not kernel.btf_available():
-        pytest.skip("!!! EBPF TEST SKIPPED: the control counter is a tp_btf program; this kernel has no BTF !!!")
     with load(NEIGHBOUR, state_dir) as loaded:
         yield loaded
-
-
-def _control(device: str, state_dir: Path) -> LoadedBpf:
-    major, minor = (int(x) for x in Path(f"/sys/block/{device}/dev").read_text().split(":"))
-    spec = BpfSpec(
-        "control_counter",
-        CONTROL_SOURCE,
-        cflags=(f"-DTEST_DEV={major << 20 | minor}",),
-        kernel_constants=collector.KERNEL_CONSTANTS,
-        programs=(ProgramSpec("complete", (BtfTracepoint("block", "block_rq_complete", "control_complete"),)),),
-    )
-    return load(spec, state_dir)
 
 
 def _completions(ex: Exporter, device: str) -> int:
@@ -126,7 +101,8 @@ def _completions(ex: Exporter, device: str) -> int:
     return total
 
 
-def _measure(device: str, state_dir: Path, diskstats: Callable[[str], list[int]]) -> dict[str, object]:
+def _measure(device: str, state_dir: Path, diskstats: Callable[[str], list[int]],
+             completion_control: Callable[[str], CompletionControl]) -> dict[str, object]:
     """Start disk_latency (as ``collector.bpf_spec`` says), run fio next to the neighbour, compare."""
     Path(f"/sys/block/{device}/queue/rq_affinity").write_text("2\n")
     ex = Exporter.from_environment(environ={"CRUSOE_EXPORTER_STATE_DIR": str(state_dir)},
@@ -135,23 +111,21 @@ def _measure(device: str, state_dir: Path, diskstats: Callable[[str], list[int]]
     try:
         rec = next(r for r in ex.records if r.name == "disk_latency")
         assert rec.collector is not None and rec.collector.loaded is not None, rec.reason
-        with _control(device, state_dir) as control:
-            counter = control.map("completions")
+        control = completion_control(device)
 
-            def read() -> tuple[int, int, int, dict[str, int]]:
-                ds = diskstats(device)
-                misses = {r: s.recursion_misses or 0 for r, s in rec.collector.loaded.stats().items()}
-                control_n = int.from_bytes(counter.lookup(bytes(4)) or bytes(8), "little")
-                return ds[READS] + ds[WRITES], control_n, _completions(ex, device), misses
+        def read() -> tuple[int, int, int, dict[str, int]]:
+            ds = diskstats(device)
+            misses = {r: s.recursion_misses or 0 for r, s in rec.collector.loaded.stats().items()}
+            return ds[READS] + ds[WRITES], control.count(), _completions(ex, device), misses
 
-            before = read()
-            subprocess.run(
-                ["fio", "--name=neighbour", f"--filename=/dev/{device}", "--rw=randrw", "--bs=4k", "--direct=1",
-                 "--ioengine=libaio", "--iodepth=32", "--size=32M", "--io_size=24M", "--cpus_allowed=0",
-                 "--output=/dev/null"],
-                check=True, timeout=180,
-            )
-            after = read()
+        before = read()
+        subprocess.run(
+            ["fio", "--name=neighbour", f"--filename=/dev/{device}", "--rw=randrw", "--bs=4k", "--direct=1",
+             "--ioengine=libaio", "--iodepth=32", "--size=32M", "--io_size=24M", "--cpus_allowed=0",
+             "--output=/dev/null"],
+            check=True, timeout=180,
+        )
+        after = read()
         return {
             "diskstats": after[0] - before[0],
             "control": after[1] - before[1],
@@ -164,9 +138,10 @@ def _measure(device: str, state_dir: Path, diskstats: Callable[[str], list[int]]
 
 
 def test_raw_tracepoints_lose_nothing_next_to_a_busy_neighbour(
-    neighbour: LoadedBpf, memory_loop_device: str, state_dir: Path, diskstats: Callable[[str], list[int]]
+    neighbour: LoadedBpf, memory_loop_device: str, state_dir: Path, diskstats: Callable[[str], list[int]],
+    completion_control: Callable[[str], CompletionControl],
 ) -> None:
-    result = _measure(memory_loop_device, state_dir, diskstats)
+    result = _measure(memory_loop_device, state_dir, diskstats, completion_control)
     assert result["method"] == "tp_btf"
     assert result["diskstats"] == IOS, result
     # Every completion any BPF program saw, ours saw, and none was skipped.
@@ -177,12 +152,12 @@ def test_raw_tracepoints_lose_nothing_next_to_a_busy_neighbour(
 
 def test_perf_event_tracepoints_lose_events_next_to_it_and_the_kernel_says_how_many(
     neighbour: LoadedBpf, memory_loop_device: str, state_dir: Path, diskstats: Callable[[str], list[int]],
-    monkeypatch: pytest.MonkeyPatch,
+    completion_control: Callable[[str], CompletionControl], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The old attach kind under the same neighbour: completions are lost, and (6.7+) counted as skipped runs."""
     every_kind = collector.bpf_spec
     monkeypatch.setattr(collector, "bpf_spec", lambda: every_kind(("tracepoint",)))
-    result = _measure(memory_loop_device, state_dir, diskstats)
+    result = _measure(memory_loop_device, state_dir, diskstats, completion_control)
     assert result["method"] == "tracepoint"
     lost = result["control"] - result["ours"]  # type: ignore[operator]
     assert lost > 0, f"the neighbour cost the perf-event programs nothing: {result}"
