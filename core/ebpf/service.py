@@ -110,7 +110,8 @@ class EbpfService:
         misses = CounterMetricFamily(
             PREFIX + "program_recursion_misses",
             "Events the kernel did not run the eBPF program for because a BPF program was already running on "
-            "that CPU (bpf_prog_info.recursion_misses): events the plugin did not see.",
+            "that CPU (tp_btf, raw tracepoint: the same program; perf-event tracepoint, kprobe: any) "
+            "(bpf_prog_info.recursion_misses): events the plugin did not see.",
             labels=["plugin", "program"],
         )
         stats_on = kernel.bpf_stats_enabled()

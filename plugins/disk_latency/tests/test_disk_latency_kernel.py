@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+import yaml
 from helpers.block_io import fsync_loop
 
 from crusoe_metrics_exporter.app import Exporter
@@ -222,6 +223,13 @@ def test_exposition_buckets_are_cumulative_and_end_in_inf(exporter: Exporter, lo
     misses = [ln for ln in text.splitlines()
               if ln.startswith("crusoe_vm_exporter_ebpf_program_recursion_misses_total{")]
     assert len(misses) == 3, "every program reports the runs the kernel skipped"
+    # The monitoring mixin's eBPF alerts query exactly the names served here.
+    alerts = yaml.safe_load((Path(__file__).resolve().parents[3] / "deploy" / "mixin" / "alerts.yaml").read_text())
+    exprs = " ".join(r["expr"] for g in alerts["groups"] for r in g["rules"] if "alert" in r)
+    queried = set(re.findall(r"crusoe_vm_exporter_ebpf_[a-z0-9_]+", exprs))
+    served = {ln.split("{")[0].split(" ")[0] for ln in text.splitlines() if not ln.startswith("#")}
+    assert "crusoe_vm_exporter_ebpf_program_recursion_misses_total" in queried
+    assert queried <= served, f"alerts query eBPF series the exporter does not serve: {sorted(queried - served)}"
 
 
 def test_every_variant_passes_the_verifier(require_ebpf: None, state_dir: Path) -> None:
