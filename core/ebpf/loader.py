@@ -27,11 +27,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import IO, Any
 
-from crusoe_metrics_exporter.ebpf import syscalls
-from crusoe_metrics_exporter.ebpf.bcc_locator import BccMissing, import_bcc
+from crusoe_metrics_exporter.ebpf import cache, syscalls
+from crusoe_metrics_exporter.ebpf.bcc_locator import BccMissing, candidate_dirs, import_bcc
 from crusoe_metrics_exporter.ebpf.btf import Btf, BtfError
+from crusoe_metrics_exporter.ebpf.cache import CacheInvalid, CompileCache, Entry, MapDef, ProgDef
 
 #: Compiling a small program takes well under a second; this bounds a wedged helper.
 DEFAULT_TIMEOUT = 60.0
@@ -230,8 +232,15 @@ def _load_btf_tracepoint(bcc: Any, bpf: Any, fn: str, event: str, btf: _KernelBt
         raise LoaderError(f"the kernel refused {fn}: {exc.strerror or exc}") from None
 
 
-def compile_and_load(request: Mapping[str, Any]) -> tuple[dict[str, Any], list[int]]:
-    """Compile the source and load the requested functions; never attaches."""
+def compile_and_load(
+    request: Mapping[str, Any], want_snapshot: bool = False
+) -> tuple[dict[str, Any], list[int], Entry | None]:
+    """Compile the source and load the requested functions; never attaches.
+
+    With ``want_snapshot``, also returns what the compile cache needs to
+    load the same object again without compiling (None when it cannot be
+    cached, e.g. because the kernel refused one of the functions).
+    """
     try:
         bcc = import_bcc()
     except BccMissing as exc:
@@ -288,9 +297,11 @@ def compile_and_load(request: Mapping[str, Any]) -> tuple[dict[str, Any], list[i
             programs[fn] = {"index": len(fds)}
             fds.append(handle.fd)
         maps: dict[str, int] = {}
-        for name, fd in _table_fds(bcc, bpf.module).items():
+        tables = _table_fds(bcc, bpf.module)
+        for name, fd in tables.items():
             maps[name] = len(fds)
             fds.append(fd)
+        snapshot = _snapshot(bcc, bpf, functions, programs, tables=tables, btf=btf) if want_snapshot else None
         bpf.free_bcc_memory()
     reply = {
         "ok": True,
@@ -300,7 +311,135 @@ def compile_and_load(request: Mapping[str, Any]) -> tuple[dict[str, Any], list[i
         "compile_seconds": compiled - started,
         "load_seconds": time.monotonic() - compiled,
     }
+    return reply, fds, snapshot
+
+
+def _snapshot(bcc: Any, bpf: Any, functions: list[Mapping[str, Any]], programs: Mapping[str, Mapping[str, Any]], *,
+              tables: Mapping[str, int], btf: _KernelBtf) -> Entry | None:
+    """The cache entry for a compile whose every compiled function loaded; None when it cannot be cached."""
+    if any("index" not in programs.get(item["fn"], {}) for item in functions):
+        return None  # the next start compiles again and reports the kernel's complaint afresh
+    lib = bcc.libbcc.lib
+    module = bpf.module
+    try:
+        maps = [_map_def(name, fd) for name, fd in tables.items()]
+        fd_to_map = {fd: name for name, fd in tables.items()}
+        license_ = lib.bpf_module_license(module).decode()
+        kern_version = int(lib.bpf_module_kern_version(module))
+        progs = []
+        for item in functions:
+            fn = item["fn"]
+            name = fn.encode()
+            insns = ctypes.string_at(lib.bpf_function_start(module, name), lib.bpf_function_size(module, name))
+            btf_event = item.get("btf_event")
+            progs.append(ProgDef(
+                fn, _program_type(item), insns, license_, kern_version,
+                expected_attach_type=syscalls.BPF_TRACE_RAW_TP if btf_event else 0,
+                attach_btf_id=btf.get().tracepoint_type_id(btf_event) if btf_event else 0,
+                map_refs=cache.map_references(insns, fd_to_map),
+            ))
+    except (CacheInvalid, BtfError, OSError, ValueError, UnicodeDecodeError):
+        return None
+    not_compiled = {fn: str(entry["error"]) for fn, entry in programs.items() if "index" not in entry}
+    return Entry(tuple(maps), tuple(progs), not_compiled)
+
+
+def _map_def(name: str, fd: int) -> MapDef:
+    info = syscalls.fdinfo(fd)
+    definition = MapDef(name, int(info["map_type"]), int(info["key_size"]), int(info["value_size"]),
+                        int(info["max_entries"]), int(info.get("map_flags", "0"), 0))
+    if definition.map_type not in cache.CACHEABLE_MAP_TYPES:
+        raise CacheInvalid(f"map {name} has type {definition.map_type}")
+    return definition
+
+
+def load_cached(entry: Entry, request: Mapping[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    """Create the entry's maps and load its programs with ``bpf(2)``; CacheInvalid when the kernel refuses any."""
+    wanted = {item["fn"]: _program_type(item) for item in request.get("functions", ())}
+    if set(wanted) != {p.fn for p in entry.programs} | set(entry.not_compiled):
+        raise CacheInvalid("it holds other functions than were asked for")
+    for p in entry.programs:
+        if p.prog_type != wanted[p.fn]:
+            raise CacheInvalid(f"its {p.fn} is a program of type {p.prog_type}, not {wanted[p.fn]} as asked for")
+    started = time.monotonic()
+    fds: list[int] = []
+    try:
+        maps: dict[str, int] = {}
+        map_fds: dict[str, int] = {}
+        for m in entry.maps:
+            fd = syscalls.map_create(m.map_type, m.key_size, m.value_size, m.max_entries, flags=m.flags,
+                                     name=_kernel_name(m.name))
+            maps[m.name] = len(fds)
+            map_fds[m.name] = fd
+            fds.append(fd)
+        programs: dict[str, dict[str, Any]] = {fn: {"error": why} for fn, why in entry.not_compiled.items()}
+        for p in entry.programs:
+            insns = ctypes.create_string_buffer(p.relocated(map_fds), len(p.insns))
+            fd = syscalls.prog_load(p.prog_type, ctypes.addressof(insns), len(p.insns), p.license.encode(),
+                                    name=p.fn, expected_attach_type=p.expected_attach_type,
+                                    attach_btf_id=p.attach_btf_id, kern_version=p.kern_version)
+            programs[p.fn] = {"index": len(fds)}
+            fds.append(fd)
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        raise CacheInvalid(f"the kernel refused it now ({exc.strerror or exc})") from None
+    reply = {
+        "ok": True,
+        "programs": programs,
+        "maps": maps,
+        "constants": dict(entry.extra.get("constants", {})),
+        "compile_seconds": 0.0,
+        "load_seconds": time.monotonic() - started,
+    }
     return reply, fds
+
+
+def _program_type(item: Mapping[str, Any]) -> int:
+    """The program type a requested function is loaded as (tp_btf functions are tracing programs)."""
+    return syscalls.BPF_PROG_TYPE_TRACING if item.get("btf_event") else int(item["prog_type"])
+
+
+def _kernel_name(name: str) -> str:
+    """The name the kernel accepts for a map (letters, digits, '_' and '.', 15 at most)."""
+    return "".join(c if c.isalnum() or c in "_." else "_" for c in name)[:15]
+
+
+def serve_request(request: Mapping[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    """Load the object from the compile cache when it holds it, else compile it (and store it there)."""
+    directory = request.get("cache_dir")
+    if not directory:
+        reply, fds, _ = compile_and_load(request)
+        return reply, fds
+    store = CompileCache(Path(directory))
+    name = str(request.get("name", "object"))
+    material = cache.key_material(request, os.environ.get("BCC_KERNEL_SOURCE") or None, _bcc_dir())
+    entry = store.load(name, material)
+    if entry is not None:
+        try:
+            reply, fds = load_cached(entry, request)
+        except CacheInvalid as exc:
+            store.discard(store.path_for(name, cache.key_of(material)), str(exc))
+        else:
+            reply["cache"] = "hit"
+            return reply, fds
+    reply, fds, snapshot = compile_and_load(request, want_snapshot=True)
+    if snapshot is not None:
+        snapshot = Entry(snapshot.maps, snapshot.programs, snapshot.not_compiled,
+                         {"constants": reply.get("constants", {})})
+        stored = store.store(name, material, snapshot) is not None
+    else:
+        stored = False
+        store.events.append("not stored: the object cannot be cached (see the programs' errors)")
+    reply["cache"] = "stored" if stored else "miss"
+    if store.events:
+        reply["cache_events"] = list(store.events)
+    return reply, fds
+
+
+def _bcc_dir() -> Path | None:
+    dirs = candidate_dirs()
+    return dirs[0] if dirs else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     fds: list[int] = []
     try:
         request = json.loads(sys.stdin.buffer.read())
-        reply, fds = compile_and_load(request)
+        reply, fds = serve_request(request)
     except LoaderError as exc:
         reply = {"ok": False, "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - the reply must reach the exporter as a reason

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crusoe_metrics_exporter.ebpf import btf, kernel, syscalls
+from crusoe_metrics_exporter.ebpf.cache import DIR_NAME as COMPILE_CACHE_DIR
 from crusoe_metrics_exporter.ebpf.headers import HeaderChoice, HeadersUnavailable, resolve_headers
 from crusoe_metrics_exporter.ebpf.loader import DEFAULT_TIMEOUT, LoaderError, run_loader
 from crusoe_metrics_exporter.ebpf.spec import (
@@ -125,6 +126,8 @@ class LoadedBpf:
     headers: HeaderChoice
     compile_seconds: float = 0.0
     startup_seconds: float = 0.0
+    #: How the compile cache served this load: hit, stored (compiled and kept), miss (compiled, not kept).
+    compile_cache: str = ""
     _programs: list[_Program] = field(default_factory=list)
     _maps: dict[str, BpfMap] = field(default_factory=dict)
     #: Kernel constants (struct offsets, enum values) the loader found in BTF, by macro.
@@ -191,6 +194,8 @@ class LoadedBpf:
             out["attach_method"] = "+".join(methods)
         out["kernel_headers"] = self.headers.description
         out["startup_seconds"] = f"{self.startup_seconds:.2f}"
+        if self.compile_cache:
+            out["compile_cache"] = self.compile_cache
         return out
 
     def close(self) -> None:
@@ -414,6 +419,8 @@ def load(
         "cflags": list(spec.cflags),
         "constants": _constant_request(spec),
         "functions": [_function_request(c) for _, c in to_load],
+        # Compiled objects are kept here and loaded from here when nothing they depend on changed.
+        "cache_dir": str((state_dir or default_state_dir()) / COMPILE_CACHE_DIR),
     }
     try:
         reply, fds = run_loader(request, headers.environment(), timeout)
@@ -424,7 +431,12 @@ def load(
             _close(fd)
         raise BpfUnavailable(f"{spec.name}: {reply.get('error', 'the eBPF loader failed')}")
 
-    loaded = LoadedBpf(spec=spec, headers=headers, compile_seconds=float(reply.get("compile_seconds", 0.0)))
+    loaded = LoadedBpf(spec=spec, headers=headers, compile_seconds=float(reply.get("compile_seconds", 0.0)),
+                       compile_cache=str(reply.get("cache", "")))
+    for event in reply.get("cache_events", ()):
+        log.warning("%s: eBPF compile cache: %s", spec.name, event)
+    log.info("%s: %s", spec.name, "loaded from the compile cache" if loaded.compile_cache == "hit" else
+             f"compiled in {loaded.compile_seconds:.2f}s (compile cache: {loaded.compile_cache or 'off'})")
     for macro, found in sorted(reply.get("constants", {}).items()):
         if "missing" in found:
             log.info("%s: %s not from BTF (%s); the C falls back to the kernel headers", spec.name, macro,

@@ -17,6 +17,7 @@ from pathlib import Path
 # exporter ships for.
 _SYSCALLS = {"x86_64": (321, 298), "aarch64": (280, 241)}
 
+BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
@@ -83,6 +84,20 @@ class _ProgLoadAttr(ctypes.Structure):
         ("attach_btf_id", ctypes.c_uint32),
         ("attach_prog_fd", ctypes.c_uint32),
         ("pad", ctypes.c_uint32),
+    )
+
+
+class _MapCreateAttr(ctypes.Structure):
+    # union bpf_attr, the BPF_MAP_CREATE member up to map_name (4.15+); later fields stay zero.
+    _fields_ = (
+        ("map_type", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("inner_map_fd", ctypes.c_uint32),
+        ("numa_node", ctypes.c_uint32),
+        ("map_name", ctypes.c_char * 16),
     )
 
 
@@ -249,6 +264,7 @@ def prog_load(
     name: str = "",
     expected_attach_type: int = 0,
     attach_btf_id: int = 0,
+    kern_version: int = 0,
 ) -> int:
     """BPF_PROG_LOAD from instructions at address ``insns``; the verifier's complaint on failure.
 
@@ -266,6 +282,7 @@ def prog_load(
     attr.prog_name = name.encode()[:15]
     attr.expected_attach_type = expected_attach_type
     attr.attach_btf_id = attach_btf_id
+    attr.kern_version = kern_version
     try:
         return _bpf(BPF_PROG_LOAD, attr)
     except OSError as first:
@@ -279,6 +296,13 @@ def prog_load(
         lines = [ln for ln in log.value.decode("utf-8", "replace").splitlines() if ln.strip()]
         detail = next((ln for ln in reversed(lines) if not ln.startswith(("processed ", "verification time"))), "")
         raise OSError(exc.errno, f"{exc.strerror}: {detail}" if detail else exc.strerror) from None
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, *, flags: int = 0,
+               name: str = "") -> int:
+    """BPF_MAP_CREATE; returns the new map's descriptor (the compile cache recreates bcc's maps with it)."""
+    attr = _MapCreateAttr(map_type, key_size, value_size, max_entries, flags, 0, 0, name.encode()[:15])
+    return _bpf(BPF_MAP_CREATE, attr)
 
 
 def raw_tracepoint_open(prog_fd: int, name: str | None) -> int:
