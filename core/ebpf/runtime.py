@@ -15,6 +15,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,7 +224,25 @@ def _close(fd: int) -> None:
         os.close(fd)
 
 
-def _viable(candidate: AttachCandidate, tracefs: Path, kprobe_functions: set[str]) -> str | None:
+class _Probeable:
+    """The spec's kprobe functions this kernel can probe, looked up on the first question.
+
+    Finding them means reading all of kallsyms (tens of milliseconds); on a
+    kernel without kprobes, or when no kprobe candidate is reached, nobody asks.
+    """
+
+    def __init__(self, spec: BpfSpec, tracefs: Path) -> None:
+        self._names = {c.function for p in spec.programs for c in p.candidates if isinstance(c, Kprobe)}
+        self._tracefs = tracefs
+        self._found: set[str] | None = None
+
+    def __contains__(self, function: object) -> bool:
+        if self._found is None:
+            self._found = kernel.traceable_functions(self._names, self._tracefs) if self._names else set()
+        return function in self._found
+
+
+def _viable(candidate: AttachCandidate, tracefs: Path, kprobe_functions: Container[str]) -> str | None:
     """None when this kernel offers the candidate's attach point, else why not."""
     if candidate.needs and not kernel.btf_available():
         # Its kernel constants can only come from BTF.
@@ -253,8 +272,7 @@ def attach_plan(spec: BpfSpec) -> dict[str, AttachCandidate | str]:
     tracefs = kernel.tracefs_root()
     if tracefs is None:
         return {p.role: "tracefs is not mounted" for p in spec.programs}
-    kprobe_names = {c.function for p in spec.programs for c in p.candidates if isinstance(c, Kprobe)}
-    probeable = kernel.traceable_functions(kprobe_names, tracefs) if kprobe_names else set()
+    probeable = _Probeable(spec, tracefs)
     plan: dict[str, AttachCandidate | str] = {}
     if spec.attach_together and spec.programs:
         reasons = []
@@ -392,8 +410,7 @@ def load(
     except HeadersUnavailable as exc:
         raise BpfUnavailable(str(exc)) from None
 
-    kprobe_names = {c.function for p in spec.programs for c in p.candidates if isinstance(c, Kprobe)}
-    probeable = kernel.traceable_functions(kprobe_names, tracefs) if kprobe_names else set()
+    probeable = _Probeable(spec, tracefs)
     to_load: list[tuple[str, AttachCandidate]] = []
     for program in spec.programs:
         reasons = []
