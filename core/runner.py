@@ -104,8 +104,8 @@ def validate(
     nconnect mountstats), so the common case is kept to a few type checks;
     only a sample that fails them is examined for the reason.
     """
-    grouped: dict[str, list[Sample]] = {}
-    seen: dict[str, set[tuple[str, ...]]] = {}
+    #: Per declared name seen: its spec, the label tuples already taken and the kept samples (one lookup a sample).
+    known: dict[str, tuple[MetricSpec, set[tuple[str, ...]], list[Sample]]] = {}
     rejected: dict[tuple[str, str], Rejection] = {}
 
     def reject(metric: str, reason: str, labels: object, value: object, names: tuple[str, ...] = ()) -> None:
@@ -121,27 +121,28 @@ def validate(
         except (TypeError, ValueError):
             reject("?", "not_a_sample", (), _short(s))
             continue
-        spec = metrics.get(name) if isinstance(name, str) else None
-        if spec is None:
-            # Keyed by reason only: undeclared names are unbounded.
-            reject("?" if not isinstance(name, str) else _short(name, 100), "unknown_metric", labels, value)
-            continue
-        if spec.error_counter:
-            reject(name, "error_counter", labels, value)
-            continue
+        state = known.get(name) if type(name) is str else None
+        if state is None:
+            spec = metrics.get(name) if isinstance(name, str) else None
+            if spec is None:
+                # Keyed by reason only: undeclared names are unbounded.
+                reject("?" if not isinstance(name, str) else _short(name, 100), "unknown_metric", labels, value)
+                continue
+            if spec.error_counter:
+                reject(name, "error_counter", labels, value)
+                continue
+            state = known[name] = (spec, set(), [])
+        spec, series, kept = state
         if not _matches(spec, labels, value):
             reject(name, _why(spec, labels, value), labels, value, spec.labels)
             continue
-        series = seen.get(name)
-        if series is None:
-            series = seen[name] = set()
-            grouped[name] = []
         if labels in series:
             # Two samples for one series would make the exposition invalid.
             reject(name, "duplicate_series", labels, value, spec.labels)
             continue
         series.add(labels)
-        grouped[name].append(s)
+        kept.append(s)
+    grouped = {name: kept for name, (_, _, kept) in known.items() if kept}
     if any(r.reason == "unknown_metric" for r in rejected.values()):
         # One entry for all undeclared names (the first one is the example).
         merged: Rejection | None = None

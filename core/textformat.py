@@ -107,8 +107,13 @@ def render_group(spec: MetricSpec, samples: Sequence[Sample], out: list[str], ca
         if rendered is None:
             pairs = ",".join(keys[j] + _escape_label(labels[i]) + '"' for j, i in enumerate(order))
             rendered = rendered_labels[labels] = "{" + pairs + "} "
-        if type(value) is float and -math.inf < value < 1e6:
-            add(f"{full}{rendered}{value!r}\n")  # the common case of _value, without the call
+        # The common cases of _value, without the call: counters below a million are
+        # their digits plus ".0" (what repr() of the equal float spells).
+        value_type: type = type(value)  # plugins pass ints for counters (Sample.value says float)
+        if value_type is int and -1_000_000 < value < 1_000_000:  # type: ignore[operator]
+            add(f"{full}{rendered}{value}.0\n")
+        elif value_type is float and -math.inf < value < 1e6:  # type: ignore[operator]
+            add(f"{full}{rendered}{value!r}\n")
         else:
             add(f"{full}{rendered}{_value(value)}\n")  # type: ignore[arg-type]
 
