@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import shutil
 import socket
@@ -170,8 +171,9 @@ def node_cmd(port: int) -> list[str]:
     return [NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{port}", "--log.level=error"]
 
 
-def start_ours(state: Path) -> tuple[float, float]:
-    """Seconds from exec to /health and to a complete /metrics (every plugin settled)."""
+def start_ours(state: Path) -> tuple[float, float, list[str]]:
+    """Seconds from exec to /health and to a complete /metrics (every plugin settled), and the plugins that
+    settled other than active (each with its state)."""
     port = free_port()
     started = time.monotonic()
     proc = _spawn(ours_cmd(port), {**TARGET_ENV, "CRUSOE_EXPORTER_STATE_DIR": str(state)})
@@ -182,7 +184,9 @@ def start_ours(state: Path) -> tuple[float, float]:
         complete = time.monotonic() - started
         if status != 200 or b'state="starting"} 1.0' in body:
             raise RuntimeError("/metrics after /ready still shows a plugin starting")
-        return health, complete
+        records = json.loads(get(port, "/plugins.json")[1])
+        inactive = [f"{r['name']} {r['state']} ({r.get('reason', '')})" for r in records if r["state"] != "active"]
+        return health, complete, inactive
     finally:
         _stop(proc)
 
@@ -258,9 +262,10 @@ def report_startup(starts: int, have_node: bool) -> bool:
         finally:
             shutil.rmtree(state, ignore_errors=True)
     node = statistics.median(start_node() for _ in range(starts)) if have_node else None
-    health = statistics.median(h for h, _ in cold + warm)
-    cold_s = statistics.median(c for _, c in cold)
-    warm_s = statistics.median(c for _, c in warm)
+    health = statistics.median(h for h, _, _ in cold + warm)
+    cold_s = statistics.median(c for _, c, _ in cold)
+    warm_s = statistics.median(c for _, c, _ in warm)
+    inactive = sorted({name for _, _, names in cold + warm for name in names})
     print(f"start-up, median of {starts} (exec to answer), every built-in")
     versus = f"   node_exporter first /metrics {node:5.2f} s" if node is not None else ""
     print(f"  /health                      {health:5.2f} s  (target <= 0.3 s){versus}")
@@ -268,7 +273,12 @@ def report_startup(starts: int, have_node: bool) -> bool:
           + (f"   ratio {cold_s / node:.0f}x" if node else ""))
     print(f"  complete /metrics, warm      {warm_s:5.2f} s  (target <= 1.0 s)"
           + (f"   ratio {warm_s / node:.0f}x" if node else ""))
-    return health <= 0.3 and cold_s <= 2.5 and warm_s <= 1.0
+    # A plugin this host gives nothing to monitor (nvme without controllers) settles unsupported; one that
+    # failed, or came up differently warm than cold, is a miss.
+    missed = [name for name in inactive if " unsupported " not in name]
+    print(f"  settled other than active: {'none' if not inactive else '; '.join(inactive)}"
+          f"{' (NOT MET: failed)' if missed else ''}")
+    return health <= 0.3 and cold_s <= 2.5 and warm_s <= 1.0 and not missed
 
 
 #: Below this, idle CPU counts as nothing measurable (a ratio against zero means nothing).

@@ -221,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--nconnect", type=int, default=16)
     ap.add_argument("--scrapes", type=int, default=21, help="scrapes per exporter and size (median reported)")
     ap.add_argument("--sizes", default="0,64,128,256", help="mount counts for the linearity check")
+    ap.add_argument("--scale", type=int, default=4,
+                    help="also measure a tree this many times --mounts for the flat per-series check (1 = off)")
     ap.add_argument("--quick", action="store_true", help="7 scrapes per measurement")
     ap.add_argument("--keep", type=Path, help="generate the trees under this directory and keep them")
     args = ap.parse_args(argv)
@@ -231,7 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     base = args.keep or Path(tempfile.mkdtemp(prefix="procfs-bench-"))
     try:
-        sizes = sorted({int(x) for x in args.sizes.split(",")} | {args.mounts})
+        big = args.mounts * args.scale
+        sizes = sorted({int(x) for x in args.sizes.split(",")} | {args.mounts, big})
         trees = {m: generate(base / f"m{m}", args.disks, m, args.nconnect) for m in sizes}
         measured = bench_trees(trees, scrapes, have_node)
         results = {m: (measured[f"ours/{m}"], measured.get(f"node/{m}")) for m in sizes}
@@ -248,11 +251,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  ratio ours/node_exporter: {ratio:.2f}  ({verdict} than node_exporter)")
             print(f"  per series: ours {1000 * ours.median_ms / ours.series:.2f} us, "
                   f"node_exporter {1000 * node.median_ms / node.series:.2f} us")
-        print("linearity (median ms by NFS mount count):")
+        print("linearity (median ms by NFS mount count; per series in us):")
         for mounts in sizes:
             o, n = results[mounts]
             extra = f"  node_exporter {n.median_ms:8.1f}  ratio {o.median_ms / n.median_ms:.2f}" if n else ""
-            print(f"  {mounts:5d} mounts: ours {o.median_ms:8.1f}{extra}")
+            print(f"  {mounts:5d} mounts: ours {o.median_ms:8.1f} ({1000 * o.median_ms / o.series:.2f} us/series)"
+                  f"{extra}")
+        if big != args.mounts:
+            # Issue targets: per-series cost flat from the default tree to 4x it (<= 1.1x), and at both
+            # sizes at most a quarter of node_exporter's time.
+            cost = {m: results[m][0].median_ms / results[m][0].series for m in (args.mounts, big)}
+            growth = cost[big] / cost[args.mounts]
+            print(f"  per-series cost at {big} / at {args.mounts} mounts: {growth:.2f} "
+                  f"({'met' if growth <= 1.1 else 'NOT MET'}: target <= 1.1)")
+            pairs = [(m, results[m]) for m in (args.mounts, big)]
+            ratios = {m: o.median_ms / n.median_ms for m, (o, n) in pairs if n is not None}
+            if ratios:
+                verdict = "met" if max(ratios.values()) <= 0.25 else "NOT MET"
+                print(f"  ratio to node_exporter at {' and '.join(f'{m} mounts {r:.2f}' for m, r in ratios.items())} "
+                      f"({verdict}: target <= 0.25 at both)")
         if 0 in results and len([m for m in sizes if m > 0]) >= 2:
             ok, detail = linear_enough({m: results[m][0].median_ms for m in sizes})
             print(f"  ours linear: {'yes' if ok else 'NO'} ({detail})")
