@@ -11,6 +11,7 @@ writing into /lib/modules or /usr/src.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -147,16 +148,26 @@ def _build_merged_tree(state_dir: Path, tree: Path, parts: list[Path]) -> Path:
         scratch.chmod(0o755)
         _merge(scratch, parts)
         (scratch / _MARKER).write_text(wanted)
-        shutil.rmtree(out, ignore_errors=True)
-        try:
-            scratch.rename(out)
-        except OSError:
-            # Another exporter on this state dir finished the same tree first.
-            if (out / _MARKER).read_text() != wanted:
-                raise
+        for _ in range(5):
+            try:
+                scratch.rename(out)  # atomic; fails while another tree is in place
+                return out
+            except OSError:
+                pass
+            try:
+                # Another builder on this state dir (another exporter) finished the same tree first.
+                if (out / _MARKER).read_text() == wanted and _has_kconfig(out):
+                    return out
+            except OSError:
+                pass
+            # A stale tree: moved aside in one step, so no builder ever sees it half removed.
+            trash = Path(tempfile.mkdtemp(prefix=f".{tree.name}.stale.", dir=out.parent))
+            with contextlib.suppress(OSError):
+                out.rename(trash / "tree")
+            shutil.rmtree(trash, ignore_errors=True)
+        raise OSError(f"{out} keeps being replaced by another builder")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return out
 
 
 def resolve_headers(state_dir: Path, release: str | None = None) -> HeaderChoice:
