@@ -10,16 +10,13 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.metrics_core import Metric
-from prometheus_client.samples import Sample as PromSample
-
 from crusoe_metrics_exporter import host
+from crusoe_metrics_exporter.contract import Sample
 from crusoe_metrics_exporter.exposition import Scrape
 from crusoe_metrics_exporter.host import PluginRecord, ServiceRecord, Started
 from crusoe_metrics_exporter.lifecycle import StartTask, Startup
-from crusoe_metrics_exporter.meta import meta_families
-from crusoe_metrics_exporter.naming import PREFIX
-from crusoe_metrics_exporter.runner import CollectResult, PluginRunner
+from crusoe_metrics_exporter.meta import META_METRICS, meta_samples
+from crusoe_metrics_exporter.runner import CollectResult, PluginRunner, SampleGate
 from crusoe_metrics_exporter.services import ServiceRegistry
 from crusoe_metrics_exporter.settings import Overrides, Settings, resolve
 
@@ -41,6 +38,7 @@ class Exporter:
         host.build_options([*self.service_records, *records], settings)
         self.services = ServiceRegistry(self.service_records, settings)
         self.runners: dict[str, PluginRunner] = {}
+        self._meta = SampleGate("exporter", META_METRICS)
         self.startup: Startup | None = None
         # Guards runners and the state of a settling plugin against a concurrent scrape.
         self._lock = threading.Lock()
@@ -169,7 +167,7 @@ class Exporter:
         for runner, fut in futures:
             results[runner.record.name] = runner.wait(fut, deadline)
         scrape = Scrape()
-        families = scrape.families
+        groups = scrape.groups
         for rec in self.records:
             if wanted is not None and rec.name not in wanted:
                 continue
@@ -178,20 +176,12 @@ class Exporter:
                 for spec in rec.spec.metrics:
                     samples = result.by_metric.get(spec.name)
                     if samples:
-                        scrape.groups.append((spec, samples))
+                        groups.append((spec, samples))
             if rec.spec is not None and rec.errors is not None and rec.state in ("active", "degraded", "failed"):
+                # The core owns these totals; they need no validation.
                 totals = rec.errors.metric_totals()
-                for spec in rec.spec.metrics:
-                    if spec.error_counter:
-                        fam = Metric(PREFIX + spec.name.removesuffix("_total"), spec.help, "counter")
-                        fam.samples.append(PromSample(PREFIX + spec.name, {}, float(totals[spec.name]), None, None))
-                        families.append(fam)
-        families.extend(meta_families(self.records, results, wanted))
-        for service in self.services.built().values():
-            provider = getattr(service, "metric_families", None)
-            if provider is not None:
-                try:
-                    families.extend(provider())
-                except Exception:
-                    log.warning("service metrics failed", exc_info=True)
+                groups.extend((spec, [Sample(spec.name, (), float(totals[spec.name]))])
+                              for spec in rec.spec.metrics if spec.error_counter)
+        groups.extend(self._meta.groups(meta_samples(self.records, results, wanted)))
+        groups.extend(self.services.metric_groups())
         return scrape

@@ -38,6 +38,12 @@ class MetricSpec:
     ``error_counter`` marks the plugin's cumulative collection-error counter:
     the core owns its value (see :class:`ErrorCounters`), so it survives a
     failed collect and can never go backwards.
+    ``legacy_name`` says why the name breaks Prometheus' conventions and is
+    kept anyway (a name the Go exporter fixed and dashboards use): such a
+    counter may lack ``_total``, a gauge may end in it, a unit may not be a
+    base unit. A counter without ``_total`` is exposed untyped (``unknown``
+    in OpenMetrics) under exactly its name, since a counter family would
+    force the suffix on it.
     """
 
     name: str
@@ -46,6 +52,7 @@ class MetricSpec:
     labels: tuple[str, ...] = ()
     buckets: tuple[float, ...] = ()
     error_counter: bool = False
+    legacy_name: str = ""
 
     @classmethod
     def errors(cls, name: str, help: str) -> MetricSpec:

@@ -1,4 +1,8 @@
-"""Metric naming rules the core enforces on every plugin."""
+"""Metric naming rules the core enforces on every plugin and service.
+
+No name is special-cased here: a name that breaks a convention for a reason
+says so on its own declaration (``MetricSpec.legacy_name``).
+"""
 
 from __future__ import annotations
 
@@ -13,44 +17,6 @@ _METRIC_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _RESERVED_LABELS = frozenset({"le", "quantile"})
 _RESERVED_SUFFIXES = ("_bucket", "_count", "_sum", "_created")
-
-#: Names fixed by the seed exporter's README that break Prometheus naming
-#: conventions. Dashboards and the README's PromQL use them verbatim, so they
-#: are exposed exactly as spelt. These counters lack ``_total``; the core
-#: exposes them with TYPE ``untyped`` (``unknown`` in OpenMetrics), because a
-#: ``counter`` family would force a ``_total`` sample name in OpenMetrics and in
-#: prometheus_client. ``rate()`` works on them unchanged.
-SEED_COUNTERS_WITHOUT_TOTAL = frozenset(
-    {
-        "nfs_latency_seconds",
-        "objectstore_connection_latency_seconds",
-        "nfs_rpc_backlog",
-        "nfs_xprt_backlog_utilization",
-    }
-)
-
-#: Seed gauges whose names end in ``_total`` (the disk_usage "total size"
-#: gauges). Exposed verbatim as gauges, for the same dashboards.
-SEED_GAUGES_ENDING_IN_TOTAL = frozenset({"disk_bytes_total", "disk_inodes_total"})
-
-#: Seed names in non-base units; kept for compatibility, listed so the
-#: promtool lint test can tell a known exception from a new mistake.
-SEED_NON_BASE_UNIT_NAMES = frozenset(
-    {
-        "nfs_rpc_rtt_ms_total",
-        "nfs_rpc_exe_ms_total",
-        "disk_read_time_ms_total",
-        "disk_write_time_ms_total",
-        "nvme_power_on_hours",
-    }
-)
-
-
-#: Seed histograms whose names say "histogram" (promtool: "should not include
-#: type"); the seed README's PromQL uses them.
-SEED_NAMES_NAMING_THEIR_TYPE = frozenset(
-    {"nfs_latency_histogram_seconds", "objectstore_connection_latency_histogram_seconds"}
-)
 
 
 class InvalidDeclaration(ValueError):
@@ -72,10 +38,13 @@ def validate_metric_spec(spec: MetricSpec) -> None:
         raise InvalidDeclaration(f"metric {name!r}: help text is required")
     if spec.type not in ("counter", "gauge", "histogram"):
         raise InvalidDeclaration(f"metric {name!r}: unknown type {spec.type!r}")
-    if spec.type == "counter" and not name.endswith("_total") and name not in SEED_COUNTERS_WITHOUT_TOTAL:
-        raise InvalidDeclaration(f"metric {name!r}: counter names must end in _total")
-    if spec.type != "counter" and name.endswith("_total") and name not in SEED_GAUGES_ENDING_IN_TOTAL:
-        raise InvalidDeclaration(f"metric {name!r}: only counters may end in _total")
+    legacy = bool(spec.legacy_name.strip())
+    if spec.type == "counter" and not name.endswith("_total") and not legacy:
+        raise InvalidDeclaration(f"metric {name!r}: counter names must end in _total (or declare legacy_name with "
+                                 "the reason the name is kept)")
+    if spec.type != "counter" and name.endswith("_total") and not legacy:
+        raise InvalidDeclaration(f"metric {name!r}: only counters may end in _total (or declare legacy_name with "
+                                 "the reason the name is kept)")
     if name.endswith(_RESERVED_SUFFIXES):
         raise InvalidDeclaration(f"metric {name!r}: suffix is reserved for histogram/summary series")
     if name.endswith("_info") and spec.type != "gauge":

@@ -20,9 +20,12 @@ from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from crusoe_metrics_exporter.contract import HistogramValue, MetricSpec, Sample
-from crusoe_metrics_exporter.host import PluginRecord
+
+if TYPE_CHECKING:
+    from crusoe_metrics_exporter.host import PluginRecord
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +158,29 @@ def validate(
         assert merged is not None
         rejected[("?", "unknown_metric")] = merged
     return grouped, rejected
+
+
+class SampleGate:
+    """Validation for samples of a fixed set of declarations: the exporter's own metrics, a shared service's.
+
+    A dropped sample is a bug of the exporter or the service, not of a
+    plugin: each new kind (metric, reason) is logged once, at error level.
+    """
+
+    def __init__(self, owner: str, metrics: Iterable[MetricSpec]) -> None:
+        self.owner = owner
+        self._order = tuple(metrics)
+        self._metrics = {m.name: m for m in self._order}
+        self._reported: set[tuple[str, str]] = set()
+
+    def groups(self, samples: Iterable[Sample]) -> list[tuple[MetricSpec, list[Sample]]]:
+        """The valid samples by declaration, in declaration order (empty declarations left out)."""
+        grouped, rejections = validate(samples, self._metrics)
+        for key, rejection in rejections.items():
+            if key not in self._reported:
+                self._reported.add(key)
+                log.error("%s: dropped invalid sample %s", self.owner, rejection.describe())
+        return [(m, grouped[m.name]) for m in self._order if grouped.get(m.name)]
 
 
 def _matches(spec: MetricSpec, labels: object, value: object) -> bool:

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crusoe_metrics_exporter.contract import ServiceContext, ServiceSpec
+from crusoe_metrics_exporter.contract import MetricSpec, Sample, ServiceContext, ServiceSpec
+from crusoe_metrics_exporter.runner import SampleGate
 
 if TYPE_CHECKING:
     from crusoe_metrics_exporter.host import ServiceRecord
@@ -35,6 +36,7 @@ class ServiceRegistry:
         self._records = {r.name: r for r in records}
         self._settings = settings
         self._built: dict[str, object] = {}
+        self._gates: dict[str, SampleGate] = {}
         self._lock = threading.Lock()
 
     @property
@@ -71,6 +73,29 @@ class ServiceRegistry:
             service = rec.spec.factory(self.context(name))
             self._built[name] = service
             return service
+
+    def metric_groups(self) -> list[tuple[MetricSpec, list[Sample]]]:
+        """The samples of every built service that declares metrics, validated against its declarations.
+
+        A service's ``collect()`` that raises costs only its own metrics.
+        """
+        out: list[tuple[MetricSpec, list[Sample]]] = []
+        for name, service in self.built().items():
+            spec = self.spec(name)
+            collect = getattr(service, "collect", None)
+            if spec is None or not spec.metrics or collect is None:
+                continue
+            gate = self._gates.get(name)
+            if gate is None:
+                gate = self._gates[name] = SampleGate(f"service {name}", spec.metrics)
+            try:
+                samples = list(collect())
+            except Exception as exc:
+                log.warning("service %s: collecting its metrics failed: %s: %s", name, type(exc).__name__, exc)
+                log.debug("service %s: traceback", name, exc_info=True)
+                continue
+            out.extend(gate.groups(samples))
+        return out
 
     def provide(self, name: str, service: object) -> None:
         """Use ``service`` as the service ``name`` (tests, embedding): it is not built from its spec."""

@@ -1,19 +1,25 @@
-"""Prometheus text format 0.0.4 written straight from validated samples.
+"""The exposition written straight from validated samples: Prometheus text 0.0.4 and OpenMetrics 1.0.
 
 Building prometheus_client families (one dict per sample) and running its
 generator was three quarters of a scrape with tens of thousands of
-mountstats series. This writes the same bytes directly; a property test
-checks it against prometheus_client's ``generate_latest`` for the same data.
-OpenMetrics, asked for rarely, still goes through prometheus_client.
+mountstats series. This writes the same bytes directly, in either format,
+from the one model every metric goes through (a MetricSpec and its
+samples); property tests check both against prometheus_client's generators
+for the same data.
+
+The two formats differ only in the family lines: OpenMetrics names a
+counter family without ``_total``, calls an untyped family ``unknown``,
+also escapes double quotes in help texts, and ends with ``# EOF``.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from crusoe_metrics_exporter.contract import HistogramValue, MetricSpec, Sample
-from crusoe_metrics_exporter.naming import PREFIX, SEED_COUNTERS_WITHOUT_TOTAL
+from crusoe_metrics_exporter.naming import PREFIX
 
 
 def go_float(v: float) -> str:
@@ -66,6 +72,10 @@ def _escape_help(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
+def _escape_help_openmetrics(text: str) -> str:
+    return _escape_help(text).replace('"', '\\"')
+
+
 def _label_order(names: Sequence[str]) -> list[int]:
     """Positions of the label values in the sorted-by-name order the format uses."""
     return sorted(range(len(names)), key=lambda i: names[i])
@@ -75,18 +85,51 @@ def _label_order(names: Sequence[str]) -> list[int]:
 LabelCache = dict[tuple[str, ...], dict[tuple[str, ...], str]]
 
 
-def render_group(spec: MetricSpec, samples: Sequence[Sample], out: list[str], cache: LabelCache) -> None:
-    """Append the lines of one family to ``out``.
+def text_header(spec: MetricSpec) -> str:
+    """The HELP and TYPE lines of a family in the text format."""
+    full = PREFIX + spec.name
+    # Only a legacy_name counter lacks _total; a counter family would force
+    # the suffix on its samples, so it is exposed untyped under its name.
+    kind = "untyped" if spec.type == "counter" and not spec.name.endswith("_total") else spec.type
+    return f"# HELP {full} {_escape_help(spec.help)}\n# TYPE {full} {kind}\n"
+
+
+def openmetrics_family(spec: MetricSpec) -> str:
+    """The family name OpenMetrics gives a declaration (a counter's without ``_total``)."""
+    full = PREFIX + spec.name
+    if spec.type == "counter" and full.endswith("_total"):
+        return full.removesuffix("_total")
+    return full
+
+
+def openmetrics_header(spec: MetricSpec, clash: bool) -> str:
+    """The HELP and TYPE lines in OpenMetrics.
+
+    ``clash``: the family name a counter would get is taken by another
+    family (the Go exporter's ``x_seconds_total`` counter next to the
+    ``x_seconds`` histogram); two families of one name are an invalid
+    exposition, so the counter is exposed ``unknown`` under its full name,
+    its series unchanged.
+    """
+    full = PREFIX + spec.name
+    if spec.type == "counter" and full.endswith("_total") and not clash:
+        family, kind = full.removesuffix("_total"), "counter"
+    elif spec.type == "counter":
+        family, kind = full, "unknown"
+    else:
+        family, kind = full, spec.type
+    return f"# HELP {family} {_escape_help_openmetrics(spec.help)}\n# TYPE {family} {kind}\n"
+
+
+def render_group(spec: MetricSpec, samples: Sequence[Sample], out: list[str], cache: LabelCache,
+                 header: str | None = None) -> None:
+    """Append the lines of one family to ``out`` (``header``: its family lines, text format by default).
 
     ``cache`` maps label names and values to the rendered ``{...}``: the
     per-lane mountstats metrics share their label sets, so most are reused.
     """
     full = PREFIX + spec.name
-    if spec.type == "counter" and spec.name in SEED_COUNTERS_WITHOUT_TOTAL:
-        kind = "untyped"
-    else:
-        kind = spec.type
-    out.append(f"# HELP {full} {_escape_help(spec.help)}\n# TYPE {full} {kind}\n")
+    out.append(text_header(spec) if header is None else header)
     names = spec.labels
     order = _label_order(names)
     if spec.type == "histogram":
@@ -143,8 +186,21 @@ def _render_histogram(full: str, spec: MetricSpec, samples: Sequence[Sample], or
 
 
 def render_groups(groups: Iterable[tuple[MetricSpec, Sequence[Sample]]]) -> str:
+    """The text format (0.0.4) of ``groups``."""
     out: list[str] = []
     cache: LabelCache = {}
     for spec, samples in groups:
         render_group(spec, samples, out, cache)
+    return "".join(out)
+
+
+def render_groups_openmetrics(groups: Sequence[tuple[MetricSpec, Sequence[Sample]]]) -> str:
+    """OpenMetrics 1.0 of ``groups``: the same samples, OpenMetrics family lines, ``# EOF``."""
+    families = Counter(openmetrics_family(spec) for spec, _ in groups)
+    out: list[str] = []
+    cache: LabelCache = {}
+    for spec, samples in groups:
+        header = openmetrics_header(spec, families[openmetrics_family(spec)] > 1)
+        render_group(spec, samples, out, cache, header)
+    out.append("# EOF\n")
     return "".join(out)

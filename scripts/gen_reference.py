@@ -16,8 +16,8 @@ from pathlib import Path
 
 from crusoe_metrics_exporter.contract import ConfigOption, MetricSpec
 from crusoe_metrics_exporter.host import OWN_DISTRIBUTION, discover, discover_services
-from crusoe_metrics_exporter.meta import HELP as META_HELP
-from crusoe_metrics_exporter.naming import PREFIX, SEED_COUNTERS_WITHOUT_TOTAL
+from crusoe_metrics_exporter.meta import META_METRICS
+from crusoe_metrics_exporter.naming import PREFIX
 from crusoe_metrics_exporter.options import to_text
 from crusoe_metrics_exporter.schema import config_options
 from crusoe_metrics_exporter.settings import CORE_OPTIONS
@@ -43,8 +43,8 @@ def options_table(section: str, options: tuple[ConfigOption, ...]) -> str:
 
 
 def _type(m: MetricSpec) -> str:
-    if m.type == "counter" and m.name in SEED_COUNTERS_WITHOUT_TOTAL:
-        return "counter (exposed untyped, seed name)"
+    if m.type == "counter" and not m.name.endswith("_total"):
+        return "counter (exposed untyped, legacy name)"
     return m.type
 
 
@@ -62,6 +62,7 @@ def generate() -> dict[str, str]:
     if missing:
         raise SystemExit(f"cannot document plugins that fail to load: {', '.join(missing)}")
     options = ["### `[exporter]`\n\n" + options_table("exporter", CORE_OPTIONS)]
+    service_metrics = []
     for svc in discover_services():
         if svc.distribution != OWN_DISTRIBUTION:
             continue
@@ -71,6 +72,9 @@ def generate() -> dict[str, str]:
         if declared:
             options.append(f"### `[{svc.name}]` (shared service: {svc.spec.description})\n\n"
                            + options_table(svc.name, declared))
+        if svc.spec.metrics:
+            service_metrics.append(f"### {svc.name} (shared service)\n\n{svc.spec.description}\n\n"
+                                   + metrics_table(svc.spec.metrics))
     metrics = []
     for rec in records:
         assert rec.spec is not None
@@ -78,16 +82,8 @@ def generate() -> dict[str, str]:
         if declared:
             options.append(f"### `[plugins.{rec.name}]`\n\n" + options_table(f"plugins.{rec.name}", declared))
         metrics.append(f"### {rec.name}\n\n{rec.spec.description}\n\n" + metrics_table(rec.spec.metrics))
-    meta_rows = ["| metric | type | labels | help |", "|---|---|---|---|"]
-    meta_labels = {"build_info": "`version`, `python_version`", "plugin_state": "`plugin`, `state`",
-                   "plugin_errors": "`plugin`, `phase`", "plugin_invalid_samples": "`plugin`, `reason`"}
-    counters = ("plugin_errors", "plugin_invalid_samples")
-    for name, help_text in META_HELP.items():
-        exposed = name + "_total" if name in counters else name
-        kind = "counter" if name in counters else "gauge"
-        meta_rows.append(f"| `{PREFIX}exporter_{exposed}` | {kind} | {meta_labels.get(name, '`plugin`')} | "
-                         f"{_cell(help_text)} |")
-    metrics.append("### exporter (core)\n\n" + "\n".join(meta_rows))
+    metrics += service_metrics
+    metrics.append("### exporter (core)\n\n" + metrics_table(META_METRICS))
     return {"options": "\n\n".join(options), "metrics": "\n\n".join(metrics)}
 
 

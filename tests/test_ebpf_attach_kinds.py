@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from helpers.block_io import direct_writes
+from helpers.exporter_scrape import ebpf_service_families
 
 from crusoe_metrics_exporter.ebpf import (
     BpfSpec,
@@ -230,7 +231,7 @@ def test_skipped_runs_are_exported_exactly(kind: str, require_btf: None, state_d
             # Raw tracepoints run inside the trigger; only their own nested
             # event is refused, and counted.
             assert runs == rounds and misses == rounds
-        families = {f.name: f for f in service.metric_families()}
+        families = ebpf_service_families(service)
         [sample] = [s for s in families["crusoe_vm_exporter_ebpf_program_recursion_misses"].samples
                     if s.labels["program"] == "nested"]
         assert sample.name.endswith("_total") and sample.value == after.recursion_misses

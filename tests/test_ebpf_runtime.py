@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from helpers.block_io import direct_writes
+from helpers.exporter_scrape import ebpf_service_families
 
 from crusoe_metrics_exporter.ebpf import (
     BpfSpec,
@@ -160,7 +161,7 @@ def test_run_stats_and_service_metrics(require_ebpf: None, state_dir: Path) -> N
         direct_writes(20)
         stats = loaded.stats()["complete"]
         assert stats.run_cnt >= 20 and stats.run_time_ns > 0
-        families = {f.name: f for f in service.metric_families()}
+        families = ebpf_service_families(service)
         run = families["crusoe_vm_exporter_ebpf_program_run_seconds"]
         assert run.type == "counter" and run.samples[0].value > 0
         assert run.samples[0].name.endswith("_total")
@@ -170,7 +171,7 @@ def test_run_stats_and_service_metrics(require_ebpf: None, state_dir: Path) -> N
         assert attached.labels["method"] == "tracepoint" and attached.value == 1.0
         assert families["crusoe_vm_exporter_ebpf_stats_enabled"].samples[0].value == 1.0
         service.release("runtime_test", loaded)
-        assert service.metric_families()[0].samples == []
+        assert [s.metric for s in service.collect()] == ["exporter_ebpf_stats_enabled"]
     finally:
         kernel.set_bpf_stats(before)
         service.stop()

@@ -336,3 +336,48 @@ def test_the_builtin_services_register_through_entry_points() -> None:
     assert set(records) >= builtin_services()
     for name in builtin_services():
         assert records[name].state == "loaded" and records[name].builtin, records[name].reason
+
+
+class CountingCache(Cache):
+    """A service that exports metrics of its own, one of them wrong once."""
+
+    def __init__(self, ctx: ServiceContext[CacheOptions]) -> None:
+        super().__init__(ctx)
+        self.fail = False
+
+    def collect(self) -> list[Any]:
+        from crusoe_metrics_exporter.sdk import Sample
+
+        if self.fail:
+            raise OSError("cache stats unreadable")
+        return [Sample("exporter_cache_entries", (), float(self.size)), Sample("exporter_cache_hits_total", (), -1.0)]
+
+
+def test_service_metrics_go_through_validation_and_the_one_renderer(caplog: pytest.LogCaptureFixture) -> None:
+    from crusoe_metrics_exporter.app import Exporter
+    from crusoe_metrics_exporter.exposition import render
+    from crusoe_metrics_exporter.settings import Overrides
+
+    metrics = (MetricSpec("exporter_cache_entries", "gauge", "Entries."),
+               MetricSpec("exporter_cache_hits_total", "counter", "Hits."))
+    entry = _service_entry(lambda: ServiceSpec("cache", "A cache.", CountingCache, options=CacheOptions,
+                                               metrics=metrics))
+    seen: list[Any] = []
+    exporter = Exporter.from_environment(None, Overrides({}), {"HOST_PROC_PATH": "/proc"}, [_cache_user(seen)],
+                                         [entry])
+    exporter.start()
+    try:
+        text = render(exporter.collect()).decode()
+        om = render(exporter.collect(), openmetrics=True).decode()
+        assert "# TYPE crusoe_vm_exporter_cache_entries gauge\ncrusoe_vm_exporter_cache_entries 8.0\n" in text
+        assert "crusoe_vm_exporter_cache_hits_total" not in text  # -1 is no counter value
+        assert "# TYPE crusoe_vm_exporter_cache_entries gauge" in om and om.endswith("# EOF\n")
+        [error] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert error == ("service cache: dropped invalid sample exporter_cache_hits_total = -1.0: counter values "
+                         "must not be negative (negative_counter)")
+        seen[0].fail = True
+        text = render(exporter.collect()).decode()
+        assert "crusoe_vm_exporter_cache_entries" not in text and "crusoe_vm_exporter_plugin_up" in text
+        assert "service cache: collecting its metrics failed: OSError: cache stats unreadable" in caplog.text
+    finally:
+        exporter.stop()

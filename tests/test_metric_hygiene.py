@@ -9,15 +9,14 @@ from helpers.fake_plugins import FakePlugin, make_exporter
 from helpers.server import CLI
 
 from crusoe_metrics_exporter.exposition import render
-from crusoe_metrics_exporter.naming import (
-    PREFIX,
-    SEED_GAUGES_ENDING_IN_TOTAL,
-    SEED_NAMES_NAMING_THEIR_TYPE,
-    SEED_NON_BASE_UNIT_NAMES,
-)
+from crusoe_metrics_exporter.host import discover, discover_services
+from crusoe_metrics_exporter.naming import PREFIX
 
-#: What promtool may report: names the seed fixed.
-SEED_FIXED = {PREFIX + n for n in SEED_NON_BASE_UNIT_NAMES | SEED_GAUGES_ENDING_IN_TOTAL | SEED_NAMES_NAMING_THEIR_TYPE}
+
+def legacy_names() -> set[str]:
+    """What promtool may report: names declared with legacy_name (and the reason the Go exporter's name is kept)."""
+    records = [*discover(), *discover_services()]
+    return {PREFIX + m.name for r in records if r.spec is not None for m in r.spec.metrics if m.legacy_name}
 
 
 def promtool(text: bytes) -> list[str]:
@@ -41,7 +40,7 @@ def test_full_collection_is_lint_clean_but_for_seed_names() -> None:
     result = subprocess.run([CLI, "collect"], capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr.decode()
     assert b"crusoe_vm_exporter_build_info" in result.stdout
-    unexpected = [p for p in promtool(result.stdout) if p.split()[0] not in SEED_FIXED]
+    unexpected = [p for p in promtool(result.stdout) if p.split()[0] not in legacy_names()]
     assert unexpected == []
 
 
@@ -49,7 +48,6 @@ def test_every_declared_family_is_lint_clean_but_for_seed_names() -> None:
     """Every built-in's declarations, whether or not the plugin can run here (nvme, eBPF on other kernels)."""
     from crusoe_metrics_exporter.contract import HistogramValue, Sample
     from crusoe_metrics_exporter.exposition import Scrape
-    from crusoe_metrics_exporter.host import discover
 
     groups = []
     for rec in discover():
@@ -61,5 +59,14 @@ def test_every_declared_family_is_lint_clean_but_for_seed_names() -> None:
             value = HistogramValue((1,) * (len(spec.buckets) + 1), 1.0) if spec.type == "histogram" else 1.0
             groups.append((spec, [Sample(spec.name, tuple("x" for _ in spec.labels), value)]))
     assert any(spec.name == "nvme_info" for spec, _ in groups)
-    unexpected = [p for p in promtool(render(Scrape(groups=groups))) if p.split()[0] not in SEED_FIXED]
+    unexpected = [p for p in promtool(render(Scrape(groups=groups))) if p.split()[0] not in legacy_names()]
     assert unexpected == []
+
+
+def test_the_exporters_own_metrics_follow_the_rules_every_plugin_metric_does() -> None:
+    from crusoe_metrics_exporter.meta import META_METRICS
+    from crusoe_metrics_exporter.naming import validate_metric_spec
+
+    for spec in META_METRICS:
+        validate_metric_spec(spec)
+        assert spec.name.startswith("exporter_") and not spec.legacy_name

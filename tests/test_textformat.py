@@ -1,13 +1,17 @@
-"""The direct text renderer writes exactly what prometheus_client would."""
+"""The renderer writes exactly what prometheus_client would, in both formats, from the one model."""
 
 from __future__ import annotations
 
+from typing import cast
+
+from helpers.reference_exposition import Families, families
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from crusoe_metrics_exporter.contract import HistogramValue, MetricSpec, Sample
-from crusoe_metrics_exporter.exposition import FamiliesCollector, Scrape, family, render
+from crusoe_metrics_exporter.exposition import Scrape, render
 
 label_names = st.lists(st.sampled_from(["device", "volume_id", "zone", "op", "a", "mount_point", "xprt_idx"]),
                        max_size=4, unique=True)
@@ -18,7 +22,7 @@ numbers = st.one_of(st.floats(allow_nan=False, allow_infinity=False, min_value=0
 
 @st.composite
 def group(draw: st.DrawFn) -> tuple[MetricSpec, list[Sample]]:
-    kind = draw(st.sampled_from(["counter", "gauge", "histogram", "seed"]))
+    kind = draw(st.sampled_from(["counter", "gauge", "histogram", "legacy", "legacy_gauge", "clash"]))
     names = tuple(draw(label_names))
     rows = draw(st.lists(st.tuples(*[label_values for _ in names]), max_size=5, unique=True))
     if kind == "histogram":
@@ -27,8 +31,15 @@ def group(draw: st.DrawFn) -> tuple[MetricSpec, list[Sample]]:
         samples = [Sample(spec.name, row, HistogramValue(
             tuple(draw(st.lists(st.integers(0, 10**12), min_size=len(bounds) + 1, max_size=len(bounds) + 1))),
             draw(numbers))) for row in rows]
-    elif kind == "seed":
-        spec = MetricSpec("nfs_latency_seconds", "counter", "Seed counter.", names)
+    elif kind == "legacy":
+        spec = MetricSpec("nfs_latency_seconds", "counter", "Seed counter.", names, legacy_name="the seed's")
+        samples = [Sample(spec.name, row, draw(numbers)) for row in rows]
+    elif kind == "legacy_gauge":
+        spec = MetricSpec("disk_bytes_total", "gauge", "Seed gauge.", names, legacy_name="the seed's")
+        samples = [Sample(spec.name, row, draw(numbers)) for row in rows]
+    elif kind == "clash":
+        # A counter whose OpenMetrics family name is the histogram's (thing_seconds).
+        spec = MetricSpec("thing_seconds_total", "counter", "Summed seconds.", names)
         samples = [Sample(spec.name, row, draw(numbers)) for row in rows]
     else:
         name = "thing_events_total" if kind == "counter" else "thing_value"
@@ -37,12 +48,26 @@ def group(draw: st.DrawFn) -> tuple[MetricSpec, list[Sample]]:
     return spec, samples
 
 
+def _unique(groups: list[tuple[MetricSpec, list[Sample]]]) -> list[tuple[MetricSpec, list[Sample]]]:
+    # One family per metric name, as in any real scrape.
+    return list({spec.name: (spec, samples) for spec, samples in groups}.values())
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.lists(group(), max_size=3))
+@given(st.lists(group(), max_size=4))
 def test_same_bytes_as_prometheus_client(groups: list[tuple[MetricSpec, list[Sample]]]) -> None:
-    scrape = Scrape(groups=list(groups))
-    ours = render(scrape)
-    theirs = generate_latest(FamiliesCollector([family(spec, samples) for spec, samples in groups]))
+    groups = _unique(groups)
+    ours = render(Scrape(groups=list(groups)))
+    theirs = generate_latest(Families(families(groups)))
+    assert ours == theirs
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(group(), max_size=4))
+def test_openmetrics_same_bytes_as_prometheus_client(groups: list[tuple[MetricSpec, list[Sample]]]) -> None:
+    groups = _unique(groups)
+    ours = render(Scrape(groups=list(groups)), openmetrics=True)
+    theirs = cast(bytes, generate_openmetrics(Families(families(groups, openmetrics=True))))  # type: ignore[no-untyped-call]
     assert ours == theirs
 
 

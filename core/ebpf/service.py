@@ -17,9 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
-from crusoe_metrics_exporter.contract import DoctorCheck, ServiceContext, ServiceSpec, Support
+from crusoe_metrics_exporter.contract import DoctorCheck, MetricSpec, Sample, ServiceContext, ServiceSpec, Support
 from crusoe_metrics_exporter.ebpf import kernel
 from crusoe_metrics_exporter.ebpf.environment import check_environment, doctor_checks
 from crusoe_metrics_exporter.ebpf.runtime import LoadedBpf, attach_plan, default_state_dir, load, plan_details
@@ -29,7 +27,28 @@ from crusoe_metrics_exporter.schema import option
 
 log = logging.getLogger(__name__)
 
-PREFIX = "crusoe_vm_exporter_ebpf_"
+PROGRAM_ATTACHED = MetricSpec(
+    "exporter_ebpf_program_attached", "gauge",
+    "Whether an eBPF program of a plugin is attached (1) or not (0), and by which method.",
+    ("plugin", "program", "method"))
+PROGRAM_RUN_SECONDS = MetricSpec(
+    "exporter_ebpf_program_run_seconds_total", "counter",
+    "Kernel time spent running the eBPF program (needs kernel.bpf_stats_enabled=1).", ("plugin", "program"))
+PROGRAM_RUN_COUNT = MetricSpec(
+    "exporter_ebpf_program_run_count_total", "counter",
+    "Times the eBPF program ran (needs kernel.bpf_stats_enabled=1).", ("plugin", "program"))
+PROGRAM_RECURSION_MISSES = MetricSpec(
+    "exporter_ebpf_program_recursion_misses_total", "counter",
+    "Events the kernel did not run the eBPF program for because a BPF program was already running on that CPU "
+    "(tp_btf, raw tracepoint: the same program; perf-event tracepoint, kprobe: any) "
+    "(bpf_prog_info.recursion_misses): events the plugin did not see.", ("plugin", "program"))
+STATS_ENABLED = MetricSpec(
+    "exporter_ebpf_stats_enabled", "gauge",
+    "Whether kernel.bpf_stats_enabled is on, i.e. whether eBPF program run time is measured.")
+
+#: The metrics the eBPF runtime exports about the programs it loaded.
+EBPF_METRICS: tuple[MetricSpec, ...] = (PROGRAM_ATTACHED, STATS_ENABLED, PROGRAM_RECURSION_MISSES, PROGRAM_RUN_SECONDS,
+                                         PROGRAM_RUN_COUNT)
 
 
 @dataclass(frozen=True)
@@ -91,35 +110,10 @@ class EbpfService:
             objs = list(self._loaded.get(plugin, []))
         return [status for obj in objs for status in obj.programs]
 
-    def metric_families(self) -> list[Metric]:
-        attached = GaugeMetricFamily(
-            PREFIX + "program_attached",
-            "Whether an eBPF program of a plugin is attached (1) or not (0), and by which method.",
-            labels=["plugin", "program", "method"],
-        )
-        run_time = CounterMetricFamily(
-            PREFIX + "program_run_seconds",
-            "Kernel time spent running the eBPF program (needs kernel.bpf_stats_enabled=1).",
-            labels=["plugin", "program"],
-        )
-        run_count = CounterMetricFamily(
-            PREFIX + "program_run_count",
-            "Times the eBPF program ran (needs kernel.bpf_stats_enabled=1).",
-            labels=["plugin", "program"],
-        )
-        misses = CounterMetricFamily(
-            PREFIX + "program_recursion_misses",
-            "Events the kernel did not run the eBPF program for because a BPF program was already running on "
-            "that CPU (tp_btf, raw tracepoint: the same program; perf-event tracepoint, kprobe: any) "
-            "(bpf_prog_info.recursion_misses): events the plugin did not see.",
-            labels=["plugin", "program"],
-        )
+    def collect(self) -> list[Sample]:
+        """The runtime's own metrics (``EBPF_METRICS``) for the exporter's scrape."""
         stats_on = kernel.bpf_stats_enabled()
-        enabled = GaugeMetricFamily(
-            PREFIX + "stats_enabled",
-            "Whether kernel.bpf_stats_enabled is on, i.e. whether eBPF program run time is measured.",
-            value=1.0 if stats_on else 0.0,
-        )
+        out = [Sample(STATS_ENABLED.name, (), 1.0 if stats_on else 0.0)]
         with self._lock:
             snapshot = [(plugin, obj) for plugin, objs in self._loaded.items() for obj in objs]
         seen: set[tuple[str, str]] = set()
@@ -129,17 +123,15 @@ class EbpfService:
                 if key in seen:
                     continue
                 seen.add(key)
-                attached.add_metric([plugin, status.role, status.method], 1.0 if status.attached else 0.0)
+                out.append(Sample(PROGRAM_ATTACHED.name, (plugin, status.role, status.method),
+                                  1.0 if status.attached else 0.0))
             for role, stats in obj.stats().items():
                 if stats.recursion_misses is not None:
-                    misses.add_metric([plugin, role], float(stats.recursion_misses))
+                    out.append(Sample(PROGRAM_RECURSION_MISSES.name, (plugin, role), float(stats.recursion_misses)))
                 if stats_on:
-                    run_time.add_metric([plugin, role], stats.run_time_ns / 1e9)
-                    run_count.add_metric([plugin, role], float(stats.run_cnt))
-        families: list[Metric] = [attached, enabled, misses]
-        if stats_on:
-            families += [run_time, run_count]
-        return families
+                    out.append(Sample(PROGRAM_RUN_SECONDS.name, (plugin, role), stats.run_time_ns / 1e9))
+                    out.append(Sample(PROGRAM_RUN_COUNT.name, (plugin, role), float(stats.run_cnt)))
+        return out
 
     def stop(self) -> None:
         with self._lock:
@@ -165,5 +157,6 @@ def crusoe_metrics_exporter_service() -> ServiceSpec[EbpfOptions]:
         description="Compiles plugins' eBPF programs in a helper process, attaches them and reports their cost.",
         factory=_factory,
         options=EbpfOptions,
+        metrics=EBPF_METRICS,
         doctor=_doctor,
     )

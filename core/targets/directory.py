@@ -19,8 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client.metrics_core import Metric
-
+from crusoe_metrics_exporter.contract import Sample
 from crusoe_metrics_exporter.targets.addresses import family_of, normalize, sort_key
 from crusoe_metrics_exporter.targets.dns import CountingResolver, DnsStats, Resolver, system_resolver
 from crusoe_metrics_exporter.targets.model import NfsMount, NfsServer, ObjstoreEndpoint
@@ -156,8 +155,9 @@ class TargetDirectory:
             if callback in self._subscribers:
                 self._subscribers.remove(callback)
 
-    def metric_families(self) -> list[Metric]:
-        return self.dns_stats.metric_families()
+    def collect(self) -> list[Sample]:
+        """The DNS metrics (``DNS_METRICS``), for the exporter's scrape."""
+        return self.dns_stats.samples()
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:

@@ -14,10 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from prometheus_client.metrics_core import Metric
-
 from crusoe_metrics_exporter.contract import HistogramValue, MetricSpec, Sample
-from crusoe_metrics_exporter.exposition import family
 from crusoe_metrics_exporter.histogram import bucket_index
 from crusoe_metrics_exporter.targets.addresses import normalize, sort_key
 
@@ -42,6 +39,10 @@ LATENCY = MetricSpec(
     _LABELS,
     buckets=DNS_BUCKETS,
 )
+
+
+#: The metrics the targets service exports about its lookups.
+DNS_METRICS: tuple[MetricSpec, ...] = (TOTAL, SUCCESSES, FAILURES, LATENCY)
 
 
 def system_resolver(name: str) -> list[str]:
@@ -98,15 +99,14 @@ class DnsStats:
                 for key, s in self._series.items()
             }
 
-    def metric_families(self) -> list[Metric]:
+    def samples(self) -> list[Sample]:
+        """The resolution counters and latency histogram of every (type, host), for DNS_METRICS."""
         snap = sorted(self.snapshot().items())
-        if not snap:
-            return []
-        total = [Sample(TOTAL.name, key, float(v[0])) for key, v in snap]
-        ok = [Sample(SUCCESSES.name, key, float(v[1])) for key, v in snap]
-        failed = [Sample(FAILURES.name, key, float(v[2])) for key, v in snap]
-        latency = [Sample(LATENCY.name, key, v[3]) for key, v in snap]
-        return [family(TOTAL, total), family(SUCCESSES, ok), family(FAILURES, failed), family(LATENCY, latency)]
+        out = [Sample(TOTAL.name, key, float(v[0])) for key, v in snap]
+        out += [Sample(SUCCESSES.name, key, float(v[1])) for key, v in snap]
+        out += [Sample(FAILURES.name, key, float(v[2])) for key, v in snap]
+        out += [Sample(LATENCY.name, key, v[3]) for key, v in snap]
+        return out
 
 
 class CountingResolver:

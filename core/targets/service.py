@@ -15,6 +15,7 @@ from typing import Any
 from crusoe_metrics_exporter.contract import DoctorCheck, ServiceContext, ServiceSpec
 from crusoe_metrics_exporter.hookspecs import hookimpl
 from crusoe_metrics_exporter.schema import Derived, OptionError, OptionWarning, option
+from crusoe_metrics_exporter.targets.dns import DNS_METRICS
 from crusoe_metrics_exporter.targets.region import NoRegion, objstore_endpoint, region_from_node_name
 from crusoe_metrics_exporter.targets.volumes import DEFAULT_VOLUME_PATTERN, compile_volume_pattern
 
@@ -111,5 +112,6 @@ def crusoe_metrics_exporter_service() -> ServiceSpec[TargetOptions]:
         description="Where the NFS servers, NFS mounts and object-store endpoints are, refreshed in the background.",
         factory=_factory,
         options=TargetOptions,
+        metrics=DNS_METRICS,
         doctor=_doctor,
     )

@@ -18,13 +18,16 @@ from crusoe_metrics_exporter.sdk import (
 )
 
 _DEVICE = ("device",)
+GO_NAME_IN_MS = "the Go exporter's name in milliseconds, used as is by its dashboards"
 
 METRICS: tuple[MetricSpec, ...] = (
     # The first four names and help texts are the seed's, kept for existing dashboards.
     MetricSpec("disk_reads_completed_total", "counter", "Total number of reads completed successfully", _DEVICE),
-    MetricSpec("disk_read_time_ms_total", "counter", "Total time spent reading in milliseconds", _DEVICE),
+    MetricSpec("disk_read_time_ms_total", "counter", "Total time spent reading in milliseconds", _DEVICE,
+               legacy_name=GO_NAME_IN_MS),
     MetricSpec("disk_writes_completed_total", "counter", "Total number of writes completed successfully", _DEVICE),
-    MetricSpec("disk_write_time_ms_total", "counter", "Total time spent writing in milliseconds", _DEVICE),
+    MetricSpec("disk_write_time_ms_total", "counter", "Total time spent writing in milliseconds", _DEVICE,
+               legacy_name=GO_NAME_IN_MS),
     MetricSpec("disk_reads_merged_total", "counter",
                "Total number of adjacent reads the block layer merged before issuing them", _DEVICE),
     MetricSpec("disk_writes_merged_total", "counter",

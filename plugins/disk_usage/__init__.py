@@ -29,13 +29,16 @@ from crusoe_metrics_exporter.sdk import (
 MAX_STAT_WORKERS = 64
 
 _LABELS = ("device", "mount_point")
+#: The filesystem's total size is a gauge; the Go exporter named it ..._total and dashboards use that.
+GO_TOTAL_GAUGE = "the Go exporter's gauge name (a filesystem's total size), used as is by its dashboards"
 
 METRICS: tuple[MetricSpec, ...] = (
     # Names, labels and help texts of the first four are the seed's.
     MetricSpec("disk_bytes_used", "gauge", "Bytes currently used on disk filesystem", _LABELS),
-    MetricSpec("disk_bytes_total", "gauge", "Total bytes on disk filesystem", _LABELS),
+    MetricSpec("disk_bytes_total", "gauge", "Total bytes on disk filesystem", _LABELS, legacy_name=GO_TOTAL_GAUGE),
     MetricSpec("disk_inodes_used", "gauge", "Inodes currently used on disk filesystem", _LABELS),
-    MetricSpec("disk_inodes_total", "gauge", "Total inodes on disk filesystem", _LABELS),
+    MetricSpec("disk_inodes_total", "gauge", "Total inodes on disk filesystem", _LABELS,
+               legacy_name=GO_TOTAL_GAUGE),
     MetricSpec("disk_bytes_available", "gauge",
                "Bytes available to unprivileged users on disk filesystem (df's Avail; excludes root-reserved blocks)",
                _LABELS),

@@ -28,6 +28,7 @@ METRICS = (
         "NFS request latency in seconds, summed: from the first unanswered send on a connection to an NFS "
         "server to the first data received back.",
         LABELS,
+        legacy_name="the Go exporter's counter name without _total, used as is by its dashboards and PromQL",
     ),
     MetricSpec("nfs_requests_total", "counter", "Total number of NFS requests (send/receive exchanges).", LABELS),
     MetricSpec(
@@ -42,6 +43,7 @@ METRICS = (
         "Histogram of NFS request latency in seconds.",
         LABELS,
         buckets=_BUCKETS,
+        legacy_name="the Go exporter's histogram name (it names its type), used as is by its dashboards and PromQL",
     ),
     MetricSpec.errors(
         ERRORS,

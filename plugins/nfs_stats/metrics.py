@@ -49,9 +49,13 @@ BYTES_METRICS = (
 )
 MOUNT_AGE = "nfs_mount_age_seconds"
 
+#: Why names that break Prometheus' conventions are kept.
+GO_NAME_IN_MS = "the Go exporter's name in milliseconds, used as is by its dashboards"
+GO_NAME_WITHOUT_TOTAL = "the Go exporter's counter name without _total, used as is by its dashboards and PromQL"
 
-def _counter(name: str, help: str, labels: tuple[str, ...]) -> MetricSpec:
-    return MetricSpec(name, "counter", help, labels)
+
+def _counter(name: str, help: str, labels: tuple[str, ...], legacy_name: str = "") -> MetricSpec:
+    return MetricSpec(name, "counter", help, labels, legacy_name=legacy_name)
 
 
 def _gauge(name: str, help: str, labels: tuple[str, ...]) -> MetricSpec:
@@ -68,8 +72,8 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec.errors(EVENTS_ERRORS, "Total errors parsing mount-level events/bytes/age lines from mountstats."),
     _counter(RPC_COUNT, "Total number of NFS RPC operations", OP_LABELS),
     _counter(RPC_TIMEOUTS, "Total number of NFS RPC timeouts", OP_LABELS),
-    _counter(RPC_RTT_MS, "Total RTT time for NFS RPC operations in milliseconds", OP_LABELS),
-    _counter(RPC_EXE_MS, "Total execution time for NFS RPC operations in milliseconds", OP_LABELS),
+    _counter(RPC_RTT_MS, "Total RTT time for NFS RPC operations in milliseconds", OP_LABELS, GO_NAME_IN_MS),
+    _counter(RPC_EXE_MS, "Total execution time for NFS RPC operations in milliseconds", OP_LABELS, GO_NAME_IN_MS),
     _counter(BYTES_SENT, "Total bytes sent for NFS RPC operations", OP_LABELS),
     _counter(BYTES_RECV, "Total bytes received for NFS RPC operations", OP_LABELS),
     _counter(
@@ -77,6 +81,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "NFS RPC backlog utilization from xprt stats: cumulative backlog queue length summed over the "
         "mount's transports (lanes); divide its rate by the rate of sends for the average backlog per request",
         VOLUME_LABELS,
+        GO_NAME_WITHOUT_TOTAL,
     ),
     _counter(
         XPRT_SENDS,
@@ -107,6 +112,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "Cumulative per-xprt backlog utilization. Differentiates lanes \u2014 useful when the volume-aggregate "
         "backlog metric is climbing and you want to localize which lane is queueing.",
         LANE_LABELS,
+        GO_NAME_WITHOUT_TOTAL,
     ),
     _counter(
         EVENT_METRICS[0],

@@ -35,7 +35,8 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(AVAILABLE_SPARE, "gauge", "Remaining spare capacity as a percentage of the original (0\u2013100).",
                _DEVICE),
     MetricSpec(POWER_ON_HOURS, "gauge",
-               "Hours the NVMe controller has been powered on over its physical lifetime.", _DEVICE),
+               "Hours the NVMe controller has been powered on over its physical lifetime.", _DEVICE,
+               legacy_name="the Go exporter's name in hours (not seconds), used as is by its dashboards"),
     # Beyond the Go exporter:
     MetricSpec(TEMPERATURE, "gauge",
                "Composite temperature of the NVMe controller in degrees Celsius (the SMART log's kelvin - 273.15).",

@@ -28,6 +28,7 @@ METRICS = (
         "Object store connection-phase latency in seconds, summed (first send of an exchange to its last "
         "receive, per connection).",
         LABELS,
+        legacy_name="the Go exporter's counter name without _total, used as is by its dashboards and PromQL",
     ),
     MetricSpec(
         "objectstore_connections_total",
@@ -57,6 +58,7 @@ METRICS = (
         "Histogram of object store connection-phase latency in seconds.",
         LABELS,
         buckets=_BUCKETS,
+        legacy_name="the Go exporter's histogram name (it names its type), used as is by its dashboards and PromQL",
     ),
     MetricSpec.errors(
         ERRORS,

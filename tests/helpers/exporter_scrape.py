@@ -6,11 +6,17 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from crusoe_metrics_exporter.app import Exporter
-from crusoe_metrics_exporter.exposition import render
+from crusoe_metrics_exporter.exposition import Scrape, render
+from crusoe_metrics_exporter.runner import SampleGate
+
+if TYPE_CHECKING:
+    from crusoe_metrics_exporter.ebpf.service import EbpfService
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -64,3 +70,11 @@ def value(series: Series, name: str, **labels: str) -> float:
 
 def labelsets(series: Series, name: str) -> list[dict[str, str]]:
     return [dict(k[1]) for k in series if k[0] == name]
+
+
+def ebpf_service_families(service: EbpfService) -> dict[str, Metric]:
+    """The eBPF runtime's own metrics as a scrape serves them (validated, rendered, parsed back), by family name."""
+    from crusoe_metrics_exporter.ebpf.service import EBPF_METRICS
+
+    text = render(Scrape(SampleGate("ebpf", EBPF_METRICS).groups(service.collect()))).decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}

@@ -15,10 +15,11 @@ import pytest
 from helpers.waiting import wait_until
 
 from crusoe_metrics_exporter.app import Exporter
-from crusoe_metrics_exporter.exposition import render
+from crusoe_metrics_exporter.exposition import Scrape, render
+from crusoe_metrics_exporter.runner import SampleGate
 from crusoe_metrics_exporter.settings import Overrides
 from crusoe_metrics_exporter.targets.directory import TargetDirectory
-from crusoe_metrics_exporter.targets.dns import MAX_DNS_HOSTS, Resolver, system_resolver
+from crusoe_metrics_exporter.targets.dns import DNS_METRICS, MAX_DNS_HOSTS, Resolver, system_resolver
 from crusoe_metrics_exporter.targets.service import TargetOptions
 from crusoe_metrics_exporter.testing import options_for
 
@@ -65,8 +66,13 @@ def new_directory(setup: Setup, resolver: Resolver | None = None) -> TargetDirec
     return TargetDirectory(setup.options, setup.proc, resolver=resolver)
 
 
+def dns_exposition(directory: TargetDirectory) -> bytes:
+    """The DNS metrics as the exporter serves them: validated against their declarations, rendered."""
+    return render(Scrape(SampleGate("targets", DNS_METRICS).groups(directory.collect())))
+
+
 def dns_value(directory: TargetDirectory, metric: str, kind: str, host: str) -> float | None:
-    text = render(directory.metric_families()).decode()
+    text = dns_exposition(directory).decode()
     m = re.search(rf'^crusoe_vm_{metric}{{host="{re.escape(host)}",type="{kind}"}} (\S+)$', text, re.M)
     return float(m.group(1)) if m else None
 
@@ -109,7 +115,7 @@ def test_host_mounts_fixture(tmp_path: Path, directories: list[TargetDirectory])
     assert mounts["/scratch"].addresses == ("10.9.9.9",)  # the invalid remoteports part is ignored
 
     assert dns_value(d, "dns_resolve_total", "nfs", "nfs.example.test") == 1.0
-    text = render(d.metric_families()).decode()
+    text = dns_exposition(d).decode()
     assert 'host="10.' not in text and 'host="fd00' not in text and 'host="172.' not in text
 
 
@@ -238,7 +244,7 @@ def test_objstore_ips_without_fqdn(tmp_path: Path, directories: list[TargetDirec
     ]
     assert d.objstore_configured and d.objstore_fqdn == ""
     assert dns.calls == []
-    assert d.metric_families() == []
+    assert d.collect() == []
 
 
 def test_nothing_configured(tmp_path: Path, directories: list[TargetDirectory]) -> None:
@@ -309,7 +315,7 @@ def test_dns_host_labels_are_capped(tmp_path: Path, directories: list[TargetDire
     d = new_directory(settings, resolver=FakeDns({}))
     directories.append(d)
     d.nfs_servers()
-    text = render(d.metric_families()).decode()
+    text = dns_exposition(d).decode()
     hosts = set(re.findall(r'^crusoe_vm_dns_resolve_total\{host="([^"]+)"', text, re.M))
     assert len(hosts) == MAX_DNS_HOSTS + 1 and "other" in hosts
     assert dns_value(d, "dns_resolve_total", "nfs", "other") == 5.0
@@ -340,7 +346,7 @@ def test_non_utf8_server_name_in_mounts_does_not_break_the_exposition(
     directories.append(d)
     mounts = d.nfs_mounts()
     # The host name becomes a DNS host label value: it must be encodable.
-    text = render(d.metric_families()).decode()
+    text = dns_exposition(d).decode()
     assert 'host="\ufffd\ufffd"' in text
     # The same replacement nfs_stats applies to mountstats, so the ids agree.
     assert [m.volume_id for m in mounts if m.mount_point == "/mnt/b"] == ["v\ufffd"]
