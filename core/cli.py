@@ -304,6 +304,35 @@ def doctor_cmd(ctx: click.Context, /, **kwargs: Any) -> None:
         raise RunFailure(f"{failures} check(s) failed")
 
 
+@cli.group("plugin")
+def plugin_group() -> None:
+    """Tools for plugin authors."""
+
+
+@plugin_group.command("new")
+@click.argument("name")
+@click.option("--dir", "parent", type=click.Path(path_type=Path, file_okay=False), default=".", show_default=True,
+              help="Directory the package folder is created in.")
+def plugin_new_cmd(name: str, parent: Path) -> None:
+    """Write a complete plugin package NAME: metrics, an option, a parser with a fixture, tests, README."""
+    from crusoe_metrics_exporter import host
+    from crusoe_metrics_exporter.scaffold import Names, ScaffoldError, write
+
+    try:
+        names = Names.of(name)
+        taken = {r.name for r in host.discover()}
+        if name in taken:
+            raise ScaffoldError(f"invalid plugin name {name!r}: an installed plugin has it (installed: "
+                                f"{', '.join(sorted(taken))})")
+        root = write(names, parent)
+    except ScaffoldError as exc:
+        raise UsageFailure(str(exc)) from None
+    except OSError as exc:
+        raise RunFailure(f"cannot write into {parent}: {exc.strerror or exc}") from None
+    click.echo(f"wrote {root}\n\nnext:\n  cd {root}\n  python -m pytest          # its own tests, with the "
+               f"exporter's testing kit\n  pip install -e .\n  {PROG} plugins   # {name}: active")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
