@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-host test-vm lint typecheck bench setup setup-test clean image install dist
+.PHONY: run test test-host test-vm lint typecheck bench setup setup-test clean image install dist editor-links
 
 $(VENV)/bin/python:
 	@$(PYTHON) -m venv $(VENV) || (scripts/setup-system.sh && $(PYTHON) -m venv $(VENV))
@@ -42,6 +42,12 @@ test-host: setup-test
 test-vm: setup-test
 	$(PY) -m tests.vm test
 
+# For editors and other static tools: an editable install they can follow
+# (a tree of symlinks with the installed layout under build/; re-run it after
+# adding a module). The default editable install is an import hook they cannot.
+editor-links: setup-test
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
+
 lint:
 	$(PY) -m ruff check core plugins tests benchmarks examples deploy
 
@@ -67,4 +73,4 @@ install:
 	scripts/install.sh
 
 clean:
-	rm -rf $(VENV) build dist .typecheck *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

@@ -32,7 +32,8 @@ import sys
 
 from ebpf_cost import EMPTY_KINDS, detached_run, empty_spec, reaches
 
-from crusoe_metrics_exporter.ebpf import BpfSpec, LoadedBpf, kernel, load
+from crusoe_metrics_exporter.ebpf import LoadedBpf, kernel, load
+from crusoe_metrics_exporter.ebpf.service import EbpfService
 from crusoe_metrics_exporter.plugins._tcptrace.program import HOOKS
 from crusoe_metrics_exporter.plugins._tcptrace.tracer import TcpTracer, make_spec
 from crusoe_metrics_exporter.plugins.nfs_latency import collector as nfs_collector
@@ -97,16 +98,6 @@ def pingpong(host: str, port: int, amount: float) -> tuple[int, float]:
         server.wait(timeout=10)
 
 
-class DirectService:
-    """The ``ebpf`` service's load/release, without the exporter around it."""
-
-    def load(self, plugin: str, spec: BpfSpec, **_: object) -> LoadedBpf:
-        return load(spec)
-
-    def release(self, plugin: str, loaded: LoadedBpf) -> None:
-        loaded.close()
-
-
 def load_plugin(name: str, port: int, address: str) -> TcpTracer:
     if name == "nfs_latency":
         body, bounds = nfs_collector.SOURCE.read_text(), nfs_parser.BUCKETS
@@ -115,7 +106,8 @@ def load_plugin(name: str, port: int, address: str) -> TcpTracer:
         body, bounds = obj_collector.SOURCE.read_text(), obj_parser.BUCKETS
         defines = {"OBJ_MAX_INFLIGHT": 65536, "OBJ_CLAMP_NS": 600 * 10**9, "OBJ_BUCKETS": obj_parser.SLOTS}
     spec = make_spec(name, body, bounds, defines=defines, max_targets=64)
-    tracer = TcpTracer.load(DirectService(), name, spec, 64)
+    # The eBPF runtime service on its own, without the exporter around it.
+    tracer = TcpTracer.load(EbpfService(), name, spec, 64)
     tracer.set_targets([address], [port])
     return tracer
 

@@ -17,7 +17,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -173,7 +173,7 @@ class SampleGate:
         self._metrics = {m.name: m for m in self._order}
         self._reported: set[tuple[str, str]] = set()
 
-    def groups(self, samples: Iterable[Sample]) -> list[tuple[MetricSpec, list[Sample]]]:
+    def groups(self, samples: Iterable[Sample]) -> list[tuple[MetricSpec, Sequence[Sample]]]:
         """The valid samples by declaration, in declaration order (empty declarations left out)."""
         grouped, rejections = validate(samples, self._metrics)
         for key, rejection in rejections.items():

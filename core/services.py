@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,12 +74,12 @@ class ServiceRegistry:
             self._built[name] = service
             return service
 
-    def metric_groups(self) -> list[tuple[MetricSpec, list[Sample]]]:
+    def metric_groups(self) -> list[tuple[MetricSpec, Sequence[Sample]]]:
         """The samples of every built service that declares metrics, validated against its declarations.
 
         A service's ``collect()`` that raises costs only its own metrics.
         """
-        out: list[tuple[MetricSpec, list[Sample]]] = []
+        out: list[tuple[MetricSpec, Sequence[Sample]]] = []
         for name, service in self.built().items():
             spec = self.spec(name)
             collect = getattr(service, "collect", None)

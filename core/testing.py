@@ -54,6 +54,7 @@ __all__ = [
     "SettingError",
     "StaticTargets",
     "check_declaration",
+    "error_totals",
     "invalid_samples",
     "make_proc",
     "options_for",
@@ -205,6 +206,14 @@ def _installed_services() -> list[tuple[Any, str, str]]:
     from crusoe_metrics_exporter.host import _entry_points
 
     return list(_entry_points(SERVICE_GROUP))
+
+
+def error_totals(ctx: PluginContext[Any]) -> dict[str, int]:
+    """The error counters of a context the kit built (``harness.context``), as the core keeps them."""
+    errors = ctx.errors
+    if not isinstance(errors, ErrorCounters):
+        raise TypeError(f"the context of {ctx.plugin!r} was not built by the exporter or the kit")
+    return errors.metric_totals()
 
 
 def invalid_samples(plugin: types.ModuleType | PluginSpec[Any], samples: Iterable[Sample]) -> list[str]:

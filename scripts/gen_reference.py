@@ -92,7 +92,7 @@ def splice(text: str, blocks: dict[str, str]) -> str:
         pattern = re.compile(rf"(<!-- BEGIN GENERATED: {name} -->\n)(?:.*?\n)?(<!-- END GENERATED: {name} -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"README has no generated block {name!r}")
-        text = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
+        text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)  # noqa: B023 - used at once
     return text
 
 

@@ -1,11 +1,7 @@
 #!/usr/bin/env bash
-# mypy cannot follow the package-dir mapping (core/ -> crusoe_metrics_exporter,
-# plugins/ -> crusoe_metrics_exporter.plugins), so check a symlink tree that has
-# the installed layout.
+# mypy (strict) over the package, the plugins, every test, the scripts and the
+# benchmarks; see scripts/typecheck.py for how module names are given to mypy
+# without a symlink tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rm -rf .typecheck && mkdir -p .typecheck/crusoe_metrics_exporter
-cp -rs "$PWD/core/." .typecheck/crusoe_metrics_exporter/
-cp -rs "$PWD/plugins/." .typecheck/crusoe_metrics_exporter/plugins/
-find .typecheck -type d -name tests -prune -exec rm -rf {} +
-MYPYPATH=.typecheck .venv/bin/python -m mypy --config-file pyproject.toml -p crusoe_metrics_exporter
+exec .venv/bin/python scripts/typecheck.py "$@"

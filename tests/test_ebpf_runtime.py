@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -270,7 +271,7 @@ def test_nearest_distribution_headers_are_merged_in_the_state_dir(
     monkeypatch.setattr(headers_mod, "DISTRO_HEADERS_ROOT", src)
     monkeypatch.setattr(headers_mod, "MODULES_ROOT", tmp_path / "no-modules")
     monkeypatch.setattr(headers_mod, "KHEADERS_ARCHIVE", tmp_path / "no-kheaders")
-    monkeypatch.setattr(headers_mod.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
     state = tmp_path / "state"
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import types
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import pytest
 from helpers.fake_plugins import FakeEntryPoint, FakePlugin, plugin_module
 
-from crusoe_metrics_exporter.host import OWN_DISTRIBUTION, PluginRecord, discover
+from crusoe_metrics_exporter.host import OWN_DISTRIBUTION, PluginRecord, ServiceRecord, discover
 from crusoe_metrics_exporter.sdk import (
     MetricSpec,
     OptionError,
@@ -23,8 +24,10 @@ from crusoe_metrics_exporter.sdk import (
     option,
 )
 
+_R = TypeVar("_R", bound=PluginRecord | ServiceRecord)
 
-def _by_name(records):  # type: ignore[no-untyped-def]
+
+def _by_name(records: Iterable[_R]) -> dict[str, _R]:
     return {r.name: r for r in records}
 
 
@@ -134,7 +137,7 @@ def _with_options(options: object) -> PluginRecord:
 def test_bad_option_default_is_a_validation_failure() -> None:
     @dataclass(frozen=True)
     class Bad:
-        interval: float = option("duration", "soon", "h")  # type: ignore[arg-type]
+        interval: float = option("duration", cast(float, "soon"), "h")
 
     rec = _with_options(Bad)
     assert (rec.state, rec.failed_phase) == ("failed", "validate")

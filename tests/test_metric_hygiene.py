@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Sequence
 
 from helpers.fake_plugins import FakePlugin, make_exporter
 from helpers.server import CLI
@@ -11,12 +12,14 @@ from helpers.server import CLI
 from crusoe_metrics_exporter.exposition import render
 from crusoe_metrics_exporter.host import discover, discover_services
 from crusoe_metrics_exporter.naming import PREFIX
+from crusoe_metrics_exporter.sdk import Sample
 
 
 def legacy_names() -> set[str]:
     """What promtool may report: names declared with legacy_name (and the reason the Go exporter's name is kept)."""
-    records = [*discover(), *discover_services()]
-    return {PREFIX + m.name for r in records if r.spec is not None for m in r.spec.metrics if m.legacy_name}
+    declared = [m for r in discover() if r.spec is not None for m in r.spec.metrics]
+    declared += [m for r in discover_services() if r.spec is not None for m in r.spec.metrics]
+    return {PREFIX + m.name for m in declared if m.legacy_name}
 
 
 def promtool(text: bytes) -> list[str]:
@@ -26,8 +29,12 @@ def promtool(text: bytes) -> list[str]:
     return [line for line in (result.stdout + result.stderr).decode().splitlines() if line.strip()]
 
 
+def _raises() -> list[Sample]:
+    raise ZeroDivisionError("division by zero")
+
+
 def test_core_meta_metrics_are_lint_clean() -> None:
-    exporter = make_exporter([FakePlugin("good").entry(), FakePlugin("bad", produce=lambda: 1 / 0).entry()])
+    exporter = make_exporter([FakePlugin("good").entry(), FakePlugin("bad", produce=_raises).entry()])
     exporter.start()
     try:
         problems = promtool(render(exporter.collect()))
@@ -46,10 +53,10 @@ def test_full_collection_is_lint_clean_but_for_seed_names() -> None:
 
 def test_every_declared_family_is_lint_clean_but_for_seed_names() -> None:
     """Every built-in's declarations, whether or not the plugin can run here (nvme, eBPF on other kernels)."""
-    from crusoe_metrics_exporter.contract import HistogramValue, Sample
     from crusoe_metrics_exporter.exposition import Scrape
+    from crusoe_metrics_exporter.sdk import HistogramValue, MetricSpec
 
-    groups = []
+    groups: list[tuple[MetricSpec, Sequence[Sample]]] = []
     for rec in discover():
         if not rec.builtin or rec.spec is None:
             continue

@@ -34,7 +34,7 @@ def test_openmetrics_is_negotiated() -> None:
     assert body.endswith("# EOF\n")
     assert "crusoe_vm_exporter_plugin_errors_total{" in body
     # The whole exposition must be valid OpenMetrics, not only its framing.
-    from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+    from helpers.exporter_scrape import parse_openmetrics
 
     families = {f.name: f.type for f in parse_openmetrics(body)}
     assert families["crusoe_vm_exporter_plugin_errors"] == "counter"

@@ -15,7 +15,7 @@ from crusoe_metrics_exporter.exposition import Scrape, render
 
 label_names = st.lists(st.sampled_from(["device", "volume_id", "zone", "op", "a", "mount_point", "xprt_idx"]),
                        max_size=4, unique=True)
-label_values = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+label_values = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12)
 numbers = st.one_of(st.floats(allow_nan=False, allow_infinity=False, min_value=0, max_value=1e20),
                     st.integers(min_value=0, max_value=2**64 - 1).map(float))
 
@@ -82,7 +82,7 @@ def test_openmetrics_has_no_clashing_families_for_a_counter_next_to_its_histogra
     # disk_read_latency_seconds (histogram). In OpenMetrics a counter family
     # drops _total, so both families were named ..._seconds: invalid, and
     # prometheus_client's parser refused the whole exposition.
-    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+    from helpers.exporter_scrape import parse_openmetrics
 
     counter = MetricSpec("disk_read_latency_seconds_total", "counter", "Total time.", ("device",))
     histogram = MetricSpec("disk_read_latency_seconds", "histogram", "Latency.", ("device",), (0.1, 1.0))
@@ -93,7 +93,7 @@ def test_openmetrics_has_no_clashing_families_for_a_counter_next_to_its_histogra
         (other, [Sample(other.name, ("vda",), 6.0)]),
     ])
     body = render(scrape, openmetrics=True).decode()
-    families = {f.name: f for f in text_string_to_metric_families(body)}
+    families = {f.name: f for f in parse_openmetrics(body)}
     series = {s.name: s.value for f in families.values() for s in f.samples}
     # Every series keeps its exact name and value.
     assert series["crusoe_vm_disk_read_latency_seconds_total"] == 2.5

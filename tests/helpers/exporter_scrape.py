@@ -78,3 +78,10 @@ def ebpf_service_families(service: EbpfService) -> dict[str, Metric]:
 
     text = render(Scrape(SampleGate("ebpf", EBPF_METRICS).groups(service.collect()))).decode()
     return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def parse_openmetrics(text: str) -> list[Metric]:
+    """prometheus_client's OpenMetrics parser (which refuses an invalid exposition), typed."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse
+
+    return list(parse(text))  # type: ignore[no-untyped-call]

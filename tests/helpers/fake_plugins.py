@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from crusoe_metrics_exporter.app import Exporter
-from crusoe_metrics_exporter.sdk import MetricSpec, PluginContext, PluginSpec, Sample, Support, hookimpl
+from crusoe_metrics_exporter.sdk import MetricSpec, NoOptions, PluginContext, PluginSpec, Sample, Support, hookimpl
 from crusoe_metrics_exporter.settings import Overrides
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,10 +81,10 @@ class FakePlugin:
     on_start: Callable[[], None] | None = None
     collectors: list[ScriptedCollector] = field(default_factory=list)
 
-    def spec(self) -> PluginSpec:
+    def spec(self) -> PluginSpec[NoOptions]:
         produce = self.produce or (lambda: [Sample(f"{self.name}_value", ("vda",), 1.0)])
 
-        def factory(ctx: PluginContext) -> ScriptedCollector:
+        def factory(ctx: PluginContext[NoOptions]) -> ScriptedCollector:
             c = ScriptedCollector(produce, on_start=self.on_start)
             self.collectors.append(c)
             return c

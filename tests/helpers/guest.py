@@ -23,6 +23,7 @@ from helpers.exporter_scrape import Series, scrape
 
 from crusoe_metrics_exporter.app import Exporter
 from crusoe_metrics_exporter.ebpf import EBPF_SERVICE, BpfSpec, Kprobe, ProgramSpec
+from crusoe_metrics_exporter.ebpf.service import EbpfService
 from crusoe_metrics_exporter.settings import Overrides
 
 #: Serial numbers tests/vm/qemu.py gives the disks it attaches.
@@ -196,7 +197,9 @@ def attachments(ex: GuestExporter, plugin: str) -> tuple[set[str], set[str]]:
     BPF link (``tp_name``) or by a raw tracepoint fd (listed by ``bpftool
     perf`` with fd_type ``raw_tracepoint``), spelt with the runtime's method.
     """
-    programs = ex.exporter.services.get(EBPF_SERVICE).programs(plugin)
+    service = ex.exporter.services.get(EBPF_SERVICE)
+    assert isinstance(service, EbpfService)
+    programs = service.programs(plugin)
     assert programs and all(p.attached for p in programs), programs
     ours = {_name(p.method, p.target) for p in programs}
     perf = {int(str(e["prog_id"])): e for e in _bpftool("perf", "list") if "prog_id" in e}

@@ -6,20 +6,21 @@ import math
 import re
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from crusoe_metrics_exporter.contract import PluginContext, Sample
 from crusoe_metrics_exporter.plugins.disk_stats.collector import DiskStatsCollector
 from crusoe_metrics_exporter.plugins.disk_stats.parser import parse_diskstats
+from crusoe_metrics_exporter.sdk import DeviceOptions, PluginContext, Sample
+from crusoe_metrics_exporter.testing import error_totals
 
 ERRORS = "disk_stats_collection_errors_total"
 NODE_EXPORTER_DEFAULT_EXCLUDE = r"^(z?ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\d+n\d+p)\d+$"
 
 
 def run(make_ctx: Any, tmp_path: Path, text: bytes, options: dict[str, Any] | None = None
-        ) -> tuple[dict[tuple[str, str], float], int, PluginContext]:
+        ) -> tuple[dict[tuple[str, str], float], int, PluginContext[DeviceOptions]]:
     (tmp_path / "diskstats").write_bytes(text)
     ctx = make_ctx(tmp_path, options)
     collector = DiskStatsCollector(ctx)
@@ -27,7 +28,7 @@ def run(make_ctx: Any, tmp_path: Path, text: bytes, options: dict[str, Any] | No
     samples = collector.collect()
     values = {(s.metric, s.labels[0]): float(s.value) for s in samples}  # type: ignore[arg-type]
     assert len(values) == len(samples), "one series per (metric, device)"
-    return values, ctx.errors.metric_totals()[ERRORS], ctx
+    return values, error_totals(ctx)[ERRORS], ctx
 
 
 def seed_view(values: dict[tuple[str, str], float]) -> dict[str, tuple[float, float, float, float]]:
@@ -169,8 +170,8 @@ def test_real_kernel_vda(make_ctx: Any) -> None:
     ctx = make_ctx(Path("/proc"))
     samples = DiskStatsCollector(ctx).collect()
     after = _sysfs_stat("vda")
-    values = {(s.metric, s.labels[0]): s.value for s in samples}
-    assert ctx.errors.metric_totals()[ERRORS] == 0
+    values = {(s.metric, s.labels[0]): float(cast(float, s.value)) for s in samples}
+    assert error_totals(ctx)[ERRORS] == 0
     assert {d for (_, d) in values} == {p.name for p in Path("/sys/block").glob("vd*")}
     # /sys/block/vda/stat holds the same kernel counters (without major/minor/name):
     # ours must lie between a read just before and one just after.

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from crusoe_metrics_exporter.plugins.disk_stats.collector import DiskStatsCollector
 from crusoe_metrics_exporter.plugins.disk_stats.parser import parse_diskstats
+from crusoe_metrics_exporter.testing import error_totals
 
 ERRORS = "disk_stats_collection_errors_total"
 HERE = Path(__file__).parent / "data"
@@ -34,7 +35,7 @@ GOOD_LINES = list({ln.split()[2]: ln for s in REAL for ln in s.splitlines() if l
 NON_NEWLINE = st.binary(min_size=1, max_size=8).filter(lambda b: b"\n" not in b)
 
 
-def _ctx_settings() -> Any:
+def _ctx_settings() -> settings:
     return settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -46,7 +47,7 @@ def test_random_bytes_never_raise(make_ctx: Any, tmp_path: Path, data: bytes) ->
     samples = DiskStatsCollector(ctx).collect()
     result = parse_diskstats(data, lambda _: True)
     assert len(samples) >= len(result.records) * 11
-    assert ctx.errors.metric_totals()[ERRORS] == result.errors
+    assert error_totals(ctx)[ERRORS] == result.errors
     # Every reported name is a printable ASCII token that really is in the file.
     for s in samples:
         assert s.labels[0].isascii() and s.labels[0].isprintable() and s.labels[0].encode() in data
@@ -95,7 +96,7 @@ def test_mutated_real_samples(make_ctx: Any, tmp_path: Path, sample: tuple[list[
     samples = DiskStatsCollector(ctx).collect()
     reported = {s.labels[0] for s in samples}
     by_series = {(s.metric, s.labels[0]): s.value for s in samples}
-    errors = ctx.errors.metric_totals()[ERRORS]
+    errors = error_totals(ctx)[ERRORS]
     mutated_reported = 0
     for line, was_mutated in zip(lines, mutated, strict=True):
         name = line.split()[2].decode()
@@ -115,24 +116,24 @@ def test_missing_file_counts_every_scrape(make_ctx: Any, tmp_path: Path) -> None
     collector = DiskStatsCollector(ctx)
     assert collector.collect() == []
     assert collector.collect() == []
-    assert ctx.errors.metric_totals()[ERRORS] == 2
+    assert error_totals(ctx)[ERRORS] == 2
 
 
 def test_path_is_a_directory(make_ctx: Any, tmp_path: Path) -> None:
     (tmp_path / "diskstats").mkdir()
     ctx = make_ctx(tmp_path)
     assert DiskStatsCollector(ctx).collect() == []
-    assert ctx.errors.metric_totals()[ERRORS] == 1
+    assert error_totals(ctx)[ERRORS] == 1
 
 
 def test_empty_file_is_no_devices_not_an_error(make_ctx: Any, tmp_path: Path) -> None:
     (tmp_path / "diskstats").write_bytes(b"")
     ctx = make_ctx(tmp_path)
     assert DiskStatsCollector(ctx).collect() == []
-    assert ctx.errors.metric_totals()[ERRORS] == 0
+    assert error_totals(ctx)[ERRORS] == 0
     (tmp_path / "diskstats").write_bytes(b"\n   \n\t\n")
     assert DiskStatsCollector(ctx).collect() == []
-    assert ctx.errors.metric_totals()[ERRORS] == 0
+    assert error_totals(ctx)[ERRORS] == 0
 
 
 def test_binary_garbage(make_ctx: Any, tmp_path: Path) -> None:
@@ -143,7 +144,7 @@ def test_binary_garbage(make_ctx: Any, tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path)
     samples = DiskStatsCollector(ctx).collect()
     assert {s.labels[0] for s in samples} == {"vda"}
-    assert ctx.errors.metric_totals()[ERRORS] > 1000  # ~4000 short lines of noise, each counted
+    assert error_totals(ctx)[ERRORS] > 1000  # ~4000 short lines of noise, each counted
 
 
 def test_counter_overflow_and_huge_numbers(make_ctx: Any, tmp_path: Path) -> None:
@@ -163,7 +164,7 @@ def test_counter_overflow_and_huge_numbers(make_ctx: Any, tmp_path: Path) -> Non
     samples = DiskStatsCollector(ctx).collect()
     reads = {s.labels[0]: s.value for s in samples if s.metric == "disk_reads_completed_total"}
     assert reads == {"vda": float(2**64 - 1), "vdf": 1.0}
-    assert ctx.errors.metric_totals()[ERRORS] == 6
+    assert error_totals(ctx)[ERRORS] == 6
 
 
 def test_hundred_megabyte_file(make_ctx: Any, tmp_path: Path) -> None:
@@ -181,7 +182,7 @@ def test_hundred_megabyte_file(make_ctx: Any, tmp_path: Path) -> None:
     samples = DiskStatsCollector(ctx).collect()
     elapsed = time.monotonic() - started
     assert {s.labels[0] for s in samples} == {"vda"}
-    assert ctx.errors.metric_totals()[ERRORS] == 1
+    assert error_totals(ctx)[ERRORS] == 1
     assert elapsed < 5, f"a 100 MB file took {elapsed:.1f}s"
 
     # One 100 MB line: nothing usable inside the limit.
@@ -189,7 +190,7 @@ def test_hundred_megabyte_file(make_ctx: Any, tmp_path: Path) -> None:
         f.write(b"x" * (100 * 1024 * 1024))
     ctx = make_ctx(tmp_path)
     assert DiskStatsCollector(ctx).collect() == []
-    assert ctx.errors.metric_totals()[ERRORS] == 1
+    assert error_totals(ctx)[ERRORS] == 1
 
 
 def _version(n: int, devices: int) -> bytes:
@@ -207,7 +208,7 @@ def test_file_changes_between_scrapes(make_ctx: Any, tmp_path: Path) -> None:
     assert first[("disk_reads_completed_total", "vdc")] == 1
     assert ("disk_reads_completed_total", "vdc") not in second
     assert second[("disk_reads_completed_total", "vda")] == 2
-    assert ctx.errors.metric_totals()[ERRORS] == 0
+    assert error_totals(ctx)[ERRORS] == 0
 
 
 def test_file_replaced_while_scraping(make_ctx: Any, tmp_path: Path) -> None:
@@ -239,7 +240,7 @@ def test_file_replaced_while_scraping(make_ctx: Any, tmp_path: Path) -> None:
         stop.set()
         t.join()
     assert seen <= {111111.0, 222222.0}
-    assert ctx.errors.metric_totals()[ERRORS] == 0
+    assert error_totals(ctx)[ERRORS] == 0
 
 
 def test_file_rewritten_in_place_while_scraping(make_ctx: Any, tmp_path: Path) -> None:
@@ -269,7 +270,7 @@ def test_file_rewritten_in_place_while_scraping(make_ctx: Any, tmp_path: Path) -
         for _ in range(200):
             for s in collector.collect():
                 assert s.labels[0].encode() in names
-            total = ctx.errors.metric_totals()[ERRORS]
+            total = error_totals(ctx)[ERRORS]
             assert total >= previous
             previous = total
     finally:
@@ -287,7 +288,7 @@ def test_not_a_regular_file_fails_fast(make_ctx: Any, tmp_path: Path) -> None:
     (tmp_path / "diskstats").unlink()
     (tmp_path / "diskstats").symlink_to("/dev/zero")
     assert DiskStatsCollector(ctx).collect() == []
-    assert ctx.errors.metric_totals()[ERRORS] == 2
+    assert error_totals(ctx)[ERRORS] == 2
     fds_before = len(os.listdir("/proc/self/fd"))
     for _ in range(50):
         DiskStatsCollector(ctx).collect()

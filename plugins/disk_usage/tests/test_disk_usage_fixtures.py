@@ -6,7 +6,7 @@ import ctypes
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -18,7 +18,7 @@ from crusoe_metrics_exporter.plugins.disk_usage.collector import (
     resolve_statfs_root,
 )
 from crusoe_metrics_exporter.plugins.disk_usage.parser import MountSelector, parse_mounts, unescape
-from crusoe_metrics_exporter.testing import check_declaration
+from crusoe_metrics_exporter.testing import check_declaration, error_totals
 
 ERRORS = "disk_usage_collection_errors_total"
 SEED_GAUGES = ("disk_bytes_used", "disk_bytes_total", "disk_inodes_used", "disk_inodes_total")
@@ -31,9 +31,9 @@ def collect(ctx: Any) -> tuple[dict[tuple[str, str, str], float], int]:
         samples = collector.collect()
     finally:
         collector.stop()
-    values = {(s.metric, *s.labels): s.value for s in samples}
+    values = {(s.metric, s.labels[0], s.labels[1]): float(cast(float, s.value)) for s in samples}
     assert len(values) == len(samples)
-    return values, ctx.errors.metric_totals()[ERRORS]
+    return values, error_totals(ctx)[ERRORS]
 
 
 def expected_for(path: str) -> dict[str, float]:
@@ -84,7 +84,7 @@ def test_missing_mounts_file(make_ctx: Any, tmp_path: Path) -> None:
     assert collector.collect() == []
     assert collector.collect() == []
     collector.stop()
-    assert ctx.errors.metric_totals()[ERRORS] == 2  # cumulative, unlike the seed's per-scrape value
+    assert error_totals(ctx)[ERRORS] == 2  # cumulative, unlike the seed's per-scrape value
 
 
 def test_octal_escaped_mount_points_are_decoded_and_measured(make_ctx: Any, host_mounts: Any, tmp_path: Path) -> None:
@@ -150,7 +150,7 @@ def test_statfs_failures_are_counted_per_mount_and_scrape(make_ctx: Any, host_mo
         assert values[("disk_mount_stuck", "vda1")] == 0
         assert ("disk_bytes_total", "vda1") not in values
         assert ("disk_bytes_total", "vdb") in values
-        assert ctx.errors.metric_totals()[ERRORS] == scrape
+        assert error_totals(ctx)[ERRORS] == scrape
     collector.stop()
 
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from crusoe_metrics_exporter.plugins.disk_usage.collector import DiskUsageCollector
 from crusoe_metrics_exporter.plugins.disk_usage.parser import MountSelector, parse_mounts, unescape
+from crusoe_metrics_exporter.testing import error_totals
 
 ERRORS = "disk_usage_collection_errors_total"
 DATA = Path(__file__).parent / "data"
@@ -25,7 +26,7 @@ _CANDIDATES += Path("/proc/self/mounts").read_bytes().splitlines()
 GOOD_LINES = list({ln.split()[0]: ln for ln in _CANDIDATES if ln.split()}.values())
 
 
-def _settings() -> Any:
+def _settings() -> settings:
     return settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -37,7 +38,7 @@ def _run(make_ctx: Any, proc: Path, options: dict[str, Any] | None = None) -> tu
         samples = collector.collect()
     finally:
         collector.stop()
-    return samples, ctx.errors.metric_totals()[ERRORS]
+    return samples, error_totals(ctx)[ERRORS]
 
 
 def _check_accounting(data: bytes, samples: list[Any], errors: int, selector: MountSelector) -> None:
@@ -142,7 +143,7 @@ def test_mount_table_changes_between_scrapes(make_ctx: Any, host_mounts: Any) ->
         collector.stop()
     assert first == {("vda1", "/tmp"), ("vdb", "/")}
     assert second == {("vdb", "/"), ("vdc", "/tmp")}  # an unmounted disk disappears, a new one appears
-    assert ctx.errors.metric_totals()[ERRORS] == 0
+    assert error_totals(ctx)[ERRORS] == 0
 
 
 def test_mount_table_replaced_while_scraping(make_ctx: Any, host_mounts: Any) -> None:
@@ -172,4 +173,4 @@ def test_mount_table_replaced_while_scraping(make_ctx: Any, host_mounts: Any) ->
         stop.set()
         t.join()
         collector.stop()
-    assert ctx.errors.metric_totals()[ERRORS] == 0
+    assert error_totals(ctx)[ERRORS] == 0

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from crusoe_metrics_exporter.plugins.meminfo import crusoe_metrics_exporter_plugin
 from crusoe_metrics_exporter.plugins.meminfo.collector import WANTED, MeminfoCollector
 from crusoe_metrics_exporter.plugins.meminfo.parser import parse_meminfo
-from crusoe_metrics_exporter.testing import PluginHarness, invalid_samples
+from crusoe_metrics_exporter.testing import PluginHarness, error_totals, invalid_samples
 
 DATA = Path(__file__).parent / "data"
 SPEC = crusoe_metrics_exporter_plugin()
@@ -25,7 +25,7 @@ def collect(proc: Path, text: bytes | None = None) -> tuple[dict[str, float], in
     ctx = PluginHarness(SPEC, host_proc=proc).context
     samples = MeminfoCollector(ctx).collect()
     assert not invalid_samples(SPEC, samples)
-    return {s.metric: float(s.value) for s in samples}, ctx.errors.metric_totals()[ERRORS]  # type: ignore[arg-type]
+    return {s.metric: float(s.value) for s in samples}, error_totals(ctx)[ERRORS]  # type: ignore[arg-type]
 
 
 def test_seed_fixture(tmp_path: Path) -> None:
@@ -38,7 +38,7 @@ def test_missing_file_is_one_error_per_scrape(tmp_path: Path) -> None:
     ctx = PluginHarness(SPEC, host_proc=tmp_path).context
     collector = MeminfoCollector(ctx)
     assert collector.collect() == [] and collector.collect() == []
-    assert ctx.errors.metric_totals()[ERRORS] == 2
+    assert error_totals(ctx)[ERRORS] == 2
 
 
 def test_one_bad_line_keeps_the_other_values(tmp_path: Path) -> None:

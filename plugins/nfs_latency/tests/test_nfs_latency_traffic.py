@@ -12,6 +12,7 @@ from helpers.delay_server import delay_server, private_loopback, run_client
 from helpers.exporter_scrape import ebpf_unavailable, fake_proc, labelsets, running, scrape, value
 
 from crusoe_metrics_exporter.app import Exporter
+from crusoe_metrics_exporter.targets.directory import TargetDirectory
 
 pytestmark = pytest.mark.ebpf
 
@@ -20,6 +21,13 @@ if REASON:
     pytest.skip(f"!!! SKIPPING nfs_latency eBPF traffic tests: {REASON} !!!", allow_module_level=True)
 
 BASE = {"protocol": "tcp", "operation": "nfs"}
+
+
+def directory(exporter: Exporter) -> TargetDirectory:
+    """The exporter's target-discovery service (to make it re-read the mounts now)."""
+    found = exporter.services.get("targets")
+    assert isinstance(found, TargetDirectory)
+    return found
 
 
 def hist(series: dict, le: str, volume: str = "unknown") -> float:  # type: ignore[type-arg]
@@ -137,7 +145,7 @@ def test_shared_server_label_and_monotonic_counters_across_mount_refresh(tmp_pat
             MOUNT.format(server=server, vol="vol-a") + MOUNT.format(server=server, vol="vol-b")
         )
         run_client(server, 2049, 3)  # before the refresh: still vol-a's alone
-        exporter.services.get("targets").refresh_now()
+        directory(exporter).refresh_now()
         run_client(server, 2049, 4)
         s = scrape(exporter, ["nfs_latency"])
         assert value(s, "crusoe_vm_nfs_requests_total", volume_id="vol-a", **BASE) == 9
@@ -146,7 +154,7 @@ def test_shared_server_label_and_monotonic_counters_across_mount_refresh(tmp_pat
 
         # The server disappears from the mounts: no longer watched, totals kept.
         (proc / "1" / "mounts").write_text("")
-        exporter.services.get("targets").refresh_now()
+        directory(exporter).refresh_now()
         run_client(server, 2049, 5)
         s = scrape(exporter, ["nfs_latency"])
         assert value(s, "crusoe_vm_nfs_requests_total", volume_id="vol-a", **BASE) == 9

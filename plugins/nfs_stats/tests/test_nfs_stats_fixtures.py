@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -47,8 +48,9 @@ def run(
     for s in to_samples(result):
         key = (s.metric, s.labels)
         assert key not in series, f"duplicate series {key}"
-        assert isinstance(s.value, int)
-        series[key] = float(s.value)
+        value: object = s.value
+        assert type(value) is int, s  # mountstats fields are integers
+        series[key] = float(value)
     return series, result
 
 
@@ -452,7 +454,7 @@ def test_volume_ids_disabled_label_every_nfs_mount_by_export() -> None:
 def _parse_text(text: str) -> tuple[Series, ParseResult]:
     options = ParseOptions(SEED_PATTERN, operation_keys(["READ", "WRITE"]), False)
     result = parse(text, options)
-    return {(s.metric, s.labels): float(s.value) for s in to_samples(result)}, result
+    return {(s.metric, s.labels): float(cast(float, s.value)) for s in to_samples(result)}, result
 
 
 def _block(statvers: str, *xprt: str) -> str:

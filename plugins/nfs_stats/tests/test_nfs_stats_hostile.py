@@ -43,7 +43,7 @@ FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 # Text without newlines: line-level damage that stays inside its block.
 line_text = st.text(
-    alphabet=st.characters(blacklist_characters="\n", blacklist_categories=("Cs",)), max_size=80
+    alphabet=st.characters(blacklist_characters="\n", blacklist_categories=["Cs"]), max_size=80
 )
 token = st.one_of(
     line_text.filter(lambda t: " " not in t and "\t" not in t),

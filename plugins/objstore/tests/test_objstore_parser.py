@@ -51,7 +51,8 @@ def test_unusable_kernel_sizes_and_clamps_stop_start_up(plugin: str, option: str
     from crusoe_metrics_exporter.plugins import nfs_latency, objstore
     from crusoe_metrics_exporter.testing import options_for
 
-    options = {"nfs_latency": nfs_latency.NfsLatencyOptions, "objstore": objstore.ObjstoreOptions}[plugin]
+    options: type[nfs_latency.NfsLatencyOptions] | type[objstore.ObjstoreOptions] = (
+        nfs_latency.NfsLatencyOptions if plugin == "nfs_latency" else objstore.ObjstoreOptions)
     key, _, text = option.partition("=")
     with pytest.raises(SettingError, match=key):
         options_for(options, {key: text})

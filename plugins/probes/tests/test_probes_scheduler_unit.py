@@ -147,7 +147,7 @@ def test_a_hanging_probe_does_not_hold_up_the_round(wait: Callable[..., Any]) ->
 
     def job(key: ProbeKey) -> ProbeJob:
         if key == hung:
-            return ProbeJob(key, lambda: release.wait(5) and Outcome(True, 0.0))
+            return ProbeJob(key, lambda: (release.wait(5), Outcome(True, 0.0))[1])
         return ProbeJob(key, lambda: Outcome(True, 0.0))
 
     errors: list[int] = []
@@ -185,7 +185,11 @@ def test_run_new_probes_only_targets_without_results(wait: Callable[..., Any]) -
     ran: list[ProbeKey] = []
 
     def job(key: ProbeKey) -> ProbeJob:
-        return ProbeJob(key, lambda: ran.append(key) or Outcome(True, 0.0))
+        def probe() -> Outcome:
+            ran.append(key)
+            return Outcome(True, 0.0)
+
+        return ProbeJob(key, probe)
 
     errors: list[int] = []
     scheduler, store = make(lambda: [job(k) for k in targets], errors)
@@ -205,7 +209,7 @@ def test_stop_is_prompt_with_a_probe_stuck() -> None:
     release = threading.Event()
     key = ProbeKey("icmp", "nfs", "10.0.0.1")
     errors: list[int] = []
-    scheduler, _ = make(lambda: [ProbeJob(key, lambda: release.wait(10) and Outcome(True, 0.0))], errors,
+    scheduler, _ = make(lambda: [ProbeJob(key, lambda: (release.wait(10), Outcome(True, 0.0))[1])], errors,
                         interval=0.05)
     scheduler.start()
     time.sleep(0.1)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from crusoe_metrics_exporter.plugins.procstat import crusoe_metrics_exporter_plugin
 from crusoe_metrics_exporter.plugins.procstat.collector import ProcStatCollector
 from crusoe_metrics_exporter.plugins.procstat.parser import FIELDS, parse_stat
-from crusoe_metrics_exporter.testing import PluginHarness, invalid_samples
+from crusoe_metrics_exporter.testing import PluginHarness, error_totals, invalid_samples
 
 DATA = Path(__file__).parent / "data"
 SPEC = crusoe_metrics_exporter_plugin()
@@ -29,7 +29,7 @@ def collect(proc: Path, text: bytes | None = None) -> tuple[dict[str, float], in
     ctx = PluginHarness(SPEC, host_proc=proc).context
     samples = ProcStatCollector(ctx).collect()
     assert not invalid_samples(SPEC, samples)
-    totals = ctx.errors.metric_totals()
+    totals = error_totals(ctx)
     return {s.metric: float(s.value) for s in samples}, totals[CPU_ERRORS], totals[IO_ERRORS]  # type: ignore[arg-type]
 
 
@@ -59,7 +59,7 @@ def test_missing_file_counts_on_both_counters(tmp_path: Path) -> None:
     ctx = PluginHarness(SPEC, host_proc=tmp_path).context
     collector = ProcStatCollector(ctx)
     assert collector.collect() == [] and collector.collect() == []
-    assert ctx.errors.metric_totals() == {CPU_ERRORS: 2, IO_ERRORS: 2}, "cumulative across scrapes"
+    assert error_totals(ctx) == {CPU_ERRORS: 2, IO_ERRORS: 2}, "cumulative across scrapes"
 
 
 def test_megabyte_intr_line(tmp_path: Path) -> None:

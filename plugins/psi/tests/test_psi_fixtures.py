@@ -12,11 +12,11 @@ from helpers.node_exporter import node_exporter_series
 from crusoe_metrics_exporter.plugins.psi import crusoe_metrics_exporter_plugin
 from crusoe_metrics_exporter.plugins.psi.collector import PsiCollector
 from crusoe_metrics_exporter.plugins.psi.parser import parse_pressure
-from crusoe_metrics_exporter.sdk import PluginSpec, Sample
-from crusoe_metrics_exporter.testing import PluginHarness
+from crusoe_metrics_exporter.sdk import NoOptions, PluginSpec, Sample
+from crusoe_metrics_exporter.testing import PluginHarness, error_totals
 
 DATA = Path(__file__).parent / "data"
-SPEC: PluginSpec = crusoe_metrics_exporter_plugin()
+SPEC: PluginSpec[NoOptions] = crusoe_metrics_exporter_plugin()
 ERRORS = "psi_collection_errors_total"
 
 
@@ -36,7 +36,7 @@ def collect(proc: Path) -> tuple[dict[tuple[str, tuple[str, ...]], float], int]:
     assert all(isinstance(s, Sample) for s in samples)
     values = {(s.metric, s.labels): float(s.value) for s in samples}  # type: ignore[arg-type]
     assert len(values) == len(samples), "no series twice"
-    return values, ctx.errors.metric_totals()[ERRORS]
+    return values, error_totals(ctx)[ERRORS]
 
 
 def test_wellformed() -> None:
@@ -116,7 +116,7 @@ def test_one_unreadable_file_keeps_the_others(tmp_path: Path) -> None:
     collector = PsiCollector(ctx)
     first = {(s.metric, s.labels) for s in collector.collect()}
     collector.collect()
-    assert ctx.errors.metric_totals()[ERRORS] == 2, "one error per scrape"
+    assert error_totals(ctx)[ERRORS] == 2, "one error per scrape"
     assert not any(m.startswith("psi_cpu") for m, _ in first)
     assert ("psi_memory_ratio", ("some", "60")) in first and ("psi_io_stall_seconds_total", ("full",)) in first
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from crusoe_metrics_exporter.plugins.psi import crusoe_metrics_exporter_plugin
 from crusoe_metrics_exporter.plugins.psi.collector import PsiCollector
 from crusoe_metrics_exporter.plugins.psi.parser import parse_pressure
-from crusoe_metrics_exporter.testing import PluginHarness, invalid_samples
+from crusoe_metrics_exporter.testing import PluginHarness, error_totals, invalid_samples
 
 DATA = Path(__file__).parent / "data"
 SPEC = crusoe_metrics_exporter_plugin()
@@ -87,7 +87,7 @@ def test_random_bytes_through_the_collector(tmp_path: Path, blob: bytes) -> None
     grouped = {m: [s for s in samples if s.metric == m] for m in ("psi_io_ratio", "psi_io_stall_seconds_total")}
     # The clean io file is always reported in full.
     assert len(grouped["psi_io_ratio"]) == 6 and len(grouped["psi_io_stall_seconds_total"]) == 2
-    assert ctx.errors.metric_totals()[ERRORS] >= 0
+    assert error_totals(ctx)[ERRORS] >= 0
 
 
 def test_huge_and_odd_files_are_bounded_errors(tmp_path: Path) -> None:
@@ -100,4 +100,4 @@ def test_huge_and_odd_files_are_bounded_errors(tmp_path: Path) -> None:
     ctx = PluginHarness(SPEC, host_proc=tmp_path).context
     assert PsiCollector(ctx).collect() == []
     # memory and io unreadable (1 each); cpu cut short (1) and without a usable some line (1).
-    assert ctx.errors.metric_totals()[ERRORS] == 4
+    assert error_totals(ctx)[ERRORS] == 4
