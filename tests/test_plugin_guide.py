@@ -5,8 +5,9 @@ A block whose first line is a comment naming a file (``# pkg/module.py``,
 the guide's tests (written there too) then run with pytest against the
 package the guide built, with the testing kit loaded from the installed
 exporter as any author would have it. Other Python blocks are executed as
-they are. A block in any other language fails the test: nothing in the
-guide goes unexecuted.
+they are; ``sh`` blocks run with bash in an empty directory, with the
+exporter's environment first on PATH. A block in any other language fails
+the test: nothing in the guide goes unexecuted.
 """
 
 from __future__ import annotations
@@ -44,16 +45,25 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         elif language == "python":
             # A free-standing example: it must run on its own.
             exec(compile(code, f"{GUIDE}:{line}", "exec"), {"__name__": f"guide_block_{line}", "__package__": None})
+        elif language == "sh":
+            run_shell(code, line, tmp_path_factory.mktemp(f"guide-sh-{line}"))
         else:
             pytest.fail(f"{GUIDE.name}:{line}: a ```{language} block the test cannot run")
     return root
+
+
+def run_shell(code: str, line: int, cwd: Path) -> None:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, f"{GUIDE.name}:{line}: {result.stdout}{result.stderr}"
 
 
 def test_every_block_is_python_or_a_project_file() -> None:
     found = blocks()
     assert len(found) >= 5
     for line, language, code in found:
-        assert language in ("python", "toml"), f"line {line}: ```{language}"
+        assert language in ("python", "toml", "sh"), f"line {line}: ```{language}"
         if language == "toml":
             assert _FILE_COMMENT.match(code), f"line {line}: a TOML block must name its file"
 
