@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 
 from crusoe_exporter_uptime.parser import parse_uptime
@@ -26,7 +25,7 @@ class UptimeCollector:
         except (OSError, ValueError) as exc:
             # Counted and reported by the core; the scrape goes on.
             self._ctx.errors.inc()
-            logging.getLogger(__name__).warning("cannot read %s: %s", self._path, exc)
+            self._ctx.log.warning("cannot read %s: %s", self._path, exc)
             return []
         return [Sample(UPTIME.name, (), seconds)]
 
