@@ -70,7 +70,7 @@ def host_plugins(env: dict[str, str]) -> dict[str, dict[str, Any]]:
 
 def get(port: int, path: str) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
-        return resp.read().decode()
+        return str(resp.read().decode())
 
 
 def metrics(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

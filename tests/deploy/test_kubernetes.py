@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 import kubernetes_validate
@@ -50,7 +50,7 @@ def crd_schema(kind: str, version: str) -> dict[str, Any]:
                 schema = _strict(copy.deepcopy(v["schema"]["openAPIV3Schema"]))
                 # metadata is ObjectMeta, which the CRD leaves open.
                 schema["properties"]["metadata"] = {"type": "object"}
-                return schema
+                return cast(dict[str, Any], schema)
     raise AssertionError(f"no vendored CRD schema for {kind} {version}")
 
 

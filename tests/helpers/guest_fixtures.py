@@ -90,10 +90,11 @@ def nfs_exporter_kprobes(
     nfs_mounts: dict[str, NfsMount], nfs_control: dict[str, WorkloadResult]
 ) -> Iterator[GuestExporter]:
     """nfs_latency and objstore forced onto their kprobe variants for every hook (retransmit and close too)."""
-    from crusoe_metrics_exporter.plugins._tcptrace import collector
+    from crusoe_metrics_exporter.plugins._tcptrace import collector, tracer
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(collector, "make_spec", functools.partial(collector.make_spec, kinds=("kprobe",)))
+        # The collector module's own reference to make_spec is what start() calls.
+        mp.setattr(collector, "make_spec", functools.partial(tracer.make_spec, kinds=("kprobe",)))
         ex = start_exporter(TCP_PLUGINS, EXPORTER_ENV, _nfs_settings(nfs_mounts))
     yield ex
     ex.exporter.stop()

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -41,4 +41,4 @@ def daemonset(kustomization: Path = BASE) -> dict[str, Any]:
 def exporter_container(kustomization: Path = BASE) -> dict[str, Any]:
     (container,) = [c for c in daemonset(kustomization)["spec"]["template"]["spec"]["containers"]
                     if c["name"] == "exporter"]
-    return container
+    return cast(dict[str, Any], container)
