@@ -75,8 +75,8 @@ _EXPECTED = {
     "int_list": "a comma-separated list of integers",
     "port_list": "a comma-separated list of ports between 1 and 65535",
     "regex": "a valid regular expression",
-    "host": "a host name or IP address",
-    "host_list": "a comma-separated list of host names or IP addresses",
+    "hostname": "a host name or IP address",
+    "hostname_list": "a comma-separated list of host names or IP addresses",
     "ip_list": "a comma-separated list of IP addresses",
 }
 
@@ -115,7 +115,7 @@ def _convert(option: ConfigOption, raw: Any) -> Any:
         if option.choices and value.lower() not in option.choices:
             raise ValueError
         return value.lower() if option.choices else value
-    if t in ("host", "host_list", "ip_list"):
+    if t in ("hostname", "hostname_list", "ip_list"):
         return _convert_hosts(t, raw)
     if t == "regex":
         if not isinstance(raw, str):
@@ -194,7 +194,7 @@ def is_ip(text: str) -> bool:
 
 
 def _convert_hosts(t: str, raw: Any) -> Any:
-    if t == "host":
+    if t == "hostname":
         if not isinstance(raw, str):
             raise TypeError
         value = raw.strip()

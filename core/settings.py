@@ -32,7 +32,7 @@ CORE_OPTIONS: tuple[ConfigOption, ...] = (
     ConfigOption("port", "int", 9500, "TCP port of the HTTP server.", env="PORT"),
     ConfigOption(
         "listen_address",
-        "host",
+        "hostname",
         "",
         "Address to bind; empty means every interface (the seed's ':PORT').",
         env="LISTEN_ADDRESS",

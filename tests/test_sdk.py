@@ -125,3 +125,23 @@ def test_importing_the_sdk_loads_neither_ebpf_nor_target_discovery() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+#: The SDK's names as of this version. The stability promise: within a major
+#: version none of them goes away. A new public name is added here too.
+PUBLIC_NAMES = frozenset({
+    "CONTRACT_VERSION", "DEFAULT_DEVICE_INCLUDE", "DEFAULT_READ_LIMIT", "EBPF_SERVICE", "TARGETS_SERVICE",
+    "AttachCandidate", "AttachMethod", "BpfMap", "BpfSpec", "BpfUnavailable", "Collector", "ConfigOption",
+    "DeviceFilter", "DeviceOptions", "DoctorCheck", "EbpfRuntime", "ErrorReporter", "FileContent", "HistogramValue",
+    "Kprobe", "LoadedBpf", "MetricSpec", "MetricType", "NfsMount", "NfsServer", "NoOptions", "ObjstoreEndpoint",
+    "OptionError", "OptionType", "PluginContext", "PluginSpec", "ProblemLog", "ProgramSpec", "ProgramStats",
+    "ProgramStatus", "Sample", "ServiceContext", "ServiceSpec", "Support", "TargetsService", "Tracepoint",
+    "Unreadable", "bucket_index", "cumulative_buckets", "device_names", "geometric_bounds", "grant_hint",
+    "has_capability", "hookimpl", "normalize_address", "option", "parse_device_table", "read_limited",
+    "tracepoint_exists", "unescape_mount_field", "unreadable", "verify_only", "volume_id", "want_macro",
+})
+
+
+def test_no_public_name_goes_away_and_every_new_one_is_recorded() -> None:
+    removed, unrecorded = PUBLIC_NAMES - set(sdk.__all__), set(sdk.__all__) - PUBLIC_NAMES
+    assert not removed and not unrecorded, f"removed: {sorted(removed)}; not recorded here: {sorted(unrecorded)}"

@@ -25,7 +25,7 @@ class TargetOptions:
     """``[targets]``: where the NFS servers and the object store are (the seed's NFS_* and OBJSTORE_* variables)."""
 
     nfs_server_ips: tuple[str, ...] = option(
-        "host_list", (), "NFS servers (IPs or host names) in addition to those found in the host's mounts.",
+        "hostname_list", (), "NFS servers (IPs or host names) in addition to those found in the host's mounts.",
         env="NFS_SERVER_IPS")
     nfs_target_ports: tuple[int, ...] = option("port_list", (2049,), "NFS server ports.", env="NFS_TARGET_PORTS")
     nfs_enable_volume_id: bool = option(
@@ -37,7 +37,7 @@ class TargetOptions:
         "duration", 30.0, "How often NFS mounts are re-scanned (on a background timer, never in a scrape).",
         env="NFS_MOUNT_REFRESH_INTERVAL")
     objstore_endpoint_fqdn: str = option(
-        "host", "",
+        "hostname", "",
         "Object store host name; its A and AAAA records are the endpoints. When unset, it is derived from "
         "node_name: object.<region>.crusoecloudcompute.com.",
         env="OBJSTORE_ENDPOINT_FQDN")
