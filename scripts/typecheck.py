@@ -11,8 +11,9 @@ table setuptools uses; imports between them resolve by name, and errors are
 reported at the files' real paths.
 
 Test modules get the names pytest gives them: tests/helpers/x.py is
-``helpers.x`` (pytest's ``pythonpath = ["tests"]``), other test files live
-under ``tests.``; a plugin's tests under its package.
+``helpers.x`` and tests/test_x.py is ``test_x`` (pytest's ``pythonpath =
+["tests"]``), test files in deeper folders live under ``tests.``; a plugin's
+tests under its package.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def sources() -> Iterator[BuildSource]:
     for tree, prefix in EXTRA_TREES.items():
         for path in sorted((REPO / tree).rglob("*.py")):
             rel = path.relative_to(REPO / tree)
-            if rel.parts[0] == "helpers" or not prefix:
+            # tests/ is on pytest's path (pythonpath = ["tests"]): its helpers and the test files directly in it
+            # are imported by bare name (helpers.x, test_x); deeper folders keep the tests. prefix.
+            if rel.parts[0] == "helpers" or len(rel.parts) == 1 or not prefix:
                 yield BuildSource(str(path), _module("", rel), None)
             else:
                 yield BuildSource(str(path), _module(prefix, rel), None)

@@ -11,6 +11,7 @@ from helpers.block_io import direct_writes
 from helpers.exporter_scrape import ebpf_service_families
 
 from crusoe_metrics_exporter.ebpf import (
+    AttachCandidate,
     BpfSpec,
     BtfOffset,
     BtfTracepoint,
@@ -189,7 +190,7 @@ TRACEPOINT_PROBE(bpf_trace, bpf_trace_printk) { bpf_trace_printk("cme test neste
 #endif
 """
 
-NESTED = {
+NESTED: dict[str, AttachCandidate] = {
     "tp_btf": BtfTracepoint("bpf_trace", "bpf_trace_printk", "nested_btf"),
     "raw_tracepoint": RawTracepoint("bpf_trace", "bpf_trace_printk", "nested_raw"),
     "tracepoint": Tracepoint("bpf_trace", "bpf_trace_printk", "tracepoint__bpf_trace__bpf_trace_printk"),

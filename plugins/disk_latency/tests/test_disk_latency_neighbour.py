@@ -110,12 +110,14 @@ def _measure(device: str, state_dir: Path, diskstats: Callable[[str], list[int]]
     ex.start(only=["disk_latency"])
     try:
         rec = next(r for r in ex.records if r.name == "disk_latency")
-        assert rec.collector is not None and rec.collector.loaded is not None, rec.reason
+        plugin = rec.collector
+        assert isinstance(plugin, collector.DiskLatencyCollector) and plugin.loaded is not None, rec.reason
+        loaded = plugin.loaded
         control = completion_control(device)
 
         def read() -> tuple[int, int, int, dict[str, int]]:
             ds = diskstats(device)
-            misses = {r: s.recursion_misses or 0 for r, s in rec.collector.loaded.stats().items()}
+            misses = {r: s.recursion_misses or 0 for r, s in loaded.stats().items()}
             return ds[READS] + ds[WRITES], control.count(), _completions(ex, device), misses
 
         before = read()

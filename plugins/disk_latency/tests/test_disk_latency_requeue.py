@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ftrace
+from helpers.ftrace import Event, ftrace_unavailable, instance
 
 from crusoe_metrics_exporter.app import Exporter
 from crusoe_metrics_exporter.contract import HistogramValue, Sample
@@ -57,8 +57,8 @@ def _disk_of(path: Path) -> str:
 
 @pytest.fixture
 def disk_file(require_ebpf: None) -> Iterator[tuple[str, Path]]:
-    if ftrace.ftrace_unavailable():
-        pytest.skip(f"!!! EBPF TEST SKIPPED: {ftrace.ftrace_unavailable()} !!!")
+    if ftrace_unavailable():
+        pytest.skip(f"!!! EBPF TEST SKIPPED: {ftrace_unavailable()} !!!")
     path = Path("/var/tmp") / f"cme-requeue-{os.getpid()}"
     subprocess.run(["fio", "--name=layout", f"--filename={path}", "--rw=write", "--bs=1M", f"--size={SIZE}",
                     "--create_only=1", "--output=/dev/null"], check=True, timeout=120)
@@ -79,7 +79,7 @@ def _writes(ex: Exporter, disk: str) -> tuple[int, float]:
     raise AssertionError(f"no write histogram for {disk}")
 
 
-def _reference(events: list[ftrace.Event], start: int, end: int) -> tuple[list[int], list[int], int]:
+def _reference(events: list[Event], start: int, end: int) -> tuple[list[int], list[int], int]:
     """Per write completed in [start, end]: ns from its first issue, from its last dispatch; and requeues."""
     first: dict[int, int] = {}
     last: dict[int, int] = {}
@@ -106,7 +106,7 @@ def _attempt(ex: Exporter, disk: str, path: Path, dev: int) -> tuple[int, float,
     """One 1 MiB direct write pass: (our count, our mean ns, ftrace from-first, from-last, requeues)."""
     only_this_disk = f"dev == {dev}"
     events = [("block", e, only_this_disk) for e in ("block_rq_issue", "block_rq_requeue", "block_rq_complete")]
-    with ftrace.instance(events) as trace:
+    with instance(events) as trace:
         count0, sum0 = _writes(ex, disk)
         start = time.monotonic_ns()
         subprocess.run(["fio", "--name=requeue", f"--filename={path}", "--rw=write", "--bs=1M", "--direct=1",
