@@ -48,7 +48,7 @@ def validate_metric_spec(spec: MetricSpec) -> None:
     if name.endswith(_RESERVED_SUFFIXES):
         raise InvalidDeclaration(f"metric {name!r}: suffix is reserved for histogram/summary series")
     if name.endswith("_info") and spec.type != "gauge":
-        # The info-metric convention (node_uname_info, the seed's nvme_info):
+        # The info-metric convention (node_exporter's node_uname_info):
         # a gauge of value 1 whose labels carry the information.
         raise InvalidDeclaration(f"metric {name!r}: only an info gauge (value 1, facts in labels) may end in _info")
     seen: set[str] = set()

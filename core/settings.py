@@ -49,8 +49,8 @@ CORE_OPTIONS: tuple[ConfigOption, ...] = (
         "path",
         "",
         "Where the host's / is mounted (node_exporter's --path.rootfs), e.g. /host/root mounted read-only with "
-        "HostToContainer propagation; disk_usage runs statfs under it. Empty means HOST_PROC_PATH/1/root, "
-        "which needs CAP_SYS_PTRACE from a container.",
+        "HostToContainer propagation; plugins reach the host's filesystems under it (ctx.host_root). Empty means "
+        "HOST_PROC_PATH/1/root, which needs CAP_SYS_PTRACE from a container.",
         env="HOST_ROOT_PATH",
     ),
     ConfigOption(

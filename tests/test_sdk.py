@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -131,7 +132,8 @@ def test_importing_the_sdk_loads_neither_ebpf_nor_target_discovery() -> None:
 #: version none of them goes away. A new public name is added here too.
 PUBLIC_NAMES = frozenset({
     "CONTRACT_VERSION", "DEFAULT_DEVICE_INCLUDE", "DEFAULT_READ_LIMIT", "EBPF_SERVICE", "TARGETS_SERVICE",
-    "AttachCandidate", "AttachMethod", "BpfMap", "BpfSpec", "BpfUnavailable", "Collector", "ConfigOption",
+    "AttachCandidate", "AttachMethod", "BpfMap", "BpfSpec", "BpfUnavailable", "BtfEnum", "BtfOffset", "BtfTracepoint",
+    "Collector", "ConfigOption", "KernelConstant", "RawTracepoint", "tracepoint_has_field",
     "DeviceFilter", "DeviceOptions", "DoctorCheck", "EbpfRuntime", "ErrorReporter", "FileContent", "HistogramValue",
     "Kprobe", "LoadedBpf", "MetricSpec", "MetricType", "NfsMount", "NfsServer", "NoOptions", "ObjstoreEndpoint",
     "OptionError", "OptionType", "PluginContext", "PluginSpec", "ProblemLog", "ProgramSpec", "ProgramStats",
@@ -145,3 +147,23 @@ PUBLIC_NAMES = frozenset({
 def test_no_public_name_goes_away_and_every_new_one_is_recorded() -> None:
     removed, unrecorded = PUBLIC_NAMES - set(sdk.__all__), set(sdk.__all__) - PUBLIC_NAMES
     assert not removed and not unrecorded, f"removed: {sorted(removed)}; not recorded here: {sorted(unrecorded)}"
+
+
+#: The core modules that own the rules and the exposition: they may not know any plugin.
+RULE_MODULES = ("naming.py", "settings.py", "exposition.py", "textformat.py", "meta.py", "runner.py")
+
+
+def test_the_rule_modules_name_no_builtin_plugin_or_metric() -> None:
+    from crusoe_metrics_exporter.host import discover
+
+    builtins = [r for r in discover() if r.builtin]
+    assert {"disk_stats", "nfs_latency", "nvme"} <= {r.name for r in builtins}
+    words = {r.name for r in builtins} | {m.name for r in builtins if r.spec is not None for m in r.spec.metrics}
+    pattern = re.compile(r"\b(" + "|".join(sorted(map(re.escape, words), key=len, reverse=True)) + r")\b")
+    found = [
+        f"core/{module}:{number}: {match.group(0)}"
+        for module in RULE_MODULES
+        for number, line in enumerate((REPO / "core" / module).read_text().splitlines(), 1)
+        for match in pattern.finditer(line)
+    ]
+    assert not found, "the core names built-in plugins or their metrics:\n" + "\n".join(found)
