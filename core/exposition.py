@@ -34,30 +34,3 @@ def render(scrape: Scrape, openmetrics: bool = False) -> bytes:
         return render_groups_openmetrics(scrape.groups).encode()
     return render_groups(scrape.groups).encode()
 
-
-def render_for(scrape: Scrape, accept: str | None) -> tuple[bytes, str]:
-    """The exposition a scraper's Accept header asks for, and its content type."""
-    if wants_openmetrics(accept):
-        return render(scrape, openmetrics=True), OPENMETRICS_CONTENT_TYPE
-    return render(scrape), TEXT_CONTENT_TYPE
-
-
-def wants_openmetrics(accept_header: str | None) -> bool:
-    if not accept_header:
-        return False
-    for part in accept_header.split(","):
-        media, *params = (p.strip() for p in part.split(";"))
-        if media.lower() != "application/openmetrics-text":
-            continue
-        for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    if float(value) > 0:
-                        return True
-                except ValueError:
-                    pass
-                break
-        else:
-            return True
-    return False
