@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from vm import image
+from tests.vm import image
 
 REPO = Path(__file__).resolve().parent.parent
 SETUP = REPO / "scripts" / "setup-system.sh"
