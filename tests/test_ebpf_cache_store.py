@@ -13,8 +13,8 @@ import pytest
 from crusoe_metrics_exporter.ebpf import cache
 from crusoe_metrics_exporter.ebpf.cache import CacheInvalid, CompileCache, Entry, MapDef, ProgDef
 
-REQUEST = {"name": "demo", "source": "int f(void *ctx) { return 0; }", "cflags": ["-DX=1"],
-           "functions": [{"fn": "f", "prog_type": 5}]}
+SOURCE = "int f(void *ctx) { return 0; }"
+REQUEST = {"name": "demo", "source": SOURCE, "cflags": ["-DX=1"], "functions": [{"fn": "f", "prog_type": 5}]}
 
 
 def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
@@ -57,7 +57,7 @@ def test_round_trip_and_relocation(store: CompileCache) -> None:
 
 def test_key_changes_with_source_flags_and_kernel(store: CompileCache, monkeypatch: pytest.MonkeyPatch) -> None:
     base = _material()
-    keys = {cache.key_of(base), cache.key_of(_material(source=REQUEST["source"] + " ")),
+    keys = {cache.key_of(base), cache.key_of(_material(source=SOURCE + " ")),
             cache.key_of(_material(cflags=["-DX=2"]))}
     real_uname = os.uname()
     monkeypatch.setattr(os, "uname", lambda: os.uname_result((*real_uname[:2], "9.9.9-other", *real_uname[3:])))
