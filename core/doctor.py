@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from crusoe_metrics_exporter import host
 from crusoe_metrics_exporter.capabilities import unreadable
+from crusoe_metrics_exporter.files import open_regular
 
 if TYPE_CHECKING:
     from crusoe_metrics_exporter.app import Exporter
@@ -32,7 +33,7 @@ def _procfs_check(proc: Path) -> Iterator[Check]:
     """HOST_PROC_PATH is a procfs: what each plugin reads from it is checked by the plugin's support check."""
     path = proc / "1" / "mounts"
     try:
-        with path.open("rb") as fh:
+        with open_regular(path) as fh:
             fh.read(1)
         yield Check(f"read {path}", True, "HOST_PROC_PATH is a readable /proc")
     except OSError as exc:

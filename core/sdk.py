@@ -33,8 +33,11 @@ What is here
 * shared services: the interfaces :class:`TargetsService` and
   :class:`EbpfRuntime`; :class:`ServiceSpec` and :class:`ServiceContext` to
   write a service of one's own;
-* procfs: :func:`read_limited` reads a kernel text file whole with a size limit
-  (a FIFO or device node put where a kernel file belongs is refused, never hangs);
+* files: every read of a kernel or user file goes through :func:`read_limited` (a
+  record-based file such as /proc/diskstats, cut before the last whole record at a
+  size limit), :func:`read_file` or :func:`read_text` (a small file, refused when
+  larger than its limit): a FIFO, device node, directory or symlink loop put where
+  a file belongs is an OSError naming it, never a hang or an unbounded read;
   :func:`unreadable` turns a permission error on a host file into the reason
   ("<path> is unreadable: needs CAP_...") and the fix, as :class:`Unreadable`;
 * capabilities: :func:`has_capability` (``"CAP_SYS_ADMIN"`` in the effective set?) and
@@ -91,10 +94,10 @@ from crusoe_metrics_exporter.devices import (
     device_names,
     parse_device_table,
 )
+from crusoe_metrics_exporter.files import DEFAULT_READ_LIMIT, FileContent, read_file, read_limited, read_text
 from crusoe_metrics_exporter.histogram import bucket_index, cumulative_buckets, geometric_bounds
 from crusoe_metrics_exporter.hookspecs import hookimpl
 from crusoe_metrics_exporter.problems import ProblemLog
-from crusoe_metrics_exporter.procfs import DEFAULT_READ_LIMIT, FileContent, read_limited
 from crusoe_metrics_exporter.schema import NoOptions, OptionError, option
 from crusoe_metrics_exporter.service_types import EbpfRuntime, TargetsService
 
@@ -222,7 +225,9 @@ __all__ = [
     "normalize_address",
     "option",
     "parse_device_table",
+    "read_file",
     "read_limited",
+    "read_text",
     "tracepoint_exists",
     "tracepoint_has_field",
     "unescape_mount_field",

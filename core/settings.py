@@ -21,11 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from crusoe_metrics_exporter.contract import ConfigOption
+from crusoe_metrics_exporter.files import read_file
 from crusoe_metrics_exporter.options import SettingError, parse_option, to_text
 from crusoe_metrics_exporter.schema import Derived, OptionError, OptionWarning, build_options, config_options
 
 DEFAULT_CONFIG_PATH = Path("/etc/crusoe-metrics-exporter/config.toml")
 CONFIG_ENV = "CRUSOE_EXPORTER_CONFIG"
+#: A configuration file is a few KiB; beyond this it is not one.
+CONFIG_FILE_LIMIT = 1024 * 1024
 AUTO_HOST_PROC = "auto"
 
 CORE_OPTIONS: tuple[ConfigOption, ...] = (
@@ -304,8 +307,11 @@ def _pick_config_path(explicit: Path | None, env: Mapping[str, str]) -> Path | N
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        text = read_file(path, CONFIG_FILE_LIMIT).decode("utf-8")
+        return tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise SettingError(f"config file {path}: not UTF-8 text (invalid byte at offset {exc.start}); expected a "
+                           "TOML file") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingError(f"config file {path}: not valid TOML: {exc}") from None
     except OSError as exc:

@@ -127,6 +127,25 @@ def test_file_errors_name_the_key(tmp_path: Path) -> None:
         _resolve({}, cfg)
 
 
+def test_a_config_file_that_is_not_utf8_toml_is_one_line_naming_it(tmp_path: Path) -> None:
+    # It was "unexpected error: UnicodeDecodeError" from the CLI.
+    cfg = tmp_path / "c.toml"
+    cfg.write_bytes(b"[exporter]\nport = 9500\n\xff\xfe\x00garbage")
+    with pytest.raises(SettingError) as err:
+        _resolve({}, cfg)
+    assert str(err.value) == f"config file {cfg}: not UTF-8 text (invalid byte at offset 23); expected a TOML file"
+    cfg.unlink()
+    cfg.symlink_to("/dev/zero")  # passes is_file()? no: refused before any read, never a hang or OOM
+    with pytest.raises(SettingError, match="expected an existing TOML file"):
+        _resolve({}, cfg)
+    cfg.unlink()
+    with cfg.open("wb") as f:
+        f.truncate(100 * 1024 * 1024)
+    with pytest.raises(SettingError) as err:
+        _resolve({}, cfg)
+    assert str(err.value) == f"config file {cfg}: cannot be read: larger than 1048576 bytes"
+
+
 def test_table_for_a_plugin_that_is_not_installed_only_warns(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("[plugins.gone]\nx = 1\n")

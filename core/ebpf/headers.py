@@ -22,6 +22,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from crusoe_metrics_exporter.files import read_text
+
 log = logging.getLogger(__name__)
 
 MODULES_ROOT = Path("/lib/modules")
@@ -66,7 +68,7 @@ def _tree_parts(tree: Path) -> list[Path]:
     """The directories (base first) that together make up one header tree."""
     parts = [tree]
     try:
-        makefile = (tree / "Makefile").read_text(errors="replace")
+        makefile = read_text(tree / "Makefile")
     except OSError:
         return parts
     match = _INCLUDE_LINE.search(makefile)
@@ -136,7 +138,7 @@ def _build_merged_tree(state_dir: Path, tree: Path, parts: list[Path]) -> Path:
     out = state_dir / "kernel-headers" / tree.name
     wanted = "\n".join(str(p) for p in parts)
     try:
-        if (out / _MARKER).read_text() == wanted and _has_kconfig(out):
+        if read_text(out / _MARKER) == wanted and _has_kconfig(out):
             return out
     except OSError:
         pass

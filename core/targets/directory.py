@@ -10,6 +10,7 @@ reads the last snapshot. A failed lookup keeps the last good answer.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import re
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.metrics_core import Metric
 
+from crusoe_metrics_exporter.files import DEFAULT_READ_LIMIT, read_limited
 from crusoe_metrics_exporter.targets.addresses import family_of, normalize, sort_key
 from crusoe_metrics_exporter.targets.dns import CountingResolver, DnsStats, Resolver, system_resolver
 from crusoe_metrics_exporter.targets.model import NfsMount, NfsServer, ObjstoreEndpoint
@@ -243,12 +245,10 @@ class TargetDirectory:
 
     def _read_mount_lines(self) -> list[MountLine]:
         try:
-            # "replace", not "surrogateescape": a server name or volume id taken
-            # from a non-UTF-8 device ends up in label values (DNS host,
-            # volume_id), and a lone surrogate cannot be encoded by the
-            # exposition, which would fail every scrape. nfs_stats decodes
-            # mountstats the same way, so both derive the same volume id.
-            text = self._mounts_path.read_text(encoding="utf-8", errors="replace")
+            content = read_limited(self._mounts_path)
+            if content.truncated and self._last_mount_lines is not None:
+                # Cut at the limit: not a mount table to trust over the last whole one.
+                raise OSError(errno.EFBIG, f"larger than {DEFAULT_READ_LIMIT} bytes", str(self._mounts_path))
         except OSError as exc:
             if self._last_mount_lines is not None:
                 log.warning("target discovery: cannot read %s (%s); keeping the previous mounts",
@@ -257,7 +257,15 @@ class TargetDirectory:
             self._warn_once(f"mounts:{self._mounts_path}", "target discovery: cannot read %s (%s); no NFS mounts known",
                             self._mounts_path, exc.strerror or exc)
             return []
-        lines, malformed = parse_mounts(text)
+        if content.truncated:
+            self._warn_once(f"truncated:{self._mounts_path}", "target discovery: %s is larger than %d bytes; only "
+                            "the mounts in its beginning are known", self._mounts_path, DEFAULT_READ_LIMIT)
+        # "replace", not "surrogateescape": a server name or volume id taken
+        # from a non-UTF-8 device ends up in label values (DNS host,
+        # volume_id), and a lone surrogate cannot be encoded by the
+        # exposition, which would fail every scrape. nfs_stats decodes
+        # mountstats the same way, so both derive the same volume id.
+        lines, malformed = parse_mounts(content.data.decode("utf-8", "replace"))
         if malformed:
             log.debug("target discovery: %d malformed lines in %s skipped", malformed, self._mounts_path)
         self._last_mount_lines = lines
