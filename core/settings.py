@@ -84,7 +84,8 @@ CORE_OPTIONS: tuple[ConfigOption, ...] = (
         "path",
         "/var/lib/crusoe-metrics-exporter",
         "Directory the exporter owns; the eBPF runtime builds merged kernel-header trees here when the running "
-        "kernel's own headers are not installed.",
+        "kernel's own headers are not installed. Created mode 0700; one owned by another user or writable by "
+        "group/others is refused (docs/ebpf.md).",
         env="CRUSOE_EXPORTER_STATE_DIR",
     ),
     ConfigOption(

@@ -104,7 +104,6 @@ def test_regular_files_and_procfs_read_as_before(tmp_path: Path) -> None:
 
 #: Calls that read a file without the reader, each with why it is allowed.
 ALLOWED: dict[tuple[str, str], str] = {
-    ("core/configfile.py", 'os.fdopen(fd, "w"'): "writes a file the exporter created itself (mkstemp)",
     ("plugins/kernel_lockups/reader.py", "os.open(path, os.O_RDONLY | os.O_NONBLOCK"):
         "/dev/kmsg is a character device by design; open_kmsg refuses anything else after an O_NONBLOCK open",
     ("plugins/_tcptrace/program.py", "(HEADER_DIR / match.group(1)).read_text()"):
@@ -152,8 +151,21 @@ def _raw_reads(path: Path) -> Iterator[tuple[int, str]]:
             raw = (owner, func.attr) in MODULE_READS or (func.attr in PATH_READS and owner not in ("os", "io"))
         else:
             raw = False
-        if raw:
+        if raw and not _writes(node, text):
             yield node.lineno, ast.get_source_segment(text, node) or ""
+
+
+def _writes(call: ast.Call, text: str) -> bool:
+    """An open for writing only (mode "w"/"a"/"x", or O_WRONLY): not a read."""
+    func = call.func
+    # Where the mode is: open(path, mode), os.fdopen(fd, mode), path.open(mode), or mode=.
+    position = 0 if isinstance(func, ast.Attribute) and func.attr == "open" and not (
+        isinstance(func.value, ast.Name) and func.value.id in ("os", "io")) else 1
+    args = [*call.args[position:position + 1], *(k.value for k in call.keywords if k.arg == "mode")]
+    modes = [a.value for a in args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+    if any(set(m) & set("wax") and "+" not in m for m in modes):
+        return True
+    return "O_WRONLY" in (ast.get_source_segment(text, call) or "")
 
 
 def test_no_file_is_read_outside_the_reader() -> None:
@@ -183,8 +195,10 @@ def test_the_walk_catches_each_way_of_reading(tmp_path: Path) -> None:
         "Path('/sys/kernel/btf/vmlinux').read_bytes()\n"
         "Path('/proc/stat').open('rb')\n"
         "os.open('/proc/meminfo', os.O_RDONLY)\n"
+        "open('/var/lib/x', 'w')\n"
         "tomllib.load(fh)\n"
         "def read_text(p): ...\n"
         "read_text('/proc/self/status')\n"
+        "open('/proc/stat', 'r+')\n"
     )
-    assert [line for line, _ in _raw_reads(sample)] == [3, 4, 5, 6, 7, 8, 10]
+    assert [line for line, _ in _raw_reads(sample)] == [3, 4, 5, 6, 7, 9, 11, 12]
