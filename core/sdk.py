@@ -43,6 +43,7 @@ What is here
 * capabilities: :func:`has_capability` (``"CAP_SYS_ADMIN"`` in the effective set?) and
   :func:`grant_hint`, the one wording of how to grant one in each shipped artefact;
 * logging: :class:`ProblemLog` logs a collector's trouble when it changes, not every scrape;
+  :class:`LogBudget` caps per-target lines (thousands of endpoints failing at once) and logs the rest as a count;
 * block devices: :class:`DeviceOptions` (node_exporter's device_include /
   device_exclude, for a plugin's options class to inherit), :class:`DeviceFilter`,
   :func:`device_names`;
@@ -97,7 +98,7 @@ from crusoe_metrics_exporter.devices import (
 from crusoe_metrics_exporter.files import DEFAULT_READ_LIMIT, FileContent, read_file, read_limited, read_text
 from crusoe_metrics_exporter.histogram import bucket_index, cumulative_buckets, geometric_bounds
 from crusoe_metrics_exporter.hookspecs import hookimpl
-from crusoe_metrics_exporter.problems import ProblemLog
+from crusoe_metrics_exporter.problems import LogBudget, ProblemLog
 from crusoe_metrics_exporter.schema import NoOptions, OptionError, option
 from crusoe_metrics_exporter.service_types import EbpfRuntime, TargetsService
 
@@ -193,6 +194,7 @@ __all__ = [
     "KernelConstant",
     "Kprobe",
     "LoadedBpf",
+    "LogBudget",
     "MetricSpec",
     "MetricType",
     "NfsMount",
