@@ -90,15 +90,34 @@ _EXPECTED = {
 }
 
 
+#: An int option without a declared maximum still stays within what a C long holds.
+IMPLICIT_INT_LIMIT = 2**63 - 1
+
+
+def accepted_range(option: ConfigOption) -> str:
+    """The declared bounds as a person reads them ("from 1s to 1d", "at least 16"; "" when none)."""
+    def show(value: float) -> str:
+        return format_duration(value) if option.type == "duration" else f"{value:g}"
+
+    if option.minimum is not None and option.maximum is not None:
+        return f"from {show(option.minimum)} to {show(option.maximum)}"
+    if option.minimum is not None:
+        return f"at least {show(option.minimum)}"
+    if option.maximum is not None:
+        return f"at most {show(option.maximum)}"
+    return ""
+
+
 def expected(option: ConfigOption) -> str:
     if option.choices:
         return "one of " + ", ".join(option.choices)
     if option.name == "port":
         return "an integer port between 1 and 65535"
-    if option.minimum is not None:
-        floor = format_duration(option.minimum) if option.type == "duration" else f"{option.minimum:g}"
-        return f"{_EXPECTED[option.type]}, at least {floor}"
-    return _EXPECTED[option.type]
+    bounds = accepted_range(option)
+    if not bounds:
+        return _EXPECTED[option.type]
+    # "a duration such as 30s, 5m or 1h30m, from 1s to 24h"; "an integer from 1 to 64"
+    return f"{_EXPECTED[option.type]}{',' if option.type == 'duration' else ''} {bounds}"
 
 
 def parse_option(option: ConfigOption, raw: Any, origin: str) -> Any:
@@ -106,6 +125,10 @@ def parse_option(option: ConfigOption, raw: Any, origin: str) -> Any:
     try:
         value = _convert(option, raw)
         if option.minimum is not None and value < option.minimum:
+            raise ValueError
+        if option.maximum is not None and value > option.maximum:
+            raise ValueError
+        if option.type == "int" and abs(value) > IMPLICIT_INT_LIMIT:
             raise ValueError
         if option.choices and option.type == "int" and str(value) not in option.choices:
             raise ValueError

@@ -32,7 +32,7 @@ CONFIG_FILE_LIMIT = 1024 * 1024
 AUTO_HOST_PROC = "auto"
 
 CORE_OPTIONS: tuple[ConfigOption, ...] = (
-    ConfigOption("port", "int", 9500, "TCP port of the HTTP server.", env="PORT"),
+    ConfigOption("port", "int", 9500, "TCP port of the HTTP server.", env="PORT", minimum=1, maximum=65535),
     ConfigOption(
         "listen_address",
         "host",
@@ -104,6 +104,7 @@ CORE_OPTIONS: tuple[ConfigOption, ...] = (
         "Most HTTP connections open at once (also bounded by the open-file limit, which is raised to its hard "
         "limit at start). At the limit a new connection closes the one idle longest.",
         minimum=16,
+        maximum=65536,
     ),
     ConfigOption(
         "collect_timeout",
@@ -111,6 +112,7 @@ CORE_OPTIONS: tuple[ConfigOption, ...] = (
         5.0,
         "How long one plugin's collect may take before the scrape goes on without it.",
         minimum=0.1,
+        maximum=300.0,
     ),
 )
 
