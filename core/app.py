@@ -6,7 +6,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,13 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample as PromSample
 
 from crusoe_metrics_exporter import host
+from crusoe_metrics_exporter.contract import MetricSpec, Sample
 from crusoe_metrics_exporter.exposition import Scrape
 from crusoe_metrics_exporter.host import PluginRecord, ServiceRecord, Started
 from crusoe_metrics_exporter.lifecycle import StartTask, Startup
 from crusoe_metrics_exporter.meta import meta_families
 from crusoe_metrics_exporter.naming import PREFIX
+from crusoe_metrics_exporter.problems import LogBudget
 from crusoe_metrics_exporter.runner import CollectResult, PluginRunner
 from crusoe_metrics_exporter.services import ServiceRegistry
 from crusoe_metrics_exporter.settings import Overrides, Settings, resolve
@@ -28,6 +30,63 @@ log = logging.getLogger(__name__)
 
 class StrictModeError(RuntimeError):
     """Strict mode and at least one plugin failed."""
+
+
+class ExpositionBudget:
+    """Keeps one scrape's plugin series within ``[exporter] max_exposition_bytes``.
+
+    Each metric group's rendered size is estimated before rendering (lines
+    per sample times the longest of three sampled lines), so the limit holds
+    for the text and the OpenMetrics renderer alike and nothing is rendered
+    to be thrown away. A group that does not fit is left out whole, counted
+    in its plugin's invalid samples (reason exposition_limit), and the
+    plugin shows degraded. The exporter's own metrics are outside the budget:
+    they say what was left out.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._dropped: dict[str, tuple[PluginRecord, int, str]] = {}
+
+    def admit(self, rec: PluginRecord, spec: MetricSpec, samples: Sequence[Sample]) -> bool:
+        size = estimated_bytes(spec, samples)
+        if self.used + size <= self.limit:
+            self.used += size
+            return True
+        _, count, first = self._dropped.get(rec.name, (rec, 0, spec.name))
+        self._dropped[rec.name] = (rec, count + len(samples), first)
+        return False
+
+    def account(self, records: Iterable[PluginRecord]) -> None:
+        for rec in records:
+            if rec.name not in self._dropped and rec.state == "degraded" and rec.reason.startswith(LEFT_OUT_REASON):
+                rec.state, rec.reason = "active", ""
+        for rec, count, metric in self._dropped.values():
+            if rec.errors is not None:
+                rec.errors.invalid_sample("exposition_limit", count)
+            if rec.state in ("active", "degraded"):
+                rec.state = "degraded"
+                rec.reason = (f"{LEFT_OUT_REASON} {count} series (from {metric} on): the exposition would exceed "
+                              f"max_exposition_bytes={self.limit}")
+            _EXPOSITION_LOG.warning("plugin %s: %d series left out of a scrape to keep it under "
+                                    "max_exposition_bytes=%d (counted as reason exposition_limit)", rec.name,
+                                    count, self.limit)
+
+
+def estimated_bytes(spec: MetricSpec, samples: Sequence[Sample]) -> int:
+    """About how many bytes the text format takes for ``samples`` of ``spec``."""
+    histogram = spec.type == "histogram"
+    lines = len(spec.buckets) + 3 if histogram else 1
+    names = sum(len(n) + 4 for n in spec.labels) + (10 if histogram else 0)
+    values = max(sum(len(v) for v in s.labels) for s in (samples[0], samples[len(samples) // 2], samples[-1]))
+    per_line = len(PREFIX) + len(spec.name) + 8 + names + values + 26
+    return len(samples) * lines * per_line + len(spec.help) + 2 * len(spec.name) + 40
+
+
+_EXPOSITION_LOG = LogBudget(log, "exposition limit", burst=5, interval=300.0)
+#: How the reason of a plugin degraded by the exposition limit starts.
+LEFT_OUT_REASON = "the last scrape left out"
 
 
 class Exporter:
@@ -116,7 +175,7 @@ class Exporter:
                 rec.collector = outcome.collector
                 # The runner exists before the state says active: a scrape
                 # never sees an active plugin it cannot collect.
-                self.runners[rec.name] = PluginRunner(rec)
+                self.runners[rec.name] = PluginRunner(rec, int(self.settings.core["max_series_per_plugin"]))
                 rec.state, rec.reason, rec.fix = "active", "", ""
             elif outcome.state == "unsupported":
                 rec.state, rec.reason, rec.fix = "unsupported", outcome.reason, outcome.fix
@@ -170,6 +229,7 @@ class Exporter:
             results[runner.record.name] = runner.wait(fut, deadline)
         scrape = Scrape()
         families = scrape.families
+        budget = ExpositionBudget(int(self.settings.core["max_exposition_bytes"]))
         for rec in self.records:
             if wanted is not None and rec.name not in wanted:
                 continue
@@ -177,7 +237,7 @@ class Exporter:
             if rec.spec is not None and result is not None:
                 for spec in rec.spec.metrics:
                     samples = result.by_metric.get(spec.name)
-                    if samples:
+                    if samples and budget.admit(rec, spec, samples):
                         scrape.groups.append((spec, samples))
             if rec.spec is not None and rec.errors is not None and rec.state in ("active", "degraded", "failed"):
                 totals = rec.errors.metric_totals()
@@ -186,6 +246,7 @@ class Exporter:
                         fam = Metric(PREFIX + spec.name.removesuffix("_total"), spec.help, "counter")
                         fam.samples.append(PromSample(PREFIX + spec.name, {}, float(totals[spec.name]), None, None))
                         families.append(fam)
+        budget.account(self.records)
         families.extend(meta_families(self.records, results, wanted))
         for service in self.services.built().values():
             provider = getattr(service, "metric_families", None)

@@ -114,6 +114,26 @@ CORE_OPTIONS: tuple[ConfigOption, ...] = (
         minimum=0.1,
         maximum=300.0,
     ),
+    ConfigOption(
+        "max_series_per_plugin",
+        "int",
+        250_000,
+        "Series one plugin may export per scrape; beyond it samples are dropped and counted "
+        "(plugin_invalid_samples_total reason series_limit) and the plugin shows degraded. The default fits "
+        "1,000 NFS mounts with nconnect=16.",
+        minimum=1000,
+        maximum=10_000_000,
+    ),
+    ConfigOption(
+        "max_exposition_bytes",
+        "int",
+        64 * 1024 * 1024,
+        "Size of one /metrics response at most (about; plugins' series are counted against it before rendering). "
+        "Series that do not fit are dropped and counted (reason exposition_limit) and their plugin shows "
+        "degraded; the exporter's own metrics always fit.",
+        minimum=1024 * 1024,
+        maximum=1024 * 1024 * 1024,
+    ),
 )
 
 @dataclass
