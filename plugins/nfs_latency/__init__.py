@@ -61,6 +61,10 @@ class NfsLatencyOptions:
         maximum=3600.0)
     inflight_capacity: int = option(
         "int", 16384, "Sockets tracked at once (LRU: the least recent is evicted).", minimum=1, maximum=1 << 20)
+    idle_series: bool = option(
+        "bool", False,
+        "Export zero-valued series for a volume that has had no traffic yet; off, its series appear with its first "
+        "request.")
 
 
 def _check(ctx: PluginContext[NfsLatencyOptions]) -> Support:

@@ -76,6 +76,10 @@ class ObjstoreOptions:
         maximum=3600.0)
     inflight_capacity: int = option(
         "int", 65536, "Connections tracked at once (LRU: the least recent is evicted).", minimum=1, maximum=1 << 20)
+    idle_series: bool = option(
+        "bool", False,
+        "Export zero-valued series for a endpoint that has had no traffic yet; off, its series appear with its first "
+        "request.")
 
 
 def _check(ctx: PluginContext[ObjstoreOptions]) -> Support:
