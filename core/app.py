@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample as PromSample
@@ -22,8 +22,12 @@ from crusoe_metrics_exporter.meta import meta_families
 from crusoe_metrics_exporter.naming import PREFIX
 from crusoe_metrics_exporter.problems import LogBudget
 from crusoe_metrics_exporter.runner import CollectResult, PluginRunner
+from crusoe_metrics_exporter.schema import config_options
 from crusoe_metrics_exporter.services import ServiceRegistry
-from crusoe_metrics_exporter.settings import Overrides, Settings, resolve
+from crusoe_metrics_exporter.settings import Overrides, Settings, resolve, resolve_plugin
+
+if TYPE_CHECKING:
+    from crusoe_metrics_exporter.isolation.supervisor import Until
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +105,8 @@ class Exporter:
         self.services = ServiceRegistry(self.service_records, settings)
         self.runners: dict[str, PluginRunner] = {}
         self.startup: Startup | None = None
+        #: Metric names taken, for worker plugins whose declaration arrives when they start.
+        self.claims = host.MetricClaims([*self.service_records, *records])
         # Guards runners and the state of a settling plugin against a concurrent scrape.
         self._lock = threading.Lock()
         host.select(records, settings)
@@ -114,20 +120,84 @@ class Exporter:
         entry_points: Iterable[tuple[Any, str, str]] | None = None,
         service_entry_points: Iterable[tuple[Any, str, str]] | None = None,
     ) -> Exporter:
-        """Discover plugins and services and resolve settings (raises SettingError on bad input)."""
-        records = host.discover(entry_points)
+        """Discover plugins and services and resolve settings (raises SettingError on bad input).
+
+        Plugins are listed from their metadata first; only those selected to
+        run in this process are imported, then their settings are resolved.
+        A worker plugin's settings are resolved when its worker has told the
+        declaration (a bad value then fails that plugin).
+        """
+        records = host.list_plugins(entry_points)
         service_records = host.discover_services(service_entry_points)
-        settings, warnings = resolve(host.declared_options(records), config_path, environ, overrides,
-                                     service_options=host.declared_options(service_records))
+        service_options = host.declared_options(service_records)
+        settings, warnings = resolve({}, config_path, environ, overrides, service_options=service_options,
+                                     deferred=[r.name for r in records])
+        host.select(records, settings)
+        # Built-ins only: a third-party plugin is imported by its start, in the background (in a worker
+        # unless trusted), so its import can neither stop nor delay the server.
+        host.load(records, builtin_only=True)
+        for rec in records:
+            if rec.spec is not None and rec.state != "failed":
+                resolve_plugin(settings, rec.name, config_options(rec.spec.options))
         for w in warnings:
             log.warning("%s", w)
         return cls(records, settings, service_records)
 
     # -- lifecycle -------------------------------------------------------
     def check_all(self) -> None:
-        """Run support checks only (``plugins``, ``doctor``): nothing is started."""
+        """Run support checks only (``plugins``, ``doctor``): nothing is started.
+
+        A worker plugin is declared and checked in a worker that is stopped
+        right after (all of them in parallel).
+        """
+        self.load_trusted()
+        self.run_workers("check")
         for rec in self.records:
-            host.check(rec, self.settings, self.services)
+            if rec.isolation == "in-process":
+                host.check(rec, self.settings, self.services)
+
+    def declare_all(self) -> None:
+        """Learn every selected plugin's declaration and settings (``config show``/``init``)."""
+        self.load_trusted()
+        self.run_workers("declare")
+
+    def load_trusted(self) -> None:
+        """Import now the third-party plugins trusted to run in this process (tools, tests).
+
+        ``serve`` loads them on their start threads instead, so an import
+        that hangs cannot delay the server. Raises SettingError for a value
+        one of their options refuses, like a built-in's.
+        """
+        late = [r for r in self.records
+                if r.isolation == "in-process" and r.spec is None and r.state not in ("failed", "disabled")]
+        host.load(late)
+        for rec in late:
+            if rec.spec is None or rec.state == "failed":
+                continue
+            clash = self.claims.claim(rec, rec.spec.metrics)
+            if clash:
+                rec.fail("validate", clash)
+                continue
+            resolve_plugin(self.settings, rec.name, config_options(rec.spec.options))
+        host.build_options(late, self.settings)
+
+    def run_workers(self, until: Until) -> None:
+        """Take every selected worker plugin through its worker ``until`` declared or checked; the workers stop."""
+        from crusoe_metrics_exporter.isolation.supervisor import start_in_worker
+
+        def run(rec: PluginRecord) -> None:
+            outcome = start_in_worker(rec, self.settings, self.claims, until)
+            if outcome.state == "failed":
+                rec.fail(outcome.phase, outcome.reason, outcome.where)
+            elif until == "check":
+                rec.state, rec.reason, rec.fix = outcome.state, outcome.reason, outcome.fix
+
+        threads = [threading.Thread(target=run, args=(rec,), name=f"{until}-{rec.name}", daemon=True)
+                   for rec in self.records if rec.isolation == "worker" and rec.state not in ("failed", "disabled")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 
     def begin_start(self, only: Iterable[str] | None = None,
                     on_settled: Callable[[PluginRecord], None] | None = None) -> Startup:
@@ -146,9 +216,10 @@ class Exporter:
                 rec.state, rec.reason = "disabled", "not selected"
                 continue
             rec.state, rec.reason = "starting", ""
-            tasks.append(StartTask(rec, functools.partial(host.start, rec, self.settings, self.services),
+            tasks.append(StartTask(rec, functools.partial(host.start, rec, self.settings, self.services,
+                                                          self.claims),
                                    functools.partial(self._settle, on_settled=on_settled)))
-        self.startup = Startup(tasks)
+        self.startup = Startup(tasks, timeout=float(self.settings.core["start_timeout"]))
         self.startup.launch()
         return self.startup
 
@@ -181,7 +252,7 @@ class Exporter:
                 rec.state, rec.reason, rec.fix = "unsupported", outcome.reason, outcome.fix
             else:
                 # Logged by fail(): one warning with the file:line of the cause.
-                rec.fail("start", outcome.reason, outcome.where)
+                rec.fail(outcome.phase, outcome.reason, outcome.where)
         elapsed = time.monotonic() - (self.startup.began if self.startup is not None else time.monotonic())
         if rec.state == "active":
             log.info("plugin %s active after %.2fs%s", rec.name, elapsed, host.details_suffix(dict(rec.details)))
@@ -215,6 +286,10 @@ class Exporter:
         for rec in self.records:
             host.stop(rec)
         self.services.stop()
+        if any(rec.isolation == "worker" for rec in self.records):
+            from crusoe_metrics_exporter.isolation.supervisor import stop_all
+
+            stop_all()  # workers of starts still in progress
 
     # -- scraping --------------------------------------------------------
     def collect(self, only: Iterable[str] | None = None) -> Scrape:

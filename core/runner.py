@@ -314,6 +314,14 @@ class PluginRunner:
         try:
             # Validated as the plugin yields them: a generator is never held whole.
             grouped, rejections = validate(self._collector.collect(), self._metrics, self.series_limit)
+            # A worker plugin's collector drops what is past the limits before the samples get here.
+            taken = getattr(self._collector, "take_rejections", None)
+            if taken is not None:
+                for key, dropped in taken().items():
+                    if key in rejections:
+                        rejections[key].count += dropped.count
+                    else:
+                        rejections[key] = dropped
         except BaseException as exc:  # SystemExit too; a worker thread never receives Ctrl-C
             self._errors.core_failure("collect")
             log.warning("plugin %s: collect failed: %s: %s", self.record.name, type(exc).__name__, exc)

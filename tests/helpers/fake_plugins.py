@@ -106,7 +106,10 @@ def make_exporter(entries: list[tuple[Any, str, str]], environ: dict[str, str] |
     """An Exporter over ``entries``; ``overrides`` are ``[exporter]`` options as text."""
     env = {"HOST_PROC_PATH": "/proc"} | (environ or {})
     values = {f"exporter.{k}": v for k, v in overrides.items()}
-    return Exporter.from_environment(None, Overrides(values), env, entries)
+    exporter = Exporter.from_environment(None, Overrides(values), env, entries)
+    # Loaded now rather than by their start (as serve does), so a test sees declarations and settings errors at once.
+    exporter.load_trusted()
+    return exporter
 
 
 def free_port() -> int:
