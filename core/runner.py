@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from crusoe_metrics_exporter.contract import HistogramValue, MetricSpec, Sample
 from crusoe_metrics_exporter.host import PluginRecord
+from crusoe_metrics_exporter.problems import LogBudget
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +259,10 @@ class PluginRunner:
         self.record = record
         #: Series kept per collect at most (None: no limit).
         self.series_limit = series_limit
+        #: A plugin that fails or overruns on every scrape is logged a few times, then counted (the error
+        #: counters and plugin_up say it on every scrape anyway).
+        self._trouble = LogBudget(log, f"plugin {record.name}: failed or overrunning collects", burst=3,
+                                  interval=300.0)
         self._reported: set[tuple[str, str]] = set()
         self._unreported: Counter[str] = Counter()
         self._summary_due = 0.0
@@ -291,7 +296,7 @@ class PluginRunner:
             result = future.result(timeout=timeout)
         except TimeoutError:
             self._errors.core_failure("timeout")
-            log.warning(
+            self._trouble.warning(
                 "plugin %s: collect still running after %.1fs; scrape continues without it",
                 self.record.name,
                 time.monotonic() - self._inflight_started,
@@ -324,7 +329,7 @@ class PluginRunner:
                         rejections[key] = dropped
         except BaseException as exc:  # SystemExit too; a worker thread never receives Ctrl-C
             self._errors.core_failure("collect")
-            log.warning("plugin %s: collect failed: %s: %s", self.record.name, type(exc).__name__, exc)
+            self._trouble.warning("plugin %s: collect failed: %s: %s", self.record.name, type(exc).__name__, exc)
             log.debug("plugin %s: collect traceback", self.record.name, exc_info=True)
             return CollectResult(ok=False, duration=time.monotonic() - started)
         result = CollectResult(grouped, True, time.monotonic() - started, rejections)

@@ -9,6 +9,7 @@ leaves groups out, counted; the other plugins keep every series.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import tracemalloc
@@ -101,3 +102,19 @@ def test_a_plugin_back_under_the_limits_is_active_again() -> None:
     assert _value(first, 'crusoe_vm_exporter_plugin_state{plugin="many",state="degraded"}') == 1.0
     assert _value(second, 'crusoe_vm_exporter_plugin_state{plugin="many",state="active"}') == 1.0
     assert second.count("crusoe_vm_many_series{") == 10
+
+
+def test_a_plugin_failing_every_scrape_is_logged_a_few_times_then_counted(caplog) -> None:  # type: ignore[no-untyped-def]
+    def boom():  # type: ignore[no-untyped-def]
+        raise RuntimeError("the device is gone")
+
+    exporter = make_exporter([FakePlugin("flaky", produce=boom).entry()])
+    exporter.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="crusoe_metrics_exporter.runner"):
+            for _ in range(50):
+                text = render(exporter.collect()).decode()
+    finally:
+        exporter.stop()
+    assert len([r for r in caplog.records if "collect failed" in r.getMessage()]) == 3
+    assert _value(text, 'crusoe_vm_exporter_plugin_errors_total{phase="collect",plugin="flaky"}') == 50
