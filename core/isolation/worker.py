@@ -354,8 +354,10 @@ class Zygote:
 def main(argv: list[str]) -> int:
     control, parent = socket.socket(fileno=int(argv[1])), int(argv[2])
     _die_with(parent)
-    # SIGTERM and Ctrl-C are the exporter's to handle: workers end when told to, or with the exporter.
+    # SIGTERM and Ctrl-C are the exporter's to handle (systemd sends SIGTERM to every process of the
+    # service): workers end when the exporter stops them, or with the exporter.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [worker %(process)d]: "
                                                    "%(message)s")
     # What every worker shares stays shared: the collector never touches these objects in a child.
