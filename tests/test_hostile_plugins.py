@@ -133,6 +133,13 @@ def _states(text: str) -> dict[str, str]:
     return out
 
 
+def _up(text: str, plugin: str) -> float:
+    for name, labels, value in _LINE.findall(text):
+        if name == "crusoe_vm_exporter_plugin_up" and f'plugin="{plugin}"' in labels:
+            return float(value)
+    raise AssertionError(f"no plugin_up for {plugin}")
+
+
 def _procfs_series(text: str) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {p: set() for p in PROCFS_PLUGINS}
     for name, labels, _ in _LINE.findall(text):
@@ -206,6 +213,8 @@ def test_every_hostile_plugin_enabled_costs_only_itself(tmp_path: Path) -> None:
             scrapes.append(took)
             assert status == 200
             assert _procfs_series(text) == baseline, "a procfs plugin lost series"
+            # The trial: plugin_up stayed 1 while the hog held every scrape; now its collect misses the deadline.
+            assert _up(text, plugin_name("gil_hog")) == 0.0
             running.alive()
             time.sleep(0.5)
 
