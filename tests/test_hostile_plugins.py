@@ -22,25 +22,18 @@ import os
 import re
 import signal
 import subprocess
-import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import pytest
-from helpers.cgroup import MemoryCgroup, cgroup_unavailable, memory_cgroup
+from helpers.cgroup_exporter import CgroupExporter, exporter_in_cgroup
 from helpers.hostile_plugins import BEHAVIOURS, install_hostile, plugin_name
-from helpers.processes import stop
 from helpers.procfs_tree import PROCFS_PLUGINS, build_tree, metric_owners, owner
-from helpers.server import CLI, free_port
+from helpers.server import CLI
 
-MEMORY_LIMIT = 256 * 1024 * 1024
 HOSTILE = [plugin_name(b) for b in BEHAVIOURS]
 #: Enabled together in one exporter: all but the million-series plugin.
 TOGETHER = [plugin_name(b) for b in BEHAVIOURS if b != "million"]
@@ -50,74 +43,21 @@ _LINE = re.compile(r"^(crusoe_vm_[a-z0-9_]+)(\{[^}]*\})? (\S+)$", re.MULTILINE)
 pytestmark = [pytest.mark.cgroup, pytest.mark.slow]
 
 
-@dataclass
-class Running:
-    proc: subprocess.Popen[bytes]
-    port: int
-    cgroup: MemoryCgroup
-    stderr: IO[bytes]
-    listened_after: float
-
-    def get(self, path: str, timeout: float = 15.0) -> tuple[int, str, float]:
-        started = time.monotonic()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=timeout) as resp:
-                return resp.status, resp.read().decode(), time.monotonic() - started
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode(), time.monotonic() - started
-
-    def log(self) -> str:
-        self.stderr.seek(0)
-        return self.stderr.read().decode(errors="replace")
-
-    def status(self, key: str) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-        raise AssertionError(key)
-
-    def alive(self) -> None:
-        assert self.proc.poll() is None, f"exporter exited with {self.proc.returncode}: {self.log()[-4000:]}"
-        assert self.cgroup.oom_kills() == 0
-
-
 @contextmanager
-def exporter(tmp_path: Path, enabled: list[str]) -> Iterator[Running]:
-    reason = cgroup_unavailable()
-    if reason:
-        pytest.skip(reason)
+def exporter(tmp_path: Path, enabled: list[str]) -> Iterator[CgroupExporter]:
     site = tmp_path / "site"
     site.mkdir()
     marks = tmp_path / "imported"
     marks.mkdir()
     tree = build_tree(tmp_path / "proc")
-    port = free_port()
-    env = {**os.environ, **install_hostile(site), "HOSTILE_DIR": str(marks), "HOST_PROC_PATH": str(tree),
-           "PORT": str(port), "LISTEN_ADDRESS": "127.0.0.1",
+    env = {**install_hostile(site), "HOSTILE_DIR": str(marks), "HOST_PROC_PATH": str(tree),
            # Two malloc arenas, as a memory-limited deployment runs it: with one per collect thread, glibc
            # holds on to what each scrape of 160k series freed (180-200 MiB and rising instead of ~130).
            "MALLOC_ARENA_MAX": "2"}
-    enable = [*PROCFS_PLUGINS, *enabled]
-    argv = [CLI, "serve", "--enable", ",".join(enable), "--set", "exporter.collect_timeout=2s",
+    args = ["--enable", ",".join([*PROCFS_PLUGINS, *enabled]), "--set", "exporter.collect_timeout=2s",
             "--set", "exporter.start_timeout=4s"]
-    with memory_cgroup(MEMORY_LIMIT) as cgroup, tempfile.TemporaryFile() as stderr:
-        started = time.monotonic()
-        proc = subprocess.Popen(cgroup.wrap(["prlimit", "--nofile=1024:1024", *argv]), env=env,
-                                stdout=subprocess.DEVNULL, stderr=stderr)
-        try:
-            while True:
-                assert proc.poll() is None, f"exited with {proc.returncode}"
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
-                        if resp.status == 200:
-                            break
-                except OSError:
-                    pass
-                assert time.monotonic() - started < 30, "never listened"
-                time.sleep(0.01)
-            yield Running(proc, port, cgroup, stderr, time.monotonic() - started)
-        finally:
-            stop(proc)
+    with exporter_in_cgroup(args, env, wrapper=["prlimit", "--nofile=1024:1024"]) as running:
+        yield running
     imported = {p.name.removeprefix("imported-") for p in marks.iterdir()}
     assert imported <= set(enabled), f"disabled plugins were imported: {sorted(imported - set(enabled))}"
 
@@ -149,7 +89,7 @@ def _procfs_series(text: str) -> dict[str, set[str]]:
     return out
 
 
-def _health_during(running: Running, seconds: float) -> list[float]:
+def _health_during(running: CgroupExporter, seconds: float) -> list[float]:
     """/health latencies, one request every 50 ms for ``seconds``."""
     latencies = []
     deadline = time.monotonic() + seconds
@@ -161,16 +101,7 @@ def _health_during(running: Running, seconds: float) -> list[float]:
     return latencies
 
 
-def _ready(running: Running) -> None:
-    # Within start_timeout (4 s): the hangs at import and in start() are given up on by then.
-    deadline = time.monotonic() + 20
-    while running.get("/ready")[0] != 200:
-        running.alive()
-        assert time.monotonic() < deadline, running.get("/ready")[1]
-        time.sleep(0.1)
-
-
-def _clean_shutdown(running: Running) -> None:
+def _clean_shutdown(running: CgroupExporter) -> None:
     """SIGTERM: exit 0 within 5 s, every worker (and the zygote) gone with the exporter."""
     started = time.monotonic()
     running.proc.send_signal(signal.SIGTERM)
@@ -183,7 +114,7 @@ def _clean_shutdown(running: Running) -> None:
     assert running.cgroup.oom_kills() == 0
 
 
-def _health_while_scraping(running: Running) -> tuple[list[float], tuple[int, str, float]]:
+def _health_while_scraping(running: CgroupExporter) -> tuple[list[float], tuple[int, str, float]]:
     """/metrics once, while another client keeps asking /health (the GIL hog's 12 s collect runs meanwhile)."""
     box: dict[str, list[float]] = {}
 
@@ -200,7 +131,7 @@ def _health_while_scraping(running: Running) -> tuple[list[float], tuple[int, st
 def test_every_hostile_plugin_enabled_costs_only_itself(tmp_path: Path) -> None:
     with exporter(tmp_path, TOGETHER) as running:
         assert running.listened_after < 1.0, running.listened_after
-        _ready(running)
+        running.wait_ready(20)
         status, text, _ = running.get("/metrics")
         baseline = _procfs_series(text)
         assert all(baseline.values()), baseline
@@ -250,7 +181,7 @@ def test_every_hostile_plugin_enabled_costs_only_itself(tmp_path: Path) -> None:
 def test_a_million_series_are_kept_to_the_limit_within_256_mib(tmp_path: Path) -> None:
     """The trial: a million series OOM-killed the exporter on the first scrape."""
     with exporter(tmp_path, [plugin_name("million")]) as running:
-        _ready(running)
+        running.wait_ready(20)
         scrapes = []
         for _ in range(10):
             status, text, took = running.get("/metrics")

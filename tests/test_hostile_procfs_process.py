@@ -9,22 +9,14 @@ made hostile at once before start, and then one at a time while it runs.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import pytest
-from helpers.cgroup import MemoryCgroup, cgroup_unavailable, memory_cgroup
-from helpers.processes import stop
+from helpers.cgroup_exporter import CgroupExporter, exporter_in_cgroup
 from helpers.procfs_tree import (
     FILES,
     HOSTILE_KINDS,
@@ -35,89 +27,27 @@ from helpers.procfs_tree import (
     owner,
     remove,
 )
-from helpers.server import CLI, free_port
 
-MEMORY_LIMIT = 256 * 1024 * 1024
 #: A scrape or start-up that takes longer than this is hung on a file (collect_timeout is 1 s here).
 BOUND = 5.0
 
 pytestmark = [pytest.mark.cgroup, pytest.mark.slow]
 
 
-@dataclass
-class Process:
-    proc: subprocess.Popen[bytes]
-    port: int
-    cgroup: MemoryCgroup
-    stderr: IO[bytes]
-    #: Seconds from exec to the first /health answer.
-    listened_after: float
-
-    def get(self, path: str) -> tuple[int, str, float]:
-        started = time.monotonic()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=BOUND * 2) as resp:
-                body = resp.read().decode()
-                status = resp.status
-        except urllib.error.HTTPError as exc:
-            body, status = exc.read().decode(), exc.code
-        return status, body, time.monotonic() - started
-
-    def log(self) -> str:
-        self.stderr.seek(0)
-        return self.stderr.read().decode(errors="replace")
-
-    def peak_rss(self) -> int:
-        """The exporter's peak resident memory in bytes (VmHWM; the cgroup's peak also counts page cache)."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmHWM")
-
-    def alive(self) -> None:
-        assert self.proc.poll() is None, f"exporter exited with {self.proc.returncode}: {self.log()[-3000:]}"
-        assert self.cgroup.oom_kills() == 0
-
-
 @contextmanager
-def exporter_in_cgroup(tree: Path) -> Iterator[Process]:
-    reason = cgroup_unavailable()
-    if reason:
-        pytest.skip(reason)
-    port = free_port()
-    env = {**os.environ, "HOST_PROC_PATH": str(tree), "PORT": str(port), "LISTEN_ADDRESS": "127.0.0.1"}
-    argv = [CLI, "serve", "--enable", ",".join(PROCFS_PLUGINS), "--set", "exporter.collect_timeout=1s"]
-    with memory_cgroup(MEMORY_LIMIT) as cgroup, tempfile.TemporaryFile() as stderr:
-        started = time.monotonic()
-        proc = subprocess.Popen(cgroup.wrap(argv), env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-        try:
-            while True:
-                assert proc.poll() is None, f"exited with {proc.returncode}"
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
-                        if resp.status == 200:
-                            break
-                except OSError:
-                    pass
-                assert time.monotonic() - started < 30, "never listened"
-                time.sleep(0.01)
-            running = Process(proc, port, cgroup, stderr, time.monotonic() - started)
-            yield running
-            # Shutdown is clean: SIGTERM, exit 0, nothing hung.
-            proc.terminate()
-            assert proc.wait(timeout=10) == 0, running.log()[-3000:]
-            assert "Traceback" not in running.log()
-            assert cgroup.oom_kills() == 0
-        finally:
-            stop(proc)
+def exporter_on(tree: Path) -> Iterator[CgroupExporter]:
+    args = ["--enable", ",".join(PROCFS_PLUGINS), "--set", "exporter.collect_timeout=1s"]
+    with exporter_in_cgroup(args, {"HOST_PROC_PATH": str(tree)}) as running:
+        yield running
+        # Shutdown is clean: SIGTERM, exit 0, nothing hung.
+        running.proc.terminate()
+        assert running.proc.wait(timeout=10) == 0, running.log()[-3000:]
+        assert "Traceback" not in running.log()
+        assert running.cgroup.oom_kills() == 0
 
 
-def _ready(process: Process) -> None:
-    deadline = time.monotonic() + 30
-    while process.get("/ready")[0] != 200:
-        process.alive()
-        assert time.monotonic() < deadline, "plugins never settled"
-        time.sleep(0.05)
+def _scrape(process: CgroupExporter) -> tuple[int, str, float]:
+    return process.get("/metrics", timeout=BOUND * 2)
 
 
 _LINE = re.compile(r"^(crusoe_vm_[a-z0-9_]+)(\{[^}]*\})? (\S+)$", re.MULTILINE)
@@ -150,10 +80,10 @@ def test_every_file_hostile_at_start_up(tmp_path: Path, kind: str) -> None:
     tree = build_tree(tmp_path / "proc")
     for file in FILES:
         make_hostile(tree / file, kind)
-    with exporter_in_cgroup(tree) as process:
-        _ready(process)
+    with exporter_on(tree) as process:
+        process.wait_ready()
         for _ in range(3):
-            status, text, took = process.get("/metrics")
+            status, text, took = _scrape(process)
             assert status == 200 and took < BOUND, (status, took)
             process.alive()
         for plugin in PROCFS_PLUGINS:
@@ -165,16 +95,16 @@ def test_every_file_hostile_at_start_up(tmp_path: Path, kind: str) -> None:
 def test_each_file_hostile_while_running_and_good_again(tmp_path: Path) -> None:
     tree = build_tree(tmp_path / "proc")
     good = {file: (tree / file).read_bytes() for file in FILES}
-    with exporter_in_cgroup(tree) as process:
-        _ready(process)
-        status, text, _ = process.get("/metrics")
+    with exporter_on(tree) as process:
+        process.wait_ready()
+        status, text, _ = _scrape(process)
         baseline = {plugin: _series(text, plugin) for plugin in PROCFS_PLUGINS}
         assert all(baseline.values()), baseline
         slowest = 0.0
         for file, readers in FILES.items():
             for kind in HOSTILE_KINDS:
                 make_hostile(tree / file, kind)
-                status, text, took = process.get("/metrics")
+                status, text, took = _scrape(process)
                 slowest = max(slowest, took)
                 assert status == 200 and took < BOUND, (file, kind, status, took)
                 for plugin in PROCFS_PLUGINS:
@@ -187,7 +117,7 @@ def test_each_file_hostile_while_running_and_good_again(tmp_path: Path) -> None:
                 process.alive()
         # Everything good again: every series is back.
         time.sleep(1.0)
-        status, text, _ = process.get("/metrics")
+        status, text, _ = _scrape(process)
         assert {plugin: _series(text, plugin) for plugin in PROCFS_PLUGINS} == baseline
         print(f"while running: {len(FILES) * len(HOSTILE_KINDS)} faults, slowest scrape {slowest:.3f}s, "
               f"peak RSS {process.peak_rss() / 2**20:.1f} MiB")
