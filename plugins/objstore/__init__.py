@@ -78,7 +78,7 @@ class ObjstoreOptions:
         "int", 65536, "Connections tracked at once (LRU: the least recent is evicted).", minimum=1, maximum=1 << 20)
     idle_series: bool = option(
         "bool", False,
-        "Export zero-valued series for a endpoint that has had no traffic yet; off, its series appear with its first "
+        "Export zero-valued series for an endpoint that has had no traffic yet; off, its series appear with its first "
         "request.")
 
 
