@@ -38,6 +38,8 @@ What is here
   size limit), :func:`read_file` or :func:`read_text` (a small file, refused when
   larger than its limit): a FIFO, device node, directory or symlink loop put where
   a file belongs is an OSError naming it, never a hang or an unbounded read;
+  :func:`open_char_device` opens a device node read by design (/dev/kmsg, an NVMe
+  admin node) and refuses anything else in its place;
   :func:`unreadable` turns a permission error on a host file into the reason
   ("<path> is unreadable: needs CAP_...") and the fix, as :class:`Unreadable`;
 * capabilities: :func:`has_capability` (``"CAP_SYS_ADMIN"`` in the effective set?) and
@@ -95,7 +97,14 @@ from crusoe_metrics_exporter.devices import (
     device_names,
     parse_device_table,
 )
-from crusoe_metrics_exporter.files import DEFAULT_READ_LIMIT, FileContent, read_file, read_limited, read_text
+from crusoe_metrics_exporter.files import (
+    DEFAULT_READ_LIMIT,
+    FileContent,
+    open_char_device,
+    read_file,
+    read_limited,
+    read_text,
+)
 from crusoe_metrics_exporter.histogram import bucket_index, cumulative_buckets, geometric_bounds
 from crusoe_metrics_exporter.hookspecs import hookimpl
 from crusoe_metrics_exporter.problems import LogBudget, ProblemLog
@@ -225,6 +234,7 @@ __all__ = [
     "has_capability",
     "hookimpl",
     "normalize_address",
+    "open_char_device",
     "option",
     "parse_device_table",
     "read_file",

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from helpers.procfs_tree import HOSTILE_KINDS, make_hostile
 
-from crusoe_metrics_exporter.files import iter_lines, read_file, read_limited, read_text
+from crusoe_metrics_exporter.files import iter_lines, open_char_device, read_file, read_limited, read_text
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -100,12 +100,31 @@ def test_regular_files_and_procfs_read_as_before(tmp_path: Path) -> None:
     assert read_limited(Path("/proc/self/mounts")).data
 
 
+@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink_loop", "huge"])
+def test_a_device_read_by_design_refuses_anything_else_in_its_place(tmp_path: Path, kind: str) -> None:
+    """/dev/kmsg and NVMe admin nodes: a FIFO there must not block the open, a file must not be read as one."""
+    path = tmp_path / "kmsg"
+    make_hostile(path, kind)
+    outcome = _within(5.0, lambda: open_char_device(path))
+    assert isinstance(outcome, OSError), outcome
+    assert outcome.filename == str(path)
+    assert outcome.strerror == {
+        "fifo": "a FIFO, not a character device",
+        "directory": "a directory, not a character device",
+        "symlink_loop": os.strerror(errno.ELOOP),
+        "huge": "a regular file, not a character device",
+    }[kind]
+    fd = open_char_device(Path("/dev/zero"))
+    try:
+        assert os.read(fd, 4) == b"\0\0\0\0"
+    finally:
+        os.close(fd)
+
+
 # -- no other way to open a file --------------------------------------------------
 
 #: Calls that read a file without the reader, each with why it is allowed.
 ALLOWED: dict[tuple[str, str], str] = {
-    ("plugins/kernel_lockups/reader.py", "os.open(path, os.O_RDONLY | os.O_NONBLOCK"):
-        "/dev/kmsg is a character device by design; open_kmsg refuses anything else after an O_NONBLOCK open",
     ("plugins/_tcptrace/program.py", "(HEADER_DIR / match.group(1)).read_text()"):
         "C headers shipped inside the package",
     ("plugins/disk_latency/collector.py", 'resources.files(__package__).joinpath("disk_latency.c").read_text()'):
@@ -121,7 +140,7 @@ PATH_READS = {"open", "read_text", "read_bytes"}
 MODULE_READS = {("os", "open"), ("os", "fdopen"), ("io", "open"), ("tomllib", "load"), ("json", "load"),
                 ("pickle", "load"), ("builtins", "open")}
 #: Names of the reader's functions, which a module may call bare once imported from the reader or the SDK.
-READER_NAMES = {"read_limited", "read_file", "read_text", "iter_lines", "open_regular"}
+READER_NAMES = {"read_limited", "read_file", "read_text", "iter_lines", "open_regular", "open_char_device"}
 READER_MODULES = {"crusoe_metrics_exporter.files", "crusoe_metrics_exporter.sdk"}
 
 

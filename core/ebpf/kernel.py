@@ -134,7 +134,7 @@ def tracepoint_has_field(category: str, event: str, field: str) -> bool:
     if base is None:
         return False
     try:
-        text = (base / "events" / category / event / "format").read_text()
+        text = read_text(base / "events" / category / event / "format")
     except OSError:
         return False
     for line in text.splitlines():
