@@ -33,7 +33,9 @@ def test_a_million_series_keep_the_limit_and_cost_no_memory_beyond_it() -> None:
         return (Sample("many_series", (str(i),), 1.0) for i in range(1_000_000))
 
     exporter = make_exporter([FakePlugin("many", produce=million, metrics=(MANY,)).entry(),
-                              FakePlugin("good").entry()], max_series_per_plugin="10000")
+                              FakePlugin("good").entry()], max_series_per_plugin="10000",
+                             # Validating a million samples takes seconds on a loaded 2-core VM: memory is the point.
+                             collect_timeout="1m")
     exporter.start()
     try:
         tracemalloc.start()
