@@ -14,6 +14,14 @@ and loads: a header planted by another user ends up in a BPF program. So:
 * a tree the exporter built in it earlier is checked the same way, entry by
   entry, before it is used again.
 
+Two kinds of fresh volume are taken as they come, because nothing can have
+been planted in them: an *empty* directory the exporter's user owns but
+others could write (a Kubernetes emptyDir is mode 0777, owned by root) is
+made 0700 first and used if it is still empty then - after the chmod nobody
+else can add to it; and a sticky world-writable directory (a /tmp-like
+volume) gets a private subdirectory named by the exporter's uid, which the
+sticky bit keeps others from replacing.
+
 Anything else is refused with one line naming the path, what is wrong and
 the fix; the exporter never uses it and never repairs it silently (whoever
 planted the content should not get it blessed by a chmod).
@@ -21,9 +29,12 @@ planted the content should not get it blessed by a chmod).
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 class UntrustedPath(Exception):
@@ -81,11 +92,36 @@ def private_dir(path: Path, what: str = "state dir") -> Path:
         st = os.stat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise UntrustedPath(f"{what} {path} is not a directory", f"remove {path} or set another state_dir")
+    if _writable_by_others(st) and st.st_mode & stat.S_IWOTH and st.st_mode & stat.S_ISVTX \
+            and st.st_uid in (0, uid):
+        # /tmp-like: others cannot rename or remove what we create in it.
+        _check_ancestors(Path(os.path.realpath(path)).parent, what, path)
+        private = private_dir(path / f"uid-{uid}", what)
+        log.info("%s %s is sticky and writable by everyone: using %s, private to uid %d", what, path, private, uid)
+        return private
+    if st.st_uid == uid and _writable_by_others(st) and _claim_if_empty(path, st):
+        log.info("%s %s was an empty directory others could write (a fresh volume): made mode 0700", what, path)
+        st = os.stat(path)
     problem = _problem(st, (uid,))
     if problem:
         raise UntrustedPath(f"{what} {path} {problem}; the exporter will not use it", _fix(path))
     _check_ancestors(Path(os.path.realpath(path)).parent, what, path)
     return path
+
+
+def _claim_if_empty(path: Path, st: os.stat_result) -> bool:
+    """Make the empty directory ``path`` (ours) mode 0700; False, and its mode as it was, if it is not empty.
+
+    Empty before the chmod is not enough (an entry could arrive in between);
+    empty after it is: from then on only the owner can add entries.
+    """
+    if os.listdir(path):
+        return False
+    os.chmod(path, 0o700)
+    if os.listdir(path):
+        os.chmod(path, stat.S_IMODE(st.st_mode))
+        return False
+    return True
 
 
 def _check_ancestors(directory: Path, what: str, path: Path) -> None:

@@ -99,10 +99,27 @@ def test_a_state_dir_planted_by_another_user_is_refused_and_never_read(shared_tm
 def test_a_state_dir_others_can_write_is_refused(tmp_path: Path, mode: int) -> None:
     state = tmp_path / "state"
     state.mkdir()
+    (state / "kernel-headers").mkdir()  # content: anyone could have put it there
     state.chmod(mode)
     with pytest.raises(UntrustedPath, match=rf"^state dir {state} is writable by .*\(mode {mode:04o}\); the exporter"):
         private_dir(state)
     assert stat.S_IMODE(os.stat(state).st_mode) == mode
+
+
+def test_an_empty_volume_is_made_private_a_sticky_one_gets_a_private_subdirectory(tmp_path: Path) -> None:
+    """Fresh volumes: a Kubernetes emptyDir (0777, the exporter's) and a /tmp-like one (1777, root's)."""
+    empty_dir = tmp_path / "emptydir"
+    empty_dir.mkdir()
+    empty_dir.chmod(0o777)
+    assert private_dir(empty_dir) == empty_dir
+    assert stat.S_IMODE(os.stat(empty_dir).st_mode) == 0o700
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    private = private_dir(sticky)
+    assert private == sticky / f"uid-{os.geteuid()}"
+    assert stat.S_IMODE(os.stat(private).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(sticky).st_mode) == 0o1777  # the volume itself is left as it is
 
 
 def test_a_header_tree_inside_the_state_dir_that_another_user_owns_is_refused(tmp_path: Path,
