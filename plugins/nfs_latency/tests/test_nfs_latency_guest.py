@@ -68,7 +68,7 @@ def test_nfs_latency_counts_real_traffic(
                                 ("all-kprobe", run.before.kprobes, run.after.kprobes)):
         counted = requests(after, vol) - requests(before, vol)
         assert 0 < counted <= rpcs, f"{name}: {counted} exchanges for {rpcs} RPCs on the {run.nfs.name} workload"
-        latency = value(after, "crusoe_vm_nfs_latency_seconds", volume_id=vol, **BASE) - value(
+        latency = value(after, "crusoe_vm_nfs_latency_seconds", volume_id=vol, **BASE) - before_traffic(
             before, "crusoe_vm_nfs_latency_seconds", volume_id=vol, **BASE)
         assert latency > 0
 
