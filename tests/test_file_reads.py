@@ -125,6 +125,10 @@ def test_a_device_read_by_design_refuses_anything_else_in_its_place(tmp_path: Pa
 
 #: Calls that read a file without the reader, each with why it is allowed.
 ALLOWED: dict[tuple[str, str], str] = {
+    ("core/ebpf/cache.py", "os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)"):
+        "compile-cache entries: O_NOFOLLOW and non-blocking, then regular file, owner and mode checked on the "
+        "descriptor and the read bounded (MAX_ENTRY_BYTES)",
+    ("core/ebpf/cache.py", 'os.fdopen(fd, "rb")'): "the same compile-cache entry's descriptor",
     ("plugins/_tcptrace/program.py", "(HEADER_DIR / match.group(1)).read_text()"):
         "C headers shipped inside the package",
     ("plugins/disk_latency/collector.py", 'resources.files(__package__).joinpath("disk_latency.c").read_text()'):
