@@ -15,7 +15,7 @@ pytest_plugins = ("helpers.guest_fixtures",)
 # Tests that exercise the real kernel or real networks. On a developer laptop
 # they may skip (not root, no bcc); in CI a skip would hide a broken feature,
 # so there it counts as a failure.
-MUST_RUN_IN_CI = ("ebpf", "netns", "deploy", "kernel_vm")
+MUST_RUN_IN_CI = ("ebpf", "netns", "deploy", "kernel_vm", "cgroup")
 
 #: Set by the guest's boot script (tests/vm/guest_boot.py): we are inside the test guest.
 IN_GUEST = os.environ.get("CME_TEST_GUEST") == "1"

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+from crusoe_metrics_exporter.files import read_text
+
 #: Bit numbers from <linux/capability.h> of the capabilities the exporter's plugins may need.
 NUMBERS: dict[str, int] = {
     "CAP_DAC_OVERRIDE": 1,
@@ -32,7 +34,7 @@ NUMBERS: dict[str, int] = {
 def effective() -> int:
     """This process's effective capability mask (0 when /proc/self/status cannot be read)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in read_text("/proc/self/status").splitlines():
             if line.startswith("CapEff:"):
                 return int(line.split()[1], 16)
     except (OSError, ValueError, IndexError):

@@ -21,7 +21,7 @@ import click
 from crusoe_metrics_exporter import __version__, footprint
 from crusoe_metrics_exporter.app import Exporter, StrictModeError
 from crusoe_metrics_exporter.options import SettingError
-from crusoe_metrics_exporter.settings import Overrides
+from crusoe_metrics_exporter.settings import LOG_LEVELS, Overrides
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,7 @@ PROG = "crusoe-metrics-exporter"
 STOP_TIMEOUT = 1.5
 F = TypeVar("F", bound=Callable[..., Any])
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
-           "error": logging.ERROR, "fatal": logging.CRITICAL}
+_LEVELS = LOG_LEVELS
 
 
 class UsageFailure(click.ClickException):
@@ -260,6 +259,7 @@ def config_init_cmd(ctx: click.Context, /, path: Path | None, force: bool, **kwa
 
     _merge(ctx, kwargs)
     exporter = _build(ctx)
+    exporter.declare_all()
     target = path or DEFAULT_CONFIG_PATH
     if target.exists() and not force:
         raise RunFailure(f"{target} exists; use --force to overwrite it")
@@ -280,6 +280,7 @@ def config_show_cmd(ctx: click.Context, /, as_json: bool, **kwargs: Any) -> None
 
     _merge(ctx, kwargs)
     exporter = _build(ctx)
+    exporter.declare_all()
     click.echo(effective_json(exporter) if as_json else effective_toml(exporter), nl=False)
 
 

@@ -125,7 +125,7 @@ class ConfigOption:
     ``default`` is in the option's native Python form (seconds as float for
     durations, lists for list types). ``env`` names an environment variable
     that sets it, for the seed's variables. ``choices`` limits str and int
-    options (spelt as text); ``minimum`` bounds int, float and duration
+    options (spelt as text); ``minimum`` and ``maximum`` bound int, float and duration
     options from below, so a value the plugin cannot use stops start-up.
     """
 
@@ -136,6 +136,7 @@ class ConfigOption:
     env: str | None = None
     choices: tuple[str, ...] = ()
     minimum: float | None = None
+    maximum: float | None = None
 
 
 @runtime_checkable

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from crusoe_metrics_exporter.files import read_limited
 from crusoe_metrics_exporter.schema import option
 
 #: Whole virtio disks (vda, vdb, ..., vdaa); partitions such as vda1 are not
@@ -104,7 +105,7 @@ def device_names(host_proc: Path) -> dict[tuple[int, int], str]:
     read, cheap enough for a periodic background refresh.
     """
     try:
-        raw = (host_proc / "diskstats").read_bytes()
+        content = read_limited(host_proc / "diskstats")
     except OSError:
         return {}
-    return parse_device_table(raw.decode("utf-8", "replace"))
+    return parse_device_table(content.data.decode("utf-8", "replace"))

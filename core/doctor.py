@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from crusoe_metrics_exporter import host
 from crusoe_metrics_exporter.capabilities import unreadable
+from crusoe_metrics_exporter.files import open_regular
 
 if TYPE_CHECKING:
     from crusoe_metrics_exporter.app import Exporter
@@ -32,7 +33,7 @@ def _procfs_check(proc: Path) -> Iterator[Check]:
     """HOST_PROC_PATH is a procfs: what each plugin reads from it is checked by the plugin's support check."""
     path = proc / "1" / "mounts"
     try:
-        with path.open("rb") as fh:
+        with open_regular(path) as fh:
             fh.read(1)
         yield Check(f"read {path}", True, "HOST_PROC_PATH is a readable /proc")
     except OSError as exc:
@@ -61,8 +62,10 @@ def _service_checks(exporter: Exporter) -> Iterator[Check]:
 
 
 def _plugin_checks(exporter: Exporter) -> Iterator[Check]:
+    exporter.load_trusted()
+    exporter.run_workers("check")
     for rec in exporter.records:
-        support = host.check(rec, exporter.settings, exporter.services)
+        support = host.check(rec, exporter.settings, exporter.services) if rec.isolation == "in-process" else None
         if rec.state == "disabled":
             yield Check(f"plugin {rec.name}", True, "disabled by configuration")
         elif rec.state == "failed":
@@ -72,6 +75,8 @@ def _plugin_checks(exporter: Exporter) -> Iterator[Check]:
             yield Check(f"plugin {rec.name}", True, f"not configured: {support.reason}")
         elif support is not None and not support.supported:
             yield Check(f"plugin {rec.name}", False, f"unsupported: {support.reason}", support.fix)
+        elif rec.state == "unsupported":
+            yield Check(f"plugin {rec.name}", False, f"unsupported: {rec.reason}", rec.fix)
         else:
             details = ", ".join(f"{k}={v}" for k, v in sorted(rec.details.items()))
             yield Check(f"plugin {rec.name}", True, "supported" + (f" ({details})" if details else ""))

@@ -14,7 +14,6 @@ settings), check (the support check, with a deadline), start (factory and
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import re
 import threading
@@ -30,6 +29,7 @@ from crusoe_metrics_exporter.contract import (
     CONTRACT_VERSION,
     Collector,
     ConfigOption,
+    MetricSpec,
     PluginContext,
     PluginSpec,
     ServiceSpec,
@@ -98,6 +98,10 @@ class PluginRecord(_Record):
     details: dict[str, str] = field(default_factory=dict)
     collector: Collector | None = None
     errors: ErrorCounters | None = None
+    #: Where the plugin runs: "in-process" (built-ins, [exporter] in_process) or "worker" (a process of its own).
+    isolation: Literal["in-process", "worker"] = "in-process"
+    #: The entry point object discovery found (loaded later, and only if the plugin is selected).
+    entry: Any = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +114,7 @@ class PluginRecord(_Record):
             "fix": self.fix,
             "failed_phase": self.failed_phase,
             "details": dict(self.details),
+            "isolation": self.isolation,
         }
 
 
@@ -123,7 +128,10 @@ class ServiceRecord(_Record):
 
 
 # -- discovery ----------------------------------------------------------------
-def _entry_points(group: str) -> list[tuple[importlib.metadata.EntryPoint, str, str]]:
+def _entry_points(group: str) -> list[tuple[Any, str, str]]:
+    # Imported here: a worker process never scans distributions, and importlib.metadata costs it ~3 MiB.
+    import importlib.metadata
+
     seen: set[tuple[str, str, str]] = set()
     out = []
     for dist in importlib.metadata.distributions():
@@ -149,18 +157,52 @@ def discover(
     entry_points: Iterable[tuple[Any, str, str]] | None = None,
     group: str = ENTRY_POINT_GROUP,
 ) -> list[PluginRecord]:
-    """Load every plugin of ``group``; never raises for a plugin's fault.
+    """List and load every plugin of ``group`` in this process; never raises for a plugin's fault.
 
-    ``entry_points`` (objects with ``name``, ``value`` and ``load()``, with their
-    distribution name and version) replaces discovery in tests.
+    For tools and tests that want every declaration; the exporter itself
+    lists (:func:`list_plugins`), selects, and then loads only what runs here
+    (:func:`load`). ``entry_points`` (objects with ``name``, ``value`` and
+    ``load()``, with their distribution name and version) replaces discovery.
     """
-    records = _discover(PluginRecord, entry_points, group)
-    for rec, ep in records:
-        if rec.state != "failed":
-            rec.spec = _load(rec, ep, "crusoe_metrics_exporter_plugin", validate_spec)
-    plugins = [rec for rec, _ in records]
-    _reject_duplicate_metrics(plugins)
+    plugins = list_plugins(entry_points, group)
+    load(plugins)
     return plugins
+
+
+def list_plugins(
+    entry_points: Iterable[tuple[Any, str, str]] | None = None,
+    group: str = ENTRY_POINT_GROUP,
+) -> list[PluginRecord]:
+    """One record per plugin entry point, from the installed metadata alone: nothing is imported.
+
+    A plugin that is disabled, or runs in a worker process, is never
+    imported into the exporter: its import could exit, hang or hog the
+    interpreter (the trial's ``sys.exit()`` at import ended the exporter even
+    for a disabled plugin).
+    """
+    plugins = []
+    for rec, ep in _discover(PluginRecord, entry_points, group):
+        rec.entry = ep
+        plugins.append(rec)
+    return plugins
+
+
+def load(records: Iterable[PluginRecord], builtin_only: bool = False) -> None:
+    """Import and validate the plugins that run in this process and are not disabled or failed.
+
+    Each import runs under its own error boundary (any BaseException) and
+    the deadline LOAD_TIMEOUT. Worker plugins are loaded by their worker;
+    with ``builtin_only``, so are third-party plugins trusted to run in
+    process: by their start, in the background (see :func:`start`).
+    """
+    records = list(records)
+    for rec in records:
+        if rec.spec is not None or rec.state in ("failed", "disabled") or rec.isolation == "worker":
+            continue
+        if builtin_only and not rec.builtin:
+            continue
+        rec.spec = _load(rec, rec.entry, "crusoe_metrics_exporter_plugin", validate_spec)
+    _reject_duplicate_metrics(records)
 
 
 def discover_services(
@@ -202,28 +244,62 @@ _S = TypeVar("_S")
 
 def _load(rec: _Record, ep: Any, hook: str, validate: Callable[[object, str], _S]) -> _S | None:
     """Import the entry point's module, call its hook, validate the answer; failures become state."""
+    outcome = _declared(rec, ep, hook, validate)
+    if isinstance(outcome, LoadFailure):
+        rec.fail(outcome.phase, outcome.reason, outcome.where)
+        return None
+    return outcome
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    phase: str
+    reason: str
+    where: str = ""
+
+
+def _declared(rec: _Record, ep: Any, hook: str, validate: Callable[[object, str], _S]) -> _S | LoadFailure:
+    """The validated declaration of ``ep``, or why there is none; raises nothing for the extension's fault.
+
+    The import and the hook run under the deadline LOAD_TIMEOUT, and any
+    BaseException from them (``sys.exit()`` at import) is the extension's
+    failure, never the exporter's exit.
+    """
     if not _NAME.match(rec.name):
-        rec.fail("load", f"entry point name {rec.name!r} is not a valid name (lowercase, digits, _)")
-        return None
-    pm = pluggy.PluginManager(PROJECT)
-    pm.add_hookspecs(ExporterHooks)
+        return LoadFailure("load", f"entry point name {rec.name!r} is not a valid name (lowercase, digits, _)")
     try:
-        module = ep.load()
-        pm.register(module, name=rec.name)
-        pm.check_pending()
-        impls = getattr(pm.hook, hook).get_hookimpls()
-        if not impls:
-            rec.fail("load", f"the module does not implement {hook}")
-            return None
-        declared = impls[0].function()
-    except Exception as exc:  # noqa: BLE001 - the extension's error boundary: its failure becomes its state
-        _fail_with(rec, "load", exc)
-        return None
+        declared = with_deadline(lambda: declaration(ep, rec.name, hook), LOAD_TIMEOUT, f"load-{rec.name}")
+    except TimeoutError:
+        return LoadFailure("load", f"its import did not finish within {LOAD_TIMEOUT:g}s")
+    except Exception as exc:  # the extension's error boundary (PluginExit included): its failure becomes its state
+        text, where = describe_failure(exc)
+        log.debug("%s %s: traceback of the load failure", rec.kind, rec.name, exc_info=exc)
+        return LoadFailure("load", text, where)
     try:
         return validate(declared, rec.name)
     except InvalidDeclaration as exc:
-        rec.fail("validate", str(exc))
-        return None
+        return LoadFailure("validate", str(exc))
+
+
+class NoHook(Exception):
+    """The entry point's module does not implement the hook."""
+
+
+def declaration(ep: Any, name: str, hook: str) -> object:
+    """Import the entry point's module and call its hook; raises what they raise (or NoHook)."""
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(ExporterHooks)
+    module = ep.load()
+    pm.register(module, name=name)
+    pm.check_pending()
+    impls = getattr(pm.hook, hook).get_hookimpls()
+    if not impls:
+        raise NoHook(f"the module does not implement {hook}")
+    return impls[0].function()
+
+
+#: How long importing a plugin and calling its hook may take (in-process plugins: this blocks start-up).
+LOAD_TIMEOUT = 20.0
 
 
 def describe_failure(exc: BaseException) -> tuple[str, str]:
@@ -232,6 +308,10 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
     The frame is the innermost one outside the import machinery, so an import
     error points at the plugin's own import statement, not at importlib.
     """
+    if isinstance(exc, PluginExit):
+        exc = exc.original
+    if isinstance(exc, NoHook):
+        return str(exc), ""
     where = ""
     if isinstance(exc, SyntaxError) and exc.filename:
         where = f"{exc.filename}:{exc.lineno}"
@@ -327,6 +407,28 @@ def _claim_metrics(records: Iterable[PluginRecord | ServiceRecord], owners: dict
         owners.update({m.name: f"{rec.kind} {rec.name!r}" for m in rec.spec.metrics})
 
 
+class MetricClaims:
+    """Metric names already taken, for plugins whose declaration arrives later (from a worker)."""
+
+    def __init__(self, records: Iterable[PluginRecord | ServiceRecord]) -> None:
+        self._lock = threading.Lock()
+        self._owners: dict[str, str] = {}
+        for rec in records:
+            if rec.spec is not None and rec.state != "failed":
+                self._owners.update({m.name: f"{rec.kind} {rec.name!r}" for m in rec.spec.metrics})
+
+    def claim(self, rec: PluginRecord, metrics: Iterable[MetricSpec]) -> str:
+        """Take ``metrics`` for ``rec``; "" on success, else why not (one name is someone else's)."""
+        metrics = list(metrics)
+        with self._lock:
+            mine = f"{rec.kind} {rec.name!r}"
+            clash = next((m.name for m in metrics if self._owners.get(m.name, mine) != mine), None)
+            if clash is not None:
+                return f"metric {clash!r} is already exported by {self._owners[clash]}"
+            self._owners.update({m.name: mine for m in metrics})
+            return ""
+
+
 # -- options and selection ------------------------------------------------------
 def declared_options(records: Iterable[PluginRecord | ServiceRecord]) -> dict[str, tuple[ConfigOption, ...]]:
     """name -> the ConfigOptions its options class declares, for every record that loaded."""
@@ -373,7 +475,14 @@ def select(records: Iterable[PluginRecord], settings: Settings) -> None:
                            f"{unknown[0]!r} (installed: {', '.join(sorted(installed)) or 'none'})")
     for name in sorted(disable - installed):
         log.warning("%s names no installed plugin %r; ignored", settings.spelling("exporter", "disable"), name)
+    in_process = set(settings.core.get("in_process", []))
+    for name in sorted(in_process - installed):
+        log.warning("%s names no installed plugin %r; ignored", settings.spelling("exporter", "in_process"), name)
     for rec in records:
+        if _installed(rec.entry) and not rec.builtin and rec.name not in in_process:
+            # An installed third-party plugin: its own process (tests pass entry point stand-ins, which
+            # only load in this one).
+            rec.isolation = "worker"
         if rec.state == "failed":
             continue
         if rec.name in disable or (enable and rec.name not in enable):
@@ -382,6 +491,15 @@ def select(records: Iterable[PluginRecord], settings: Settings) -> None:
 
 
 # -- support check, start, stop ---------------------------------------------------
+def _installed(entry: object) -> bool:
+    """An entry point of an installed distribution (tests hand the host stand-ins that only load in-process)."""
+    if entry is None:
+        return False
+    import importlib.metadata
+
+    return isinstance(entry, importlib.metadata.EntryPoint)
+
+
 def make_context(rec: PluginRecord, settings: Settings, services: ServiceRegistry) -> PluginContext[Any]:
     assert rec.spec is not None
     if rec.errors is None:
@@ -426,7 +544,8 @@ def _support(rec: PluginRecord, ctx: PluginContext[Any]) -> Support | tuple[str,
     assert spec is not None
     try:
         # A third-party check may return anything: typed as object, checked below.
-        support: object = _with_deadline(lambda: spec.check_support(ctx), SUPPORT_CHECK_TIMEOUT)
+        support: object = with_deadline(lambda: spec.check_support(ctx), SUPPORT_CHECK_TIMEOUT,
+                                        f"check-{rec.name}")
     except TimeoutError:
         return f"support check did not answer within {SUPPORT_CHECK_TIMEOUT:g}s", ""
     except Exception as exc:
@@ -446,27 +565,39 @@ SUPPORT_CHECK_TIMEOUT = 10.0
 _T = TypeVar("_T")
 
 
-def _with_deadline(func: Callable[[], _T], timeout: float) -> _T:
-    """Run ``func`` on a daemon thread; raise TimeoutError if it has not returned in time.
+class PluginExit(Exception):
+    """Plugin code raised SystemExit, KeyboardInterrupt or another BaseException: its failure, never our exit."""
 
-    A thread that never returns is left behind (Python cannot cancel it); it
-    is a daemon, so it does not keep the process alive.
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(f"{type(original).__name__}: {original}")
+        self.original = original
+
+
+def with_deadline(func: Callable[[], _T], timeout: float, name: str) -> _T:
+    """Run plugin code ``func`` on a daemon thread named ``name``; raise TimeoutError if it has not returned in time.
+
+    What it raises is raised here; a BaseException that is not an Exception
+    (``sys.exit()`` in a plugin) arrives as :class:`PluginExit`, so only the
+    caller's own Ctrl-C can end the caller. A thread that never returns is
+    left behind (Python cannot cancel it); it is a daemon, so it does not
+    keep the process alive.
     """
     box: dict[str, Any] = {}
 
     def run() -> None:
         try:
             box["value"] = func()
-        except Exception as exc:  # noqa: BLE001 - re-raised in the caller's thread
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             box["error"] = exc
 
-    thread = threading.Thread(target=run, name="support-check", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
         raise TimeoutError
     if "error" in box:
-        raise box["error"]
+        error = box["error"]
+        raise error if isinstance(error, Exception) else PluginExit(error)
     if "value" not in box:
         raise RuntimeError("ended without an answer")
     return cast(_T, box["value"])
@@ -483,15 +614,29 @@ class Started:
     fix: str = ""
     #: For failed: file:line of the frame that raised, if it was an exception.
     where: str = ""
+    #: For failed: the phase (load, validate, options, start).
+    phase: str = "start"
 
 
-def start(rec: PluginRecord, settings: Settings, services: ServiceRegistry) -> Started:
+def start(rec: PluginRecord, settings: Settings, services: ServiceRegistry,
+          claims: MetricClaims | None = None) -> Started:
     """Support check, factory and ``start()``; never raises for the plugin's fault.
+
+    A worker plugin is loaded, checked and started in its worker process;
+    ``claims`` then decides whether the metric names it declares are free.
 
     Only ``details`` and the error counters of the record change here (they
     are shown while the plugin starts); its state is the caller's to set, so
     a plugin never shows *active* before its collector exists.
     """
+    if rec.isolation == "worker":
+        from crusoe_metrics_exporter.isolation.supervisor import start_in_worker
+
+        return start_in_worker(rec, settings, claims or MetricClaims([]))
+    if rec.spec is None:
+        failure = _load_late(rec, settings, claims or MetricClaims([]))
+        if failure is not None:
+            return failure
     assert rec.spec is not None
     ctx = make_context(rec, settings, services)
     answer = _support(rec, ctx)
@@ -506,7 +651,7 @@ def start(rec: PluginRecord, settings: Settings, services: ServiceRegistry) -> S
     try:
         collector = rec.spec.factory(ctx)
         collector.start()
-    except Exception as exc:
+    except BaseException as exc:  # sys.exit() in start() fails the plugin, not the exporter
         rec.errors.core_failure("start")
         log.debug("plugin %s: traceback of the start failure", rec.name, exc_info=True)
         if collector is not None:
@@ -514,6 +659,28 @@ def start(rec: PluginRecord, settings: Settings, services: ServiceRegistry) -> S
         text, where = describe_failure(exc)
         return Started("failed", text, where=where)
     return Started("active", collector=collector)
+
+
+def _load_late(rec: PluginRecord, settings: Settings, claims: MetricClaims) -> Started | None:
+    """Load a trusted third-party plugin on its start thread: its import cannot delay the server. None when loaded."""
+    from crusoe_metrics_exporter.settings import resolve_plugin
+
+    outcome = _declared(rec, rec.entry, "crusoe_metrics_exporter_plugin", validate_spec)
+    if isinstance(outcome, LoadFailure):
+        return Started("failed", outcome.reason, where=outcome.where, phase=outcome.phase)
+    clash = claims.claim(rec, outcome.metrics)
+    if clash:
+        return Started("failed", clash, phase="validate")
+    try:
+        resolve_plugin(settings, rec.name, config_options(outcome.options))
+        rec.options = typed_options(settings, f"plugins.{rec.name}", outcome.options)
+    except SettingError as exc:
+        return Started("failed", str(exc), phase="options")
+    except Exception as exc:  # noqa: BLE001 - the options class's own code
+        text, where = describe_failure(exc)
+        return Started("failed", f"its options class raised {text}", where=where, phase="options")
+    rec.spec = outcome
+    return None
 
 
 def stop(rec: PluginRecord) -> None:
@@ -526,8 +693,9 @@ def stop_collector(name: str, collector: Collector) -> None:
     """``collector.stop()``; a plugin that raises there is logged, never propagated."""
     try:
         collector.stop()
-    except Exception:
-        log.warning("plugin %s raised while stopping", name, exc_info=True)
+    except BaseException as exc:  # sys.exit() in stop() too
+        log.warning("plugin %s raised while stopping: %s: %s", name, type(exc).__name__, exc)
+        log.debug("plugin %s: traceback of the stop failure", name, exc_info=True)
 
 
 def details_suffix(details: Mapping[str, str]) -> str:

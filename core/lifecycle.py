@@ -84,15 +84,32 @@ class StartTask:
 
 
 class Startup:
-    """The start tasks of one exporter; ready when every one of them has settled."""
+    """The start tasks of one exporter; ready when every one of them has settled.
 
-    def __init__(self, tasks: Iterable[StartTask]) -> None:
+    With a ``timeout``, a watchdog settles a task still running after that
+    long as failed ("did not start within ..."): a plugin whose start never
+    returns holds readiness for at most that long, and its collector is
+    stopped if the start returns after all.
+    """
+
+    def __init__(self, tasks: Iterable[StartTask], timeout: float | None = None) -> None:
         self.tasks = list(tasks)
         self.began = time.monotonic()
+        self.timeout = timeout
 
     def launch(self) -> None:
         for task in self.tasks:
             task.launch()
+        if self.timeout is not None and self.tasks:
+            threading.Thread(target=self._watch, args=(self.timeout,), name="start-watchdog", daemon=True).start()
+
+    def _watch(self, timeout: float) -> None:
+        deadline = self.began + timeout
+        for task in self.tasks:
+            if not task.done.wait(max(0.0, deadline - time.monotonic())) and task.settle(
+                    Started("failed", f"its start did not finish within start_timeout={timeout:g}s")):
+                log.warning("plugin %s: start abandoned after %gs; the exporter goes on without it",
+                            task.record.name, timeout)
 
     def pending(self) -> list[str]:
         """Names of the plugins still starting."""

@@ -19,7 +19,16 @@ class SettingError(ValueError):
     """A setting has a value the exporter cannot use."""
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+class _BadEntry(ValueError):
+    """One entry of a list is refused; the message says which and why."""
+
+
+# [0-9], not \d: \d also matches full-width and Arabic-Indic digits, which
+# float() and int() accept, so "٩٥٠٠" became 9500.
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h)")
+#: Numbers as text: ASCII digits only (int() and float() also take "9_500" and other scripts' digits).
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_FLOAT_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
@@ -76,9 +85,27 @@ _EXPECTED = {
     "port_list": "a comma-separated list of ports between 1 and 65535",
     "regex": "a valid regular expression",
     "hostname": "a host name or IP address",
-    "hostname_list": "a comma-separated list of host names or IP addresses",
-    "ip_list": "a comma-separated list of IP addresses",
+    "hostname_list": "a comma-separated list of host names or unicast IP addresses",
+    "ip_list": "a comma-separated list of unicast IP addresses",
 }
+
+
+#: An int option without a declared maximum still stays within what a C long holds.
+IMPLICIT_INT_LIMIT = 2**63 - 1
+
+
+def accepted_range(option: ConfigOption) -> str:
+    """The declared bounds as a person reads them ("from 1s to 1d", "at least 16"; "" when none)."""
+    def show(value: float) -> str:
+        return format_duration(value) if option.type == "duration" else f"{value:g}"
+
+    if option.minimum is not None and option.maximum is not None:
+        return f"from {show(option.minimum)} to {show(option.maximum)}"
+    if option.minimum is not None:
+        return f"at least {show(option.minimum)}"
+    if option.maximum is not None:
+        return f"at most {show(option.maximum)}"
+    return ""
 
 
 def expected(option: ConfigOption) -> str:
@@ -86,10 +113,11 @@ def expected(option: ConfigOption) -> str:
         return "one of " + ", ".join(option.choices)
     if option.name == "port":
         return "an integer port between 1 and 65535"
-    if option.minimum is not None:
-        floor = format_duration(option.minimum) if option.type == "duration" else f"{option.minimum:g}"
-        return f"{_EXPECTED[option.type]}, at least {floor}"
-    return _EXPECTED[option.type]
+    bounds = accepted_range(option)
+    if not bounds:
+        return _EXPECTED[option.type]
+    # "a duration such as 30s, 5m or 1h30m, from 1s to 24h"; "an integer from 1 to 64"
+    return f"{_EXPECTED[option.type]}{',' if option.type == 'duration' else ''} {bounds}"
 
 
 def parse_option(option: ConfigOption, raw: Any, origin: str) -> Any:
@@ -98,11 +126,16 @@ def parse_option(option: ConfigOption, raw: Any, origin: str) -> Any:
         value = _convert(option, raw)
         if option.minimum is not None and value < option.minimum:
             raise ValueError
+        if option.maximum is not None and value > option.maximum:
+            raise ValueError
+        if option.type == "int" and abs(value) > IMPLICIT_INT_LIMIT:
+            raise ValueError
         if option.choices and option.type == "int" and str(value) not in option.choices:
             raise ValueError
-    except (ValueError, TypeError, OverflowError, re.error):
+    except (ValueError, TypeError, OverflowError, re.error) as exc:
         shown = raw if isinstance(raw, str) else repr(raw)
-        raise SettingError(f"invalid {origin}={shown!r}: expected {expected(option)}") from None
+        which = f"{exc}; " if isinstance(exc, _BadEntry) else ""
+        raise SettingError(f"invalid {origin}={shown!r}: {which}expected {expected(option)}") from None
     return value
 
 
@@ -133,7 +166,7 @@ def _convert(option: ConfigOption, raw: Any) -> Any:
     if t == "int":
         if isinstance(raw, bool):
             raise TypeError
-        value = int(raw.strip()) if isinstance(raw, str) else int(raw)
+        value = _int_text(raw) if isinstance(raw, str) else int(raw)
         if isinstance(raw, float) and raw != value:
             raise ValueError
         if option.name == "port" and not 1 <= value <= 65535:
@@ -142,7 +175,7 @@ def _convert(option: ConfigOption, raw: Any) -> Any:
     if t == "float":
         if isinstance(raw, bool):
             raise TypeError
-        number = float(raw)
+        number = _float_text(raw) if isinstance(raw, str) else float(raw)
         if not math.isfinite(number):
             raise ValueError
         return number
@@ -169,7 +202,7 @@ def _convert(option: ConfigOption, raw: Any) -> Any:
             if not all(isinstance(i, str) for i in items):
                 raise TypeError
             return [i.strip() for i in items if i.strip()]
-        ints = [int(i.strip()) if isinstance(i, str) else _strict_int(i) for i in items]
+        ints = [_int_text(i) if isinstance(i, str) else _strict_int(i) for i in items]
         if t == "port_list" and (not ints or any(not 1 <= p <= 65535 for p in ints)):
             raise ValueError
         return ints
@@ -207,10 +240,51 @@ def _convert_hosts(t: str, raw: Any) -> Any:
         items = [i.strip() for i in raw if i.strip()]
     else:
         raise TypeError
-    check = is_ip if t == "ip_list" else (lambda i: is_ip(i) or is_host_name(i))
-    if not all(check(i) for i in items):
-        raise ValueError
+    for item in items:
+        if is_ip(item):
+            problem = not_unicast(item)
+            if problem:
+                raise _BadEntry(f"entry {item!r} is {problem}, not one host's address")
+        elif t == "ip_list" or not is_host_name(item):
+            raise _BadEntry(f"entry {item!r} is not {'an IP address' if t == 'ip_list' else 'a host name or IP'}")
     return items
+
+
+def not_unicast(text: str) -> str:
+    """Why the IP address ``text`` cannot name one host ("" when it can): a probe or filter target must."""
+    address = ipaddress.ip_address(text.strip("[]"))
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_unspecified:
+        return "the unspecified address"
+    if address.is_multicast:
+        return "a multicast address"
+    if isinstance(address, ipaddress.IPv4Address):
+        if address == ipaddress.IPv4Address("255.255.255.255"):
+            return "the broadcast address"
+        if address in _THIS_NETWORK:
+            return "in 0.0.0.0/8 (this network)"
+        if address in _RESERVED:
+            return "in the reserved 240.0.0.0/4"
+    return ""
+
+
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+_RESERVED = ipaddress.IPv4Network("240.0.0.0/4")
+
+
+def _int_text(text: str) -> int:
+    text = text.strip()
+    if not _INT_TEXT.fullmatch(text):
+        raise ValueError(text)
+    return int(text)
+
+
+def _float_text(text: str) -> float:
+    text = text.strip()
+    if not _FLOAT_TEXT.fullmatch(text):
+        raise ValueError(text)
+    return float(text)
 
 
 def _strict_int(value: Any) -> int:

@@ -23,12 +23,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from crusoe_metrics_exporter.contract import HistogramValue, MetricSpec, Sample
+from crusoe_metrics_exporter.problems import LogBudget
 
 if TYPE_CHECKING:
     from crusoe_metrics_exporter.host import PluginRecord
 
 log = logging.getLogger(__name__)
 
+
+#: How the reason of a plugin degraded by its own invalid samples starts (its next clean collect clears it).
+DROPPED_REASON = "the last collect dropped"
 
 #: Why a sample is dropped: reason -> the rule it broke, as the log line says it.
 RULES: dict[str, str] = {
@@ -47,6 +51,8 @@ RULES: dict[str, str] = {
     "histogram_counts": "histogram counts must be non-negative ints whose total fits a float",
     "histogram_sum": "the histogram sum must be a finite number",
     "duplicate_series": "one collect must not yield two samples with the same metric and labels",
+    "series_limit": "a plugin exports at most [exporter] max_series_per_plugin series per collect",
+    "exposition_limit": "all plugins together fit in [exporter] max_exposition_bytes per scrape",
 }
 
 
@@ -99,16 +105,21 @@ class CollectResult:
 
 
 def validate(
-    samples: Iterable[Sample], metrics: dict[str, MetricSpec]
+    samples: Iterable[Sample], metrics: dict[str, MetricSpec], limit: int | None = None,
 ) -> tuple[dict[str, list[Sample]], dict[tuple[str, str], Rejection]]:
     """Keep samples that match their declaration; return them and what was dropped, by (metric, reason).
 
     This runs for every sample of every scrape (tens of thousands with
     nconnect mountstats), so the common case is kept to a few type checks;
-    only a sample that fails them is examined for the reason.
+    only a sample that fails them is examined for the reason. Past ``limit``
+    kept series, the rest are counted (reason series_limit), not kept: a
+    plugin that yields a million series from a generator costs time, not
+    memory.
     """
     #: Per declared name seen: its spec, the label tuples already taken and the kept samples (one lookup a sample).
     known: dict[str, tuple[MetricSpec, set[tuple[str, ...]], list[Sample]]] = {}
+    taken = 0
+    room = limit if limit is not None else -1
     rejected: dict[tuple[str, str], Rejection] = {}
 
     def reject(metric: str, reason: str, labels: object, value: object, names: tuple[str, ...] = ()) -> None:
@@ -143,6 +154,10 @@ def validate(
             # Two samples for one series would make the exposition invalid.
             reject(name, "duplicate_series", labels, value, spec.labels)
             continue
+        if taken == room:
+            reject(name, "series_limit", labels, value, spec.labels)
+            continue
+        taken += 1
         series.add(labels)
         kept.append(s)
     grouped = {name: kept for name, (_, _, kept) in known.items() if kept}
@@ -265,9 +280,15 @@ class PluginRunner:
     #: Distinct (metric, reason) pairs whose first drop is logged in full.
     MAX_REPORTED_KINDS = 256
 
-    def __init__(self, record: PluginRecord) -> None:
+    def __init__(self, record: PluginRecord, series_limit: int | None = None) -> None:
         assert record.spec is not None and record.collector is not None and record.errors is not None
         self.record = record
+        #: Series kept per collect at most (None: no limit).
+        self.series_limit = series_limit
+        #: A plugin that fails or overruns on every scrape is logged a few times, then counted (the error
+        #: counters and plugin_up say it on every scrape anyway).
+        self._trouble = LogBudget(log, f"plugin {record.name}: failed or overrunning collects", burst=3,
+                                  interval=300.0)
         self._reported: set[tuple[str, str]] = set()
         self._unreported: Counter[str] = Counter()
         self._summary_due = 0.0
@@ -301,7 +322,7 @@ class PluginRunner:
             result = future.result(timeout=timeout)
         except TimeoutError:
             self._errors.core_failure("timeout")
-            log.warning(
+            self._trouble.warning(
                 "plugin %s: collect still running after %.1fs; scrape continues without it",
                 self.record.name,
                 time.monotonic() - self._inflight_started,
@@ -322,13 +343,21 @@ class PluginRunner:
     def _collect_once(self) -> CollectResult:
         started = time.monotonic()
         try:
-            samples = list(self._collector.collect())
+            # Validated as the plugin yields them: a generator is never held whole.
+            grouped, rejections = validate(self._collector.collect(), self._metrics, self.series_limit)
+            # A worker plugin's collector drops what is past the limits before the samples get here.
+            taken = getattr(self._collector, "take_rejections", None)
+            if taken is not None:
+                for key, dropped in taken().items():
+                    if key in rejections:
+                        rejections[key].count += dropped.count
+                    else:
+                        rejections[key] = dropped
         except BaseException as exc:  # SystemExit too; a worker thread never receives Ctrl-C
             self._errors.core_failure("collect")
-            log.warning("plugin %s: collect failed: %s: %s", self.record.name, type(exc).__name__, exc)
+            self._trouble.warning("plugin %s: collect failed: %s: %s", self.record.name, type(exc).__name__, exc)
             log.debug("plugin %s: collect traceback", self.record.name, exc_info=True)
             return CollectResult(ok=False, duration=time.monotonic() - started)
-        grouped, rejections = validate(samples, self._metrics)
         result = CollectResult(grouped, True, time.monotonic() - started, rejections)
         self._account(result)
         return result
@@ -341,7 +370,7 @@ class PluginRunner:
         """
         rec = self.record
         if not result.rejections:
-            if rec.state == "degraded":
+            if rec.state == "degraded" and rec.reason.startswith(DROPPED_REASON):
                 rec.state, rec.reason = "active", ""
                 log.info("plugin %s: collect is clean again", rec.name)
             return
@@ -367,7 +396,7 @@ class PluginRunner:
         if rec.state in ("active", "degraded"):
             first = next(iter(result.rejections.values()))
             rec.state = "degraded"
-            rec.reason = f"the last collect dropped {result.dropped} invalid samples, e.g. {first.describe()}"
+            rec.reason = f"{DROPPED_REASON} {result.dropped} invalid samples, e.g. {first.describe()}"
 
     def close(self) -> None:
         """Nothing to release: a collect still running ends with its thread (never waited for)."""

@@ -64,16 +64,18 @@ def option(
     env: str | None = None,
     choices: tuple[str, ...] = (),
     minimum: float | None = None,
+    maximum: float | None = None,
 ) -> T:
     """Declare one dataclass field as a setting.
 
     ``default`` is in the field's Python type: seconds as float for durations,
     tuples for the list types (a frozen options object holds no lists).
     ``env`` names an environment variable that sets it; ``choices`` limits
-    str and int options; ``minimum`` bounds int, float and duration options
-    from below.
+    str and int options; ``minimum`` and ``maximum`` bound int, float and
+    duration options (both are shown in the reference and in the error for a
+    value outside them; every numeric option of the exporter declares both).
     """
-    declared = _Declared(type, help, env, choices, minimum)
+    declared = _Declared(type, help, env, choices, minimum, maximum)
     return dataclasses.field(default=default, metadata={_METADATA_KEY: declared})
 
 
@@ -84,6 +86,7 @@ class _Declared:
     env: str | None
     choices: tuple[str, ...]
     minimum: float | None
+    maximum: float | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +126,7 @@ def config_options(options_class: type[Any] | None) -> tuple[ConfigOption, ...]:
         if f.default is dataclasses.MISSING:
             raise InvalidOptions(f"options field {f.name!r} has no default")
         out.append(ConfigOption(f.name, declared.type, f.default, declared.help, declared.env, declared.choices,
-                                declared.minimum))
+                                declared.minimum, declared.maximum))
     return tuple(out)
 
 

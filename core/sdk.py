@@ -33,13 +33,19 @@ What is here
 * shared services: the interfaces :class:`TargetsService` and
   :class:`EbpfRuntime`; :class:`ServiceSpec` and :class:`ServiceContext` to
   write a service of one's own;
-* procfs: :func:`read_limited` reads a kernel text file whole with a size limit
-  (a FIFO or device node put where a kernel file belongs is refused, never hangs);
+* files: every read of a kernel or user file goes through :func:`read_limited` (a
+  record-based file such as /proc/diskstats, cut before the last whole record at a
+  size limit), :func:`read_file` or :func:`read_text` (a small file, refused when
+  larger than its limit): a FIFO, device node, directory or symlink loop put where
+  a file belongs is an OSError naming it, never a hang or an unbounded read;
+  :func:`open_char_device` opens a device node read by design (/dev/kmsg, an NVMe
+  admin node) and refuses anything else in its place;
   :func:`unreadable` turns a permission error on a host file into the reason
   ("<path> is unreadable: needs CAP_...") and the fix, as :class:`Unreadable`;
 * capabilities: :func:`has_capability` (``"CAP_SYS_ADMIN"`` in the effective set?) and
   :func:`grant_hint`, the one wording of how to grant one in each shipped artefact;
 * logging: :class:`ProblemLog` logs a collector's trouble when it changes, not every scrape;
+  :class:`LogBudget` caps per-target lines (thousands of endpoints failing at once) and logs the rest as a count;
 * block devices: :class:`DeviceOptions` (node_exporter's device_include /
   device_exclude, for a plugin's options class to inherit), :class:`DeviceFilter`,
   :func:`device_names`;
@@ -91,10 +97,17 @@ from crusoe_metrics_exporter.devices import (
     device_names,
     parse_device_table,
 )
+from crusoe_metrics_exporter.files import (
+    DEFAULT_READ_LIMIT,
+    FileContent,
+    open_char_device,
+    read_file,
+    read_limited,
+    read_text,
+)
 from crusoe_metrics_exporter.histogram import bucket_index, cumulative_buckets, geometric_bounds
 from crusoe_metrics_exporter.hookspecs import hookimpl
-from crusoe_metrics_exporter.problems import ProblemLog
-from crusoe_metrics_exporter.procfs import DEFAULT_READ_LIMIT, FileContent, read_limited
+from crusoe_metrics_exporter.problems import LogBudget, ProblemLog
 from crusoe_metrics_exporter.schema import NoOptions, OptionError, option
 from crusoe_metrics_exporter.service_types import EbpfRuntime, TargetsService
 
@@ -190,6 +203,7 @@ __all__ = [
     "KernelConstant",
     "Kprobe",
     "LoadedBpf",
+    "LogBudget",
     "MetricSpec",
     "MetricType",
     "NfsMount",
@@ -220,9 +234,12 @@ __all__ = [
     "has_capability",
     "hookimpl",
     "normalize_address",
+    "open_char_device",
     "option",
     "parse_device_table",
+    "read_file",
     "read_limited",
+    "read_text",
     "tracepoint_exists",
     "tracepoint_has_field",
     "unescape_mount_field",

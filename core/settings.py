@@ -13,6 +13,7 @@ Each resolved value remembers where it came from, for ``config show``.
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,15 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from crusoe_metrics_exporter.contract import ConfigOption
+from crusoe_metrics_exporter.files import read_file
 from crusoe_metrics_exporter.options import SettingError, parse_option, to_text
 from crusoe_metrics_exporter.schema import Derived, OptionError, OptionWarning, build_options, config_options
 
+#: log_level values -> logging levels.
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
+              "error": logging.ERROR, "fatal": logging.CRITICAL}
+
 DEFAULT_CONFIG_PATH = Path("/etc/crusoe-metrics-exporter/config.toml")
 CONFIG_ENV = "CRUSOE_EXPORTER_CONFIG"
+#: A configuration file is a few KiB; beyond this it is not one.
+CONFIG_FILE_LIMIT = 1024 * 1024
 AUTO_HOST_PROC = "auto"
 
 CORE_OPTIONS: tuple[ConfigOption, ...] = (
-    ConfigOption("port", "int", 9500, "TCP port of the HTTP server.", env="PORT"),
+    ConfigOption("port", "int", 9500, "TCP port of the HTTP server.", env="PORT", minimum=1, maximum=65535),
     ConfigOption(
         "listen_address",
         "hostname",
@@ -81,7 +89,8 @@ CORE_OPTIONS: tuple[ConfigOption, ...] = (
         "path",
         "/var/lib/crusoe-metrics-exporter",
         "Directory the exporter owns; the eBPF runtime builds merged kernel-header trees here when the running "
-        "kernel's own headers are not installed.",
+        "kernel's own headers are not installed. Created mode 0700; one owned by another user or writable by "
+        "group/others is refused (docs/ebpf.md).",
         env="CRUSOE_EXPORTER_STATE_DIR",
     ),
     ConfigOption(
@@ -100,6 +109,7 @@ CORE_OPTIONS: tuple[ConfigOption, ...] = (
         "Most HTTP connections open at once (also bounded by the open-file limit, which is raised to its hard "
         "limit at start). At the limit a new connection closes the one idle longest.",
         minimum=16,
+        maximum=65536,
     ),
     ConfigOption(
         "collect_timeout",
@@ -107,6 +117,63 @@ CORE_OPTIONS: tuple[ConfigOption, ...] = (
         5.0,
         "How long one plugin's collect may take before the scrape goes on without it.",
         minimum=0.1,
+        maximum=300.0,
+    ),
+    ConfigOption(
+        "max_series_per_plugin",
+        "int",
+        160_000,
+        "Series one plugin may export per scrape; beyond it samples are dropped and counted "
+        "(plugin_invalid_samples_total reason series_limit) and the plugin shows degraded. The default fits "
+        "1,000 NFS mounts with nconnect=16 (138k series).",
+        minimum=1000,
+        maximum=10_000_000,
+    ),
+    ConfigOption(
+        "max_exposition_bytes",
+        "int",
+        32 * 1024 * 1024,
+        "Size of one /metrics response at most (about; plugins' series are counted against it before rendering). "
+        "Series that do not fit are dropped and counted (reason exposition_limit) and their plugin shows "
+        "degraded; the exporter's own metrics always fit.",
+        minimum=1024 * 1024,
+        maximum=1024 * 1024 * 1024,
+    ),
+    ConfigOption(
+        "start_timeout",
+        "duration",
+        120.0,
+        "How long one plugin's start (support check, set-up, eBPF compile) may take; a plugin still starting "
+        "then is failed with the reason and the exporter goes on without it.",
+        minimum=1.0,
+        maximum=3600.0,
+    ),
+    ConfigOption(
+        "in_process",
+        "str_list",
+        [],
+        "Third-party plugins trusted to run inside the exporter's own process. Every other plugin that is not "
+        "built in runs in a worker process of its own, so its crash, hang, leak or busy loop costs only that "
+        "plugin.",
+        env="CRUSOE_EXPORTER_IN_PROCESS",
+    ),
+    ConfigOption(
+        "worker_memory_mib",
+        "int",
+        64,
+        "Memory a plugin's worker process may use of its own (MiB; what all workers share is not counted): "
+        "beyond it the worker is stopped, the plugin failed with the reason, and restarted after a back-off.",
+        minimum=32,
+        maximum=4096,
+    ),
+    ConfigOption(
+        "worker_max_threads",
+        "int",
+        32,
+        "Threads a plugin's worker process may run; beyond it the worker is stopped and restarted after a "
+        "back-off.",
+        minimum=2,
+        maximum=1024,
     ),
 )
 
@@ -123,6 +190,9 @@ class Settings:
     #: "section.key" -> how the user spelt the setting (``PORT``, ``--set plugins.x.y``,
     #: ``[plugins.x] y``), for one-line errors.
     spellings: dict[str, str] = field(default_factory=dict)
+    #: Plugins whose options are not known yet (not imported; a worker reports them later): what the
+    #: configuration says about each, kept as given until :func:`resolve_plugin` parses it.
+    deferred: dict[str, _Given] = field(default_factory=dict)
 
     def plugin(self, name: str) -> dict[str, Any]:
         return self.plugins.get(name, {})
@@ -132,6 +202,16 @@ class Settings:
 
     def spelling(self, section: str, key: str) -> str:
         return self.spellings.get(f"{section}.{key}", f"[{section}] {key}")
+
+
+@dataclass(frozen=True)
+class _Given:
+    """A plugin's settings as given: its config file table, command-line values and the environment."""
+
+    table: Mapping[str, Any]
+    cli: Mapping[str, str]
+    environ: Mapping[str, str]
+    path: Path | None
 
 
 @dataclass(frozen=True)
@@ -147,12 +227,16 @@ def resolve(
     environ: Mapping[str, str] | None = None,
     overrides: Overrides | None = None,
     service_options: Mapping[str, Sequence[ConfigOption]] | None = None,
+    *,
+    deferred: Iterable[str] = (),
 ) -> tuple[Settings, list[str]]:
     """Build Settings. Returns the settings and warnings (unknown plugin tables).
 
     ``service_options`` are the shared services' options by service name,
-    each the top-level table of that name. Raises SettingError (one line)
-    for any bad value or unknown key.
+    each the top-level table of that name. ``deferred`` names installed
+    plugins whose options are not known yet: their tables and command-line
+    values are kept as given (``settings.deferred``) for :func:`resolve_plugin`.
+    Raises SettingError (one line) for any bad value or unknown key.
     """
     env = os.environ if environ is None else environ
     cli = dict((overrides or Overrides()).values)
@@ -161,6 +245,7 @@ def resolve(
     warnings: list[str] = []
 
     services = dict(service_options or {})
+    later = set(deferred) - set(plugin_options)
     sections: dict[str, Sequence[ConfigOption]] = {"exporter": CORE_OPTIONS, **services}
     file_tables: dict[str, Mapping[str, Any]] = {}
     for key, table in document.items():
@@ -168,6 +253,9 @@ def resolve(
             file_tables[key] = _as_table(table, key, path)
         elif key == "plugins":
             for plugin, ptable in _as_table(table, "plugins", path).items():
+                if plugin in later:
+                    file_tables[f"plugins.{plugin}"] = _as_table(ptable, f"plugins.{plugin}", path)
+                    continue
                 if plugin not in plugin_options:
                     warnings.append(f"config file {path}: [plugins.{plugin}] names no installed plugin; ignored")
                     continue
@@ -178,8 +266,12 @@ def resolve(
     for plugin, options in plugin_options.items():
         sections[f"plugins.{plugin}"] = options
 
-    for dotted in cli:
+    given: dict[str, dict[str, str]] = {name: {} for name in later}
+    for dotted, text in cli.items():
         section, _, key = dotted.rpartition(".")
+        if section.removeprefix("plugins.") in later and section.startswith("plugins."):
+            given[section.removeprefix("plugins.")][dotted] = text
+            continue
         if section not in sections or key not in {o.name for o in sections[section]}:
             raise SettingError(f"unknown setting {dotted!r} on the command line")
 
@@ -187,35 +279,8 @@ def resolve(
     sources: dict[str, str] = {}
     spellings: dict[str, str] = {}
     for section, options in sections.items():
-        table = dict(file_tables.get(section, {}))
-        known = {o.name for o in options}
-        for key in table:
-            if key not in known:
-                accepted = ", ".join(sorted(known))
-                raise SettingError(f"config file {path}: unknown key {key!r} in [{section}]: expected one of "
-                                   f"{accepted}")
-        values: dict[str, Any] = {}
-        for option in options:
-            dotted = f"{section}.{option.name}"
-            if dotted in cli:
-                flagged = section == "exporter" and option.name in _FLAGS
-                origin = _cli_flag(option.name) if flagged else f"--set {dotted}"
-                values[option.name] = parse_option(option, cli[dotted], origin)
-                sources[dotted] = "command line"
-                spellings[dotted] = origin
-            elif option.env and env.get(option.env, "").strip():
-                # An empty variable counts as unset: manifests often declare
-                # "value: ''" and the seed fell back to its default then.
-                values[option.name] = parse_option(option, env[option.env], option.env)
-                sources[dotted] = f"environment {option.env}"
-                spellings[dotted] = option.env
-            elif option.name in table:
-                values[option.name] = parse_option(option, table[option.name], f"[{section}] {option.name}")
-                sources[dotted] = f"config file {path}"
-            else:
-                values[option.name] = _copy_default(option.default)
-                sources[dotted] = "default"
-        resolved[section] = values
+        resolved[section] = _resolve_section(section, options, _Given(file_tables.get(section, {}), cli, env, path),
+                                             sources, spellings)
 
     core = resolved.pop("exporter")
     # Path("") is the current directory: never what an operator meant.
@@ -231,7 +296,61 @@ def resolve(
         sources["exporter.host_proc_path"] = "auto-detected" if origin == "default" else f"{origin}, auto-detected"
     service_values = {name: resolved.pop(name) for name in services}
     plugins = {section.removeprefix("plugins."): values for section, values in resolved.items()}
-    return Settings(core, service_values, plugins, sources, path, spellings), warnings
+    waiting = {name: _Given(dict(file_tables.get(f"plugins.{name}", {})), given[name], dict(env), path)
+               for name in later}
+    return Settings(core, service_values, plugins, sources, path, spellings, waiting), warnings
+
+
+def _resolve_section(section: str, options: Sequence[ConfigOption], given: _Given, sources: dict[str, str],
+                     spellings: dict[str, str]) -> dict[str, Any]:
+    """One table's values: command line > environment > config file > default; raises SettingError."""
+    table, cli, env, path = given.table, given.cli, given.environ, given.path
+    known = {o.name for o in options}
+    for key in table:
+        if key not in known:
+            accepted = ", ".join(sorted(known))
+            raise SettingError(f"config file {path}: unknown key {key!r} in [{section}]: expected one of "
+                               f"{accepted}")
+    values: dict[str, Any] = {}
+    for option in options:
+        dotted = f"{section}.{option.name}"
+        if dotted in cli:
+            flagged = section == "exporter" and option.name in _FLAGS
+            origin = _cli_flag(option.name) if flagged else f"--set {dotted}"
+            values[option.name] = parse_option(option, cli[dotted], origin)
+            sources[dotted] = "command line"
+            spellings[dotted] = origin
+        elif option.env and env.get(option.env, "").strip():
+            # An empty variable counts as unset: manifests often declare
+            # "value: ''" and the seed fell back to its default then.
+            values[option.name] = parse_option(option, env[option.env], option.env)
+            sources[dotted] = f"environment {option.env}"
+            spellings[dotted] = option.env
+        elif option.name in table:
+            values[option.name] = parse_option(option, table[option.name], f"[{section}] {option.name}")
+            sources[dotted] = f"config file {path}"
+        else:
+            values[option.name] = _copy_default(option.default)
+            sources[dotted] = "default"
+    return values
+
+
+def resolve_plugin(settings: Settings, name: str, options: Sequence[ConfigOption]) -> dict[str, Any]:
+    """Parse the deferred settings of plugin ``name`` now that its options are known; raises SettingError.
+
+    The values go into ``settings.plugins`` (and their sources into ``settings.sources``) as if the
+    plugin had been known when the settings were resolved.
+    """
+    given = settings.deferred.get(name, _Given({}, {}, {}, settings.config_path))
+    section = f"plugins.{name}"
+    for dotted in given.cli:
+        key = dotted.rpartition(".")[2]
+        if key not in {o.name for o in options}:
+            raise SettingError(f"unknown setting {dotted!r} on the command line")
+    values = _resolve_section(section, options, given, settings.sources, settings.spellings)
+    settings.plugins[name] = values
+    settings.deferred.pop(name, None)
+    return values
 
 
 def apply_derivations(settings: Settings, section: str, options_class: type[Any] | None) -> list[str]:
@@ -304,8 +423,11 @@ def _pick_config_path(explicit: Path | None, env: Mapping[str, str]) -> Path | N
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        text = read_file(path, CONFIG_FILE_LIMIT).decode("utf-8")
+        return tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise SettingError(f"config file {path}: not UTF-8 text (invalid byte at offset {exc.start}); expected a "
+                           "TOML file") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingError(f"config file {path}: not valid TOML: {exc}") from None
     except OSError as exc:

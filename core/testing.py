@@ -270,6 +270,7 @@ class PluginHarness:
                 svc_name = svc.name if isinstance(svc, ServiceSpec) else module.crusoe_metrics_exporter_service().name
                 service_entries.append((_EntryPoint(svc_name, module), "tests", "0"))
         self.exporter = Exporter.from_environment(None, Overrides(overrides), env, [entry], service_entries)
+        self.exporter.load_trusted()
         for svc_name, instance in (services or {}).items():
             self.exporter.services.provide(svc_name, instance)
         [self.record] = self.exporter.records

@@ -18,7 +18,7 @@ from crusoe_metrics_exporter.contract import ConfigOption, MetricSpec
 from crusoe_metrics_exporter.host import OWN_DISTRIBUTION, discover, discover_services
 from crusoe_metrics_exporter.meta import META_METRICS
 from crusoe_metrics_exporter.naming import PREFIX
-from crusoe_metrics_exporter.options import to_text
+from crusoe_metrics_exporter.options import accepted_range, to_text
 from crusoe_metrics_exporter.schema import config_options
 from crusoe_metrics_exporter.settings import CORE_OPTIONS
 
@@ -38,7 +38,9 @@ def options_table(section: str, options: tuple[ConfigOption, ...]) -> str:
     rows = ["| option | environment | default | meaning |", "|---|---|---|---|"]
     for o in options:
         env = f"`{o.env}`" if o.env else ""
-        rows.append(f"| `{section}.{o.name}` | {env} | {_default(o)} | {_cell(o.help)} |")
+        bounds = accepted_range(o)
+        meaning = f"{o.help} Accepted: {bounds}." if bounds else o.help
+        rows.append(f"| `{section}.{o.name}` | {env} | {_default(o)} | {_cell(meaning)} |")
     return "\n".join(rows)
 
 

@@ -163,8 +163,11 @@ def test_the_open_file_soft_limit_is_raised_to_the_hard_limit() -> None:
 
 def _hung_plugin_env(tmp_path: Path) -> dict[str, str]:
     site = Path(tempfile.mkdtemp(prefix="site", dir=tmp_path))
-    return install_distribution(site, "hung-plugin", "1.0", {"hung_plugin": HUNG_PLUGIN.format(name="hung")},
-                                {"hung": "hung_plugin"})
+    env = install_distribution(site, "hung-plugin", "1.0", {"hung_plugin": HUNG_PLUGIN.format(name="hung")},
+                               {"hung": "hung_plugin"})
+    # Trusted to run in the exporter's own process, so its stuck thread is the exporter's (in a worker process,
+    # the default, it could not delay the exit at all).
+    return {**env, "CRUSOE_EXPORTER_IN_PROCESS": "hung"}
 
 
 def _sigterm_during_a_scrape(tmp_path: Path, args: tuple[str, ...]) -> tuple[float, dict[str, object], str]:

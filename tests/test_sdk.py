@@ -141,6 +141,8 @@ PUBLIC_NAMES = frozenset({
     "Unreadable", "bucket_index", "cumulative_buckets", "device_names", "geometric_bounds", "grant_hint",
     "has_capability", "hookimpl", "normalize_address", "option", "parse_device_table", "read_limited",
     "tracepoint_exists", "unescape_mount_field", "unreadable", "verify_only", "volume_id", "want_macro",
+    # robustness (#16): bounded reads of files and device nodes, a rate-limited log
+    "LogBudget", "open_char_device", "read_file", "read_text",
 })
 
 

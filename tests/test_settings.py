@@ -77,8 +77,8 @@ def test_every_seed_environment_variable_is_honoured() -> None:
         ("PROBE_INTERVAL", "-5m", "a duration such as 30s"),
         ("PROBE_INTERVAL", "5 minutes", "a duration such as 30s"),
         ("LOG_LEVEL", "loud", "one of debug, info, warn, warning, error, fatal"),
-        ("OBJSTORE_ENDPOINT_IPS", "192.0.2.1,1.2.3.x", "a comma-separated list of IP addresses"),
-        ("NFS_SERVER_IPS", "10.0.0.1,not a host!", "a comma-separated list of host names or IP addresses"),
+        ("OBJSTORE_ENDPOINT_IPS", "192.0.2.1,1.2.3.x", "a comma-separated list of unicast IP addresses"),
+        ("NFS_SERVER_IPS", "10.0.0.1,not a host!", "a comma-separated list of host names or unicast IP addresses"),
         ("OBJSTORE_ENDPOINT_FQDN", "object store.example", "a host name or IP address"),
         ("LISTEN_ADDRESS", "0.0.0.0:9500", "a host name or IP address"),
     ],
@@ -125,6 +125,25 @@ def test_file_errors_name_the_key(tmp_path: Path) -> None:
     cfg.write_text("[nonsense]\n")
     with pytest.raises(SettingError, match="unknown table"):
         _resolve({}, cfg)
+
+
+def test_a_config_file_that_is_not_utf8_toml_is_one_line_naming_it(tmp_path: Path) -> None:
+    # It was "unexpected error: UnicodeDecodeError" from the CLI.
+    cfg = tmp_path / "c.toml"
+    cfg.write_bytes(b"[exporter]\nport = 9500\n\xff\xfe\x00garbage")
+    with pytest.raises(SettingError) as err:
+        _resolve({}, cfg)
+    assert str(err.value) == f"config file {cfg}: not UTF-8 text (invalid byte at offset 23); expected a TOML file"
+    cfg.unlink()
+    cfg.symlink_to("/dev/zero")  # passes is_file()? no: refused before any read, never a hang or OOM
+    with pytest.raises(SettingError, match="expected an existing TOML file"):
+        _resolve({}, cfg)
+    cfg.unlink()
+    with cfg.open("wb") as f:
+        f.truncate(100 * 1024 * 1024)
+    with pytest.raises(SettingError) as err:
+        _resolve({}, cfg)
+    assert str(err.value) == f"config file {cfg}: cannot be read: larger than 1048576 bytes"
 
 
 def test_table_for_a_plugin_that_is_not_installed_only_warns(tmp_path: Path) -> None:
@@ -202,3 +221,38 @@ def test_empty_host_proc_path_outside_the_environment_is_refused(tmp_path: Path)
     cfg.write_text('[exporter]\nhost_proc_path = " "\n')
     with pytest.raises(SettingError, match=r"^invalid \[exporter\] host_proc_path=''"):
         resolve({}, cfg, {}, Overrides({}))
+
+
+# Full-width 9500, Arabic-Indic 9500, Devanagari 9.
+@pytest.mark.parametrize("text", ["9_500", "\uff19\uff15\uff10\uff10", "\u0669\u0665\u0660\u0660", "0x2513",
+                                  "+ 9500", "950\u096f"])
+def test_numbers_are_ascii_digits_only(text: str) -> None:
+    # "9_500", full-width and Arabic-Indic digits all became port 9500.
+    with pytest.raises(SettingError) as err:
+        _resolve({"PORT": text})
+    assert str(err.value) == f"invalid PORT={text!r}: expected an integer port between 1 and 65535"
+    with pytest.raises(SettingError, match=r"^invalid NFS_TARGET_PORTS="):
+        _resolve({"NFS_TARGET_PORTS": f"2049,{text}"})
+    with pytest.raises(SettingError, match=r"^invalid NFS_MOUNT_REFRESH_INTERVAL="):
+        _resolve({"NFS_MOUNT_REFRESH_INTERVAL": f"{text}s"})
+
+
+@pytest.mark.parametrize(("entry", "why"), [
+    ("0.0.0.0", "the unspecified address"),
+    ("::", "the unspecified address"),
+    ("255.255.255.255", "the broadcast address"),
+    ("::ffff:255.255.255.255", "the broadcast address"),
+    ("224.0.0.1", "a multicast address"),
+    ("ff02::1", "a multicast address"),
+    ("0.1.2.3", "in 0.0.0.0/8 (this network)"),
+    ("240.0.0.9", "in the reserved 240.0.0.0/4"),
+])
+def test_probe_and_filter_targets_are_unicast_host_addresses(entry: str, why: str) -> None:
+    for variable in ("NFS_SERVER_IPS", "OBJSTORE_ENDPOINT_IPS"):
+        with pytest.raises(SettingError) as err:
+            _resolve({variable: f"10.0.0.1,{entry}"})
+        assert str(err.value).startswith(f"invalid {variable}='10.0.0.1,{entry}': entry '{entry}' is {why}, not one "
+                                         "host's address; expected a comma-separated list of ")
+    settings, _ = _resolve({"NFS_SERVER_IPS": "10.0.0.1,127.0.0.1,::1,nfs.example.com",
+                            "OBJSTORE_ENDPOINT_IPS": "192.0.2.1,2001:db8::1"})
+    assert settings.service("targets")["nfs_server_ips"] == ["10.0.0.1", "127.0.0.1", "::1", "nfs.example.com"]

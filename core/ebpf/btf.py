@@ -21,7 +21,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from crusoe_metrics_exporter.files import open_regular, read_file
+
 BTF_VMLINUX = Path("/sys/kernel/btf/vmlinux")
+#: vmlinux BTF is 5-10 MiB; anything far beyond that is not the kernel's (read whole, or streamed, at most this).
+BTF_READ_LIMIT = 64 * 1024 * 1024
 
 KIND_INT, KIND_PTR, KIND_ARRAY, KIND_STRUCT, KIND_UNION, KIND_ENUM = 1, 2, 3, 4, 5, 6
 KIND_FWD, KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT = 7, 8, 9, 10, 11
@@ -83,7 +87,7 @@ class Btf:
     @classmethod
     def vmlinux(cls, path: Path = BTF_VMLINUX) -> Btf:
         try:
-            return cls(path.read_bytes())
+            return cls(read_file(path, BTF_READ_LIMIT))
         except OSError as exc:
             raise BtfError(f"cannot read {path}: {exc.strerror or exc}") from None
 
@@ -217,8 +221,11 @@ def mentions(name: str, path: Path = BTF_VMLINUX) -> bool:
     needle = b"\0" + name.encode() + b"\0"
     tail = b""
     try:
-        with path.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
+        with open_regular(path) as fh:
+            for _ in range(BTF_READ_LIMIT >> 20):
+                chunk = fh.read(1 << 20)
+                if not chunk:
+                    break
                 if needle in tail + chunk:
                     return True
                 tail = chunk[-len(needle) :]

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crusoe_metrics_exporter.files import open_regular, read_text
+
 #: Bumped whenever what is stored, or how it is loaded, changes.
 FORMAT = 1
 DIR_NAME = "ebpf-cache"
@@ -79,7 +81,7 @@ class CacheInvalid(Exception):
 
 def _sha256_file(path: Path, limit: int = 64 << 20) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:  # a FIFO or device in its place is an error, never a blocked open
         remaining = limit
         while remaining > 0:
             chunk = fh.read(min(1 << 20, remaining))
@@ -102,8 +104,7 @@ def _file_identity(path: Path) -> str:
 
 def _read_small(path: Path) -> str:
     try:
-        with open(path) as fh:
-            return fh.read(4096).strip()
+        return read_text(path).strip()[:4096]
     except OSError as exc:
         return f"unreadable: {exc.strerror or exc}"
 

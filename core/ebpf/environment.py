@@ -57,7 +57,7 @@ def check_environment(mount_tracefs: bool = True, state_dir: Path | None = None)
     try:
         headers = resolve_headers(state_dir or default_state_dir())
     except HeadersUnavailable as exc:
-        return Support.unsupported(str(exc))
+        return Support.unsupported(str(exc), fix=exc.fix)
     details = {
         "bcc": bcc_path,
         "tracefs": str(root),
@@ -115,7 +115,8 @@ def doctor_checks(state_dir: Path | None = None) -> list[DoctorCheck]:
             )
         )
     except (HeadersUnavailable, OSError) as exc:
-        checks.append(DoctorCheck("kernel headers", False, str(exc), "install your distribution's linux-headers"))
+        fix = getattr(exc, "fix", "") or "install your distribution's linux-headers"
+        checks.append(DoctorCheck("kernel headers", False, str(exc), fix))
     btf = kernel.btf_available()
     checks.append(
         DoctorCheck("kernel BTF", btf, "/sys/kernel/btf/vmlinux present" if btf else "no /sys/kernel/btf/vmlinux",

@@ -22,6 +22,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from crusoe_metrics_exporter.files import read_text
+from crusoe_metrics_exporter.statedir import UntrustedPath, check_system_dir, check_tree, private_dir
+
 log = logging.getLogger(__name__)
 
 MODULES_ROOT = Path("/lib/modules")
@@ -48,7 +51,10 @@ class HeaderChoice:
 
 
 class HeadersUnavailable(Exception):
-    pass
+    def __init__(self, reason: str, fix: str = "") -> None:
+        super().__init__(reason)
+        #: What the operator can do, when it is not "install headers".
+        self.fix = fix
 
 
 def _version_key(text: str) -> tuple[int, ...]:
@@ -66,7 +72,7 @@ def _tree_parts(tree: Path) -> list[Path]:
     """The directories (base first) that together make up one header tree."""
     parts = [tree]
     try:
-        makefile = (tree / "Makefile").read_text(errors="replace")
+        makefile = read_text(tree / "Makefile")
     except OSError:
         return parts
     match = _INCLUDE_LINE.search(makefile)
@@ -110,7 +116,8 @@ def _merge(dst: Path, sources: list[Path]) -> None:
     Where only one source has an entry (or an entry is a file), one symlink
     covers it, so the tree costs hundreds of links, not tens of thousands.
     """
-    dst.mkdir(parents=True, exist_ok=True)
+    # 0755 whatever the umask: a group-writable tree would be refused when it is reused.
+    dst.mkdir(mode=0o755, exist_ok=True)
     names: dict[str, list[Path]] = {}
     for src in sources:
         try:
@@ -133,21 +140,27 @@ def _merged_tree(state_dir: Path, tree: Path, parts: list[Path]) -> Path:
 
 
 def _build_merged_tree(state_dir: Path, tree: Path, parts: list[Path]) -> Path:
-    out = state_dir / "kernel-headers" / tree.name
+    # Root compiles against what is here: a tree someone else could have
+    # written is refused (UntrustedPath), never used and never repaired.
+    headers_dir = private_dir(private_dir(state_dir) / "kernel-headers", "kernel header dir")
+    out = headers_dir / tree.name
     wanted = "\n".join(str(p) for p in parts)
-    try:
-        if (out / _MARKER).read_text() == wanted and _has_kconfig(out):
-            return out
-    except OSError:
-        pass
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(out):
+        check_tree(out, "kernel header tree")
+        try:
+            if read_text(out / _MARKER) == wanted and _has_kconfig(out):
+                return out
+        except OSError:
+            pass
     # A fresh directory per build: not named by pid, which every start thread
     # of this process (and a reused pid in a container) would share.
-    scratch = Path(tempfile.mkdtemp(prefix=f".{tree.name}.building.", dir=out.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{tree.name}.building.", dir=headers_dir))
     try:
         scratch.chmod(0o755)
         _merge(scratch, parts)
-        (scratch / _MARKER).write_text(wanted)
+        fd = os.open(scratch / _MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "w") as marker:
+            marker.write(wanted)
         for _ in range(5):
             try:
                 scratch.rename(out)  # atomic; fails while another tree is in place
@@ -156,7 +169,7 @@ def _build_merged_tree(state_dir: Path, tree: Path, parts: list[Path]) -> Path:
                 pass
             try:
                 # Another builder on this state dir (another exporter) finished the same tree first.
-                if (out / _MARKER).read_text() == wanted and _has_kconfig(out):
+                if read_text(out / _MARKER) == wanted and _has_kconfig(out):
                     return out
             except OSError:
                 pass
@@ -192,10 +205,17 @@ def resolve_headers(state_dir: Path, release: str | None = None) -> HeaderChoice
         )
     tree = min(trees, key=lambda t: _distance(release, t))
     parts = _tree_parts(tree)
+    try:
+        for part in parts:
+            check_system_dir(part, "kernel headers")
+    except UntrustedPath as exc:
+        raise HeadersUnavailable(str(exc), exc.fix) from None
     if len(parts) == 1 and _has_kconfig(tree):
         return HeaderChoice(tree, f"distribution headers {tree} (running kernel {release})", exact=False)
     try:
         merged = _merged_tree(state_dir, tree, parts)
+    except UntrustedPath as exc:
+        raise HeadersUnavailable(str(exc), exc.fix) from None
     except OSError as exc:
         raise HeadersUnavailable(f"cannot prepare kernel headers from {tree} in {state_dir}: {exc}") from None
     if not _has_kconfig(merged):

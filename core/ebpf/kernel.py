@@ -19,6 +19,7 @@ from pathlib import Path
 from crusoe_metrics_exporter import capabilities
 from crusoe_metrics_exporter.capabilities import Unreadable
 from crusoe_metrics_exporter.ebpf import syscalls
+from crusoe_metrics_exporter.files import iter_lines, read_text
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,9 @@ KPROBE_PMU_TYPE = Path("/sys/bus/event_source/devices/kprobe/type")
 KPROBE_RETPROBE_FORMAT = Path("/sys/bus/event_source/devices/kprobe/format/retprobe")
 BTF_VMLINUX = Path("/sys/kernel/btf/vmlinux")
 BPF_STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
+KALLSYMS = Path("/proc/kallsyms")
+#: available_filter_functions and kallsyms are a few MiB; a runaway file is cut here.
+LIST_READ_LIMIT = 64 * 1024 * 1024
 
 CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
@@ -108,7 +112,7 @@ def tracepoint_id(category: str, event: str, root: Path | None = None) -> int | 
     if base is None:
         return None
     try:
-        return int((base / "events" / category / event / "id").read_text().strip())
+        return int(read_text(base / "events" / category / event / "id").strip())
     except (OSError, ValueError):
         return None
 
@@ -130,7 +134,7 @@ def tracepoint_has_field(category: str, event: str, field: str) -> bool:
     if base is None:
         return False
     try:
-        text = (base / "events" / category / event / "format").read_text()
+        text = read_text(base / "events" / category / event / "format")
     except OSError:
         return False
     for line in text.splitlines():
@@ -143,14 +147,14 @@ def tracepoint_has_field(category: str, event: str, field: str) -> bool:
 def kprobe_pmu_type() -> int | None:
     """perf's dynamic PMU type for kprobes; None on kernels without kprobes."""
     try:
-        return int(KPROBE_PMU_TYPE.read_text().strip())
+        return int(read_text(KPROBE_PMU_TYPE).strip())
     except (OSError, ValueError):
         return None
 
 
 def kretprobe_config_bit() -> int:
     try:
-        text = KPROBE_RETPROBE_FORMAT.read_text().strip()  # "config:0"
+        text = read_text(KPROBE_RETPROBE_FORMAT).strip()  # "config:0"
         return 1 << int(text.partition(":")[2])
     except (OSError, ValueError):
         return 1
@@ -169,20 +173,18 @@ def traceable_functions(names: Iterable[str], root: Path | None = None) -> set[s
     try:
         if source is None or not source.exists():
             raise FileNotFoundError
-        with source.open() as fh:
-            for line in fh:
-                name = line.split(None, 1)[0] if line.strip() else ""
-                if name in wanted:
-                    found.add(name)
+        for line in iter_lines(source, LIST_READ_LIMIT):
+            name = line.split(None, 1)[0].decode(errors="replace") if line.strip() else ""
+            if name in wanted:
+                found.add(name)
         return found
     except OSError:
         pass
     try:
-        with open("/proc/kallsyms") as fh:
-            for line in fh:
-                parts = line.split()
-                if len(parts) >= 3 and parts[1] in ("T", "t") and parts[2] in wanted:
-                    found.add(parts[2])
+        for line in iter_lines(KALLSYMS, LIST_READ_LIMIT):
+            parts = line.decode(errors="replace").split()
+            if len(parts) >= 3 and parts[1] in ("T", "t") and parts[2] in wanted:
+                found.add(parts[2])
     except OSError:
         pass
     return found
@@ -213,7 +215,7 @@ SECCOMP_FIX = (
 def seccomp_mode() -> int:
     """0 (none), 1 (strict) or 2 (filter) from /proc/self/status."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in read_text("/proc/self/status").splitlines():
             if line.startswith("Seccomp:"):
                 return int(line.split()[1])
     except (OSError, ValueError, IndexError):
@@ -254,7 +256,7 @@ def btf_available() -> bool:
 
 def bpf_stats_enabled() -> bool:
     try:
-        return BPF_STATS_SYSCTL.read_text().strip() not in ("", "0")
+        return read_text(BPF_STATS_SYSCTL).strip() not in ("", "0")
     except OSError:
         return False
 

@@ -11,7 +11,8 @@ import ctypes
 import errno
 import os
 import platform
-from pathlib import Path
+
+from crusoe_metrics_exporter.files import read_text
 
 # (bpf, perf_event_open) syscall numbers; these two architectures are what the
 # exporter ships for.
@@ -217,7 +218,7 @@ def map_keys(map_fd: int, key_size: int, limit: int) -> list[bytes]:
 def first_online_cpu() -> int:
     """The lowest online CPU ("0-3,5" -> 0); CPU 0 can be offline on some hosts."""
     try:
-        text = Path("/sys/devices/system/cpu/online").read_text().strip()
+        text = read_text("/sys/devices/system/cpu/online").strip()
         return int(text.split(",")[0].split("-")[0])
     except (OSError, ValueError):
         return 0
@@ -355,7 +356,7 @@ def fdinfo(fd: int, pid: int | str = "self") -> dict[str, str]:
     """The key: value lines the kernel shows for a bpf fd (ids, sizes, run stats)."""
     out: dict[str, str] = {}
     try:
-        text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        text = read_text(f"/proc/{pid}/fdinfo/{fd}")
     except OSError:
         return out
     for line in text.splitlines():

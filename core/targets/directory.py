@@ -10,6 +10,7 @@ reads the last snapshot. A failed lookup keeps the last good answer.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import re
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crusoe_metrics_exporter.contract import Sample
+from crusoe_metrics_exporter.files import DEFAULT_READ_LIMIT, read_limited
+from crusoe_metrics_exporter.problems import LogBudget
 from crusoe_metrics_exporter.targets.addresses import family_of, normalize, sort_key
 from crusoe_metrics_exporter.targets.dns import CountingResolver, DnsStats, Resolver, system_resolver
 from crusoe_metrics_exporter.targets.model import NfsMount, NfsServer, ObjstoreEndpoint
@@ -98,6 +101,8 @@ class TargetDirectory:
         self._objstore: tuple[ObjstoreEndpoint, ...] = ()
         self._last_mount_lines: list[MountLine] | None = None
         self._warned: set[str] = set()
+        #: Per-name lookups and unreadable files repeat every refresh; thousands of names must not flood the log.
+        self._repeats = LogBudget(log, "target discovery: repeated problems", burst=10, interval=300.0)
 
         self._subscribers: list[Callable[[], None]] = []
         self._start_lock = threading.Lock()
@@ -243,27 +248,34 @@ class TargetDirectory:
 
     def _read_mount_lines(self) -> list[MountLine]:
         try:
-            # "replace", not "surrogateescape": a server name or volume id taken
-            # from a non-UTF-8 device ends up in label values (DNS host,
-            # volume_id), and a lone surrogate cannot be encoded by the
-            # exposition, which would fail every scrape. nfs_stats decodes
-            # mountstats the same way, so both derive the same volume id.
-            text = self._mounts_path.read_text(encoding="utf-8", errors="replace")
+            content = read_limited(self._mounts_path)
+            if content.truncated and self._last_mount_lines is not None:
+                # Cut at the limit: not a mount table to trust over the last whole one.
+                raise OSError(errno.EFBIG, f"larger than {DEFAULT_READ_LIMIT} bytes", str(self._mounts_path))
         except OSError as exc:
             if self._last_mount_lines is not None:
-                log.warning("target discovery: cannot read %s (%s); keeping the previous mounts",
-                            self._mounts_path, exc.strerror or exc)
+                self._repeats.warning("target discovery: cannot read %s (%s); keeping the previous mounts",
+                                      self._mounts_path, exc.strerror or exc)
                 return self._last_mount_lines
             self._warn_once(f"mounts:{self._mounts_path}", "target discovery: cannot read %s (%s); no NFS mounts known",
                             self._mounts_path, exc.strerror or exc)
             return []
-        lines, malformed = parse_mounts(text)
+        if content.truncated:
+            self._warn_once(f"truncated:{self._mounts_path}", "target discovery: %s is larger than %d bytes; only "
+                            "the mounts in its beginning are known", self._mounts_path, DEFAULT_READ_LIMIT)
+        # "replace", not "surrogateescape": a server name or volume id taken
+        # from a non-UTF-8 device ends up in label values (DNS host,
+        # volume_id), and a lone surrogate cannot be encoded by the
+        # exposition, which would fail every scrape. nfs_stats decodes
+        # mountstats the same way, so both derive the same volume id.
+        lines, malformed = parse_mounts(content.data.decode("utf-8", "replace"))
         if malformed:
             log.debug("target discovery: %d malformed lines in %s skipped", malformed, self._mounts_path)
         self._last_mount_lines = lines
         return lines
 
     def _refresh_nfs(self) -> bool:
+        self._repeats.flush()
         ports = self.nfs_ports
         pattern = self.volume_pattern
         resolved: dict[str, tuple[str, ...]] = {}
@@ -273,8 +285,8 @@ class TargetDirectory:
             if name not in resolved:
                 addresses, error = self._resolver.resolve("nfs", name)
                 if error is not None:
-                    log.warning("target discovery: cannot resolve NFS server %r (%s)%s", name, error,
-                                "; keeping its last addresses" if addresses else "")
+                    self._repeats.warning("target discovery: cannot resolve NFS server %r (%s)%s", name, error,
+                                          "; keeping its last addresses" if addresses else "")
                 resolved[name] = addresses
             return resolved[name]
 
@@ -356,8 +368,8 @@ class TargetDirectory:
                 fqdn = _hostname(fqdn_setting)
                 addresses, error = self._resolver.resolve("objectstore", fqdn)
                 if error is not None:
-                    log.warning("target discovery: cannot resolve object store %r (%s)%s", fqdn, error,
-                                "; keeping its last addresses" if addresses else "")
+                    self._repeats.warning("target discovery: cannot resolve object store %r (%s)%s", fqdn, error,
+                                          "; keeping its last addresses" if addresses else "")
                 endpoints.extend(ObjstoreEndpoint(a, family_of(a), ports, fqdn) for a in addresses)
                 if not addresses and self._options.objstore_endpoint_ips:
                     # The Go exporter dropped the literal list once a name was

@@ -19,6 +19,9 @@ from crusoe_metrics_exporter.targets.dns import DNS_METRICS
 from crusoe_metrics_exporter.targets.region import NoRegion, objstore_endpoint, region_from_node_name
 from crusoe_metrics_exporter.targets.volumes import DEFAULT_VOLUME_PATTERN, compile_volume_pattern
 
+#: The longest refresh interval accepted, in seconds.
+DAY = 24 * 3600.0
+
 
 @dataclass(frozen=True)
 class TargetOptions:
@@ -35,7 +38,7 @@ class TargetOptions:
         "regex", DEFAULT_VOLUME_PATTERN, "Regex with a named group 'volume_id' applied to an NFS mount's device.")
     nfs_mount_refresh_interval: float = option(
         "duration", 30.0, "How often NFS mounts are re-scanned (on a background timer, never in a scrape).",
-        env="NFS_MOUNT_REFRESH_INTERVAL")
+        env="NFS_MOUNT_REFRESH_INTERVAL", minimum=1.0, maximum=DAY)
     objstore_endpoint_fqdn: str = option(
         "hostname", "",
         "Object store host name; its A and AAAA records are the endpoints. When unset, it is derived from "
@@ -54,7 +57,7 @@ class TargetOptions:
     objstore_endpoint_ports: tuple[int, ...] = option(
         "port_list", (443, 80), "Object store ports.", env="OBJSTORE_ENDPOINT_PORT")
     objstore_refresh_interval: float = option(
-        "duration", 300.0, "How often the object store FQDN is re-resolved.")
+        "duration", 300.0, "How often the object store FQDN is re-resolved.", minimum=1.0, maximum=DAY)
 
     def __post_init__(self) -> None:
         # Checked when settings are resolved, not when a plugin starts, so a

@@ -48,6 +48,7 @@ from typing import Any
 
 import yaml
 
+from crusoe_metrics_exporter.files import open_regular, read_file
 from crusoe_metrics_exporter.options import parse_duration
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def _normal_ip(text: str) -> str | None:
 def load(path: Path) -> WebConfig:
     """Read and check the web configuration file; raises WebConfigError."""
     try:
-        text = path.read_text()
+        text = read_file(path).decode()
     except (OSError, UnicodeDecodeError) as exc:
         raise WebConfigError(f"web config file {path}: cannot be read: {getattr(exc, 'strerror', None) or exc}") \
             from None
@@ -277,8 +278,7 @@ class _Reader:
             path = self.base / self.string(path_value, f"{key}_file")
             self.files.append(path)
             try:
-                with path.open("rb"):
-                    pass
+                open_regular(path).close()
             except OSError as exc:
                 raise self.fail(f"{key}_file", f"cannot read {path}: {exc.strerror}") from None
             yield str(path)

@@ -45,11 +45,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from crusoe_metrics_exporter import footprint
 from crusoe_metrics_exporter.app import Exporter
+from crusoe_metrics_exporter.files import read_text
 from crusoe_metrics_exporter.host import PluginRecord
 from crusoe_metrics_exporter.web.auth import BasicAuth
 from crusoe_metrics_exporter.web.config import RateLimit, Watcher, WebConfig
@@ -460,7 +460,7 @@ def raise_open_file_limit() -> int:
     target = hard
     if hard == resource.RLIM_INFINITY:
         try:
-            target = int(Path("/proc/sys/fs/nr_open").read_text())
+            target = int(read_text("/proc/sys/fs/nr_open"))
         except (OSError, ValueError):
             target = 1 << 20
     if soft != resource.RLIM_INFINITY and soft < target:
@@ -480,7 +480,7 @@ def connection_cap(configured: int, open_files: int) -> int:
 
 def _somaxconn() -> int:
     try:
-        return int(Path("/proc/sys/net/core/somaxconn").read_text())
+        return int(read_text("/proc/sys/net/core/somaxconn"))
     except (OSError, ValueError):
         return BACKLOG
 

@@ -17,7 +17,6 @@ from crusoe_metrics_exporter.plugins.disk_usage.statfs import DEFAULT_MOUNT_TIME
 from crusoe_metrics_exporter.sdk import (
     Collector,
     MetricSpec,
-    OptionError,
     PluginContext,
     PluginSpec,
     Support,
@@ -62,13 +61,9 @@ class DiskUsageOptions:
         "duration", DEFAULT_MOUNT_TIMEOUT,
         "How long one statfs may take before its mount is marked stuck and skipped until the call returns "
         "(node_exporter's mount-timeout); 0 means the default. Capped so that 2.5 x mount_timeout fits in 80% "
-        "of the collect timeout.")
-    stat_workers: int = option("int", DEFAULT_STAT_WORKERS, f"Threads running statfs in parallel (1 to "
-                               f"{MAX_STAT_WORKERS}).", minimum=1)
-
-    def __post_init__(self) -> None:
-        if self.stat_workers > MAX_STAT_WORKERS:
-            raise OptionError("stat_workers", f"expected an integer from 1 to {MAX_STAT_WORKERS}")
+        "of the collect timeout.", minimum=0.0, maximum=60.0)
+    stat_workers: int = option("int", DEFAULT_STAT_WORKERS, "Threads running statfs in parallel.", minimum=1,
+                               maximum=MAX_STAT_WORKERS)
 
 
 def _check_support(ctx: PluginContext[DiskUsageOptions]) -> Support:

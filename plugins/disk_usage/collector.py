@@ -73,7 +73,7 @@ def resolve_statfs_root(host_proc: Path, host_root: Path | None = None) -> Statf
         denied = unreadable(root, exc, needs="CAP_SYS_PTRACE")
         reason = denied.reason if denied else f"{root} is not accessible: {exc.strerror or exc}"
     try:
-        same = (host_proc / "1" / "mounts").read_bytes() == (host_proc / "self" / "mounts").read_bytes()
+        same = read_limited(host_proc / "1" / "mounts") == read_limited(host_proc / "self" / "mounts")
     except OSError:
         same = False
     if same:

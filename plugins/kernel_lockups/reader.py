@@ -19,12 +19,12 @@ import errno
 import logging
 import os
 import select
-import stat
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from crusoe_metrics_exporter.plugins.kernel_lockups.parser import parse_record
+from crusoe_metrics_exporter.sdk import open_char_device
 
 #: Larger than the kernel's biggest record (CONSOLE_EXT_LOG_MAX, 8 KiB with its
 #: dictionary); a smaller buffer makes read(2) fail with EINVAL.
@@ -37,10 +37,8 @@ def open_kmsg(path: Path) -> int:
     Anything but a character device is refused: a regular file or FIFO in its
     place would read as end-of-file or block, never as kernel records.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    fd = open_char_device(path)
     try:
-        if not stat.S_ISCHR(os.fstat(fd).st_mode):
-            raise OSError(errno.ENODEV, "not a character device", str(path))
         os.lseek(fd, 0, os.SEEK_END)
     except OSError:
         os.close(fd)

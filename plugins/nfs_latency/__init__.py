@@ -56,11 +56,17 @@ METRICS = (
 class NfsLatencyOptions:
     series_retention: float = option(
         "duration", 3600.0,
-        "How long a volume_id series stays exported after its server address stopped being a target.")
+        "How long a volume_id series stays exported after its server address stopped being a target.",
+        minimum=0.0, maximum=7 * 24 * 3600.0)
     latency_clamp: float = option(
-        "duration", 60.0, "Longest latency recorded; longer samples count at this value.", minimum=0.001)
+        "duration", 60.0, "Longest latency recorded; longer samples count at this value.", minimum=0.001,
+        maximum=3600.0)
     inflight_capacity: int = option(
-        "int", 16384, "Sockets tracked at once (LRU: the least recent is evicted).", minimum=1)
+        "int", 16384, "Sockets tracked at once (LRU: the least recent is evicted).", minimum=1, maximum=1 << 20)
+    idle_series: bool = option(
+        "bool", False,
+        "Export zero-valued series for a volume that has had no traffic yet; off, its series appear with its first "
+        "request.")
 
 
 def _check(ctx: PluginContext[NfsLatencyOptions]) -> Support:

@@ -34,7 +34,7 @@ class NfsStatsOptions:
         "int", 32 * 1024 * 1024,
         "Bytes of mountstats read per scrape at most; a larger file is cut at the last whole mount and counted "
         "as an error.",
-        minimum=4096)
+        minimum=4096, maximum=1 << 30)
 
     def __post_init__(self) -> None:
         bad = [op for op in self.operations if not _OPERATION.fullmatch(op)]

@@ -37,11 +37,11 @@ class NvmeOptions:
     refresh_interval: float = option(
         "duration", 300.0,
         "How often controllers are rediscovered and their identity re-read, on a background timer (never in a "
-        "scrape); a controller that disappears triggers a refresh at once.", minimum=1.0)
+        "scrape); a controller that disappears triggers a refresh at once.", minimum=1.0, maximum=24 * 3600.0)
     smart_timeout: float = option(
         "duration", 2.0,
         "How long a scrape waits for one controller's SMART log; one that has not answered is counted as an error "
-        "and left out of that scrape. Capped at 80% of the collect timeout.", minimum=0.05)
+        "and left out of that scrape. Capped at 80% of the collect timeout.", minimum=0.05, maximum=300.0)
 
 
 ADMIN_FIX = grant_hint("CAP_SYS_ADMIN") + "; or disable the nvme plugin"

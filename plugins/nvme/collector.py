@@ -22,7 +22,7 @@ from crusoe_metrics_exporter.plugins.nvme import metrics as m
 from crusoe_metrics_exporter.plugins.nvme.admin import LOG_SMART, get_log_page
 from crusoe_metrics_exporter.plugins.nvme.smart import LOG_PAGE_SIZE, SmartLog, parse_smart_log
 from crusoe_metrics_exporter.plugins.nvme.sysfs import Controller, controller_names, read_controller
-from crusoe_metrics_exporter.sdk import PluginContext, ProblemLog, Sample
+from crusoe_metrics_exporter.sdk import PluginContext, ProblemLog, Sample, open_char_device
 
 KELVIN_AT_ZERO_CELSIUS = 273.15
 
@@ -38,7 +38,7 @@ def open_controller(controller: Controller) -> int:
     (a container) could hold another device under this name.
     """
     try:
-        fd = os.open(controller.device, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_char_device(controller.device)
     except OSError as exc:
         raise CannotOpen(exc.errno, exc.strerror, str(controller.device)) from None
     rdev = os.fstat(fd).st_rdev

@@ -14,10 +14,13 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
+from crusoe_metrics_exporter.sdk import read_file
+
 _CONTROLLER = re.compile(r"nvme\d+")
 _DEV = re.compile(r"(\d+):(\d+)")
 #: Identify Controller's SN, MN and FR are 20, 40 and 8 bytes; sysfs adds a newline.
 _FIELD_LIMIT = 256
+_SYSFS_PAGE = 4096
 
 
 class Identity(NamedTuple):
@@ -44,8 +47,8 @@ def controller_names(sysfs: Path) -> list[str]:
 
 
 def _text(path: Path) -> str:
-    with path.open("rb") as fh:
-        raw = fh.read(_FIELD_LIMIT)
+    # A sysfs attribute is at most a page; the identity fields are far shorter.
+    raw = read_file(path, _SYSFS_PAGE)[:_FIELD_LIMIT]
     # The specification says ASCII; anything else is shown as "?" rather
     # than carried into a label value.
     text = raw.decode("ascii", "replace").replace("\ufffd", "?")

@@ -71,11 +71,17 @@ METRICS = (
 class ObjstoreOptions:
     series_retention: float = option(
         "duration", 3600.0,
-        "How long an endpoint series stays exported after its address stopped being an endpoint (DNS rotation).")
+        "How long an endpoint series stays exported after its address stopped being an endpoint (DNS rotation).",
+        minimum=0.0, maximum=7 * 24 * 3600.0)
     latency_clamp: float = option(
-        "duration", 600.0, "Longest phase recorded; longer phases count at this value.", minimum=0.001)
+        "duration", 600.0, "Longest phase recorded; longer phases count at this value.", minimum=0.001,
+        maximum=3600.0)
     inflight_capacity: int = option(
-        "int", 65536, "Connections tracked at once (LRU: the least recent is evicted).", minimum=1)
+        "int", 65536, "Connections tracked at once (LRU: the least recent is evicted).", minimum=1, maximum=1 << 20)
+    idle_series: bool = option(
+        "bool", False,
+        "Export zero-valued series for an endpoint that has had no traffic yet; off, its series appear with its first "
+        "request.")
 
 
 def _check(ctx: PluginContext[ObjstoreOptions]) -> Support:

@@ -82,14 +82,15 @@ METRICS: tuple[MetricSpec, ...] = (
 
 @dataclass(frozen=True)
 class ProbeOptions:
-    interval: float = option("duration", 300.0, "How often every probe runs.", env="PROBE_INTERVAL", minimum=0.05)
+    interval: float = option("duration", 300.0, "How often every probe runs.", env="PROBE_INTERVAL", minimum=1.0,
+                             maximum=24 * 3600.0)
     jitter: float = option(
         "duration", 30.0,
         "Random delay added to each round (at most half the interval) so many hosts do not probe in step.",
-        env="PROBE_JITTER")
+        env="PROBE_JITTER", minimum=0.0, maximum=12 * 3600.0)
     timeout: float = option("duration", 10.0, "Per-probe timeout (at most the interval).", env="PROBE_TIMEOUT",
-                            minimum=0.05)
-    concurrency: int = option("int", 16, "How many probes may run at the same time.", minimum=1)
+                            minimum=0.05, maximum=600.0)
+    concurrency: int = option("int", 16, "How many probes may run at the same time.", minimum=1, maximum=256)
     nfs_rpc_version: int = option("int", 4, "NFS program version of the NULL RPC probe: 4 or 3.", choices=("4", "3"))
     ca_bundle: str = option(
         "path", "", "PEM file of CAs that verify the object store's certificate; empty means the system trust store.",

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from crusoe_metrics_exporter.plugins.probes import timing
 from crusoe_metrics_exporter.plugins.probes.results import INTERNAL, Outcome, ProbeKey, ProbeResult, ResultStore
+from crusoe_metrics_exporter.sdk import LogBudget
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,8 @@ class ProbeScheduler:
             raise ValueError("probe interval must be greater than zero")
         self._jobs = jobs
         self._store = store
+        #: Thousands of endpoints changing state at once (a partition) are summarised, not logged one by one.
+        self._transitions = LogBudget(log, "probes: endpoints changing state", burst=20, interval=60.0)
         self.interval = interval
         # Jitter spreads many exporters' probes apart; kept below half an
         # interval so rounds stay in order and one always lands per interval.
@@ -186,6 +189,7 @@ class ProbeScheduler:
 
     def run_round(self, only_new: bool = False) -> int:
         """Submit every current probe not already running; returns how many were submitted."""
+        self._transitions.flush()
         try:
             jobs = self._jobs()
         except Exception as exc:  # a broken target snapshot must not stop the schedule
@@ -231,14 +235,15 @@ class ProbeScheduler:
             with self._lock:
                 self._in_flight.pop(job.key, None)
         previous = self._store.record(job.key, ProbeResult(outcome, time.time()))
-        _log_transition(job.key, outcome, previous.outcome if previous is not None else None)
+        _log_transition(self._transitions, job.key, outcome, previous.outcome if previous is not None else None)
 
 
-def _log_transition(key: ProbeKey, outcome: Outcome, previous: Outcome | None) -> None:
+def _log_transition(budget: LogBudget, key: ProbeKey, outcome: Outcome, previous: Outcome | None) -> None:
     # Log changes, not every run: a dead endpoint must not flood the log.
     host = f"[{key.endpoint}]" if ":" in key.endpoint and key.port else key.endpoint
     where = f"{key.probe} probe of {host}" + (f":{key.port}" if key.port else "")
     if not outcome.success and (previous is None or previous.success or previous.reason != outcome.reason):
-        log.warning("probes: %s failed: %s%s", where, outcome.reason, f" ({outcome.detail})" if outcome.detail else "")
+        budget.warning("probes: %s failed: %s%s", where, outcome.reason,
+                       f" ({outcome.detail})" if outcome.detail else "")
     elif outcome.success and previous is not None and not previous.success:
-        log.info("probes: %s succeeds again", where)
+        budget.info("probes: %s succeeds again", where)

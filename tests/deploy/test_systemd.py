@@ -114,10 +114,15 @@ def state(installed: Installed) -> Path:
 
 
 def plugin_states(installed: Installed, state: Path, caps: list[str] | None) -> dict[str, dict[str, str]]:
-    """The plugin table as the unit's user holding ``caps`` sees it (None: as root, without a sandbox)."""
+    """The plugin table as the unit's user holding ``caps`` sees it (None: as root, without a sandbox).
+
+    Root gets a state dir of its own: the unit user's is refused to root (another user could have written it).
+    """
     prefix = [] if caps is None else _as_unit_user(installed, caps)
-    proc = subprocess.run([*prefix, installed.cli, "plugins", "--json"],
-                          env=_unit_env(installed, state), capture_output=True, text=True, timeout=120)
+    with tempfile.TemporaryDirectory(prefix="cme-state-root-", dir="/var/tmp") as root_state:
+        proc = subprocess.run([*prefix, installed.cli, "plugins", "--json"],
+                              env=_unit_env(installed, Path(root_state) if caps is None else state),
+                              capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return {r["name"]: r for r in json.loads(proc.stdout)}
 

@@ -68,6 +68,16 @@ def value(series: Series, name: str, **labels: str) -> float:
     return series[key]
 
 
+def before_traffic(series: Series, name: str, **labels: str) -> float:
+    """A counter's value in a scrape taken before a test's traffic: 0 when its series does not exist yet.
+
+    With idle_series off (the default) a target's series start with its first
+    request, so a target nothing has talked to yet has none; its counters have
+    counted nothing.
+    """
+    return series.get((name, frozenset(labels.items())), 0.0)
+
+
 def labelsets(series: Series, name: str) -> list[dict[str, str]]:
     return [dict(k[1]) for k in series if k[0] == name]
 

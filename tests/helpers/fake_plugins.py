@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import types
@@ -106,7 +107,10 @@ def make_exporter(entries: list[tuple[Any, str, str]], environ: dict[str, str] |
     """An Exporter over ``entries``; ``overrides`` are ``[exporter]`` options as text."""
     env = {"HOST_PROC_PATH": "/proc"} | (environ or {})
     values = {f"exporter.{k}": v for k, v in overrides.items()}
-    return Exporter.from_environment(None, Overrides(values), env, entries)
+    exporter = Exporter.from_environment(None, Overrides(values), env, entries)
+    # Loaded now rather than by their start (as serve does), so a test sees declarations and settings errors at once.
+    exporter.load_trusted()
+    return exporter
 
 
 def free_port() -> int:
@@ -130,7 +134,8 @@ def install_distribution(site: Path, dist: str, version: str, modules: dict[str,
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
     lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
     (info / "entry_points.txt").write_text(f"[crusoe_metrics_exporter]\n{lines}")
-    return {"PYTHONPATH": str(site)}
+    # Prepended, not replacing: a PYTHONPATH the tests run under (an older tree's code) stays in effect.
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH", "")]))}
 
 
 #: Source of a plugin module whose start() blocks until the file named by the

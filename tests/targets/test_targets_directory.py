@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import socket
@@ -56,6 +57,11 @@ def make_settings(tmp_path: Path, mounts: str | None = None, values: dict[str, s
     if mounts is not None:
         (proc / "1" / "mounts").write_text(mounts)
     return Setup(proc, options_for(TargetOptions, values, env))
+
+
+def fast_timers(setup: Setup, **intervals: float) -> Setup:
+    """Refresh timers shorter than the 1s the settings accept, so a test sees several refreshes quickly."""
+    return Setup(setup.proc, dataclasses.replace(setup.options, **intervals))  # type: ignore[arg-type]
 
 
 def mounts_path(setup: Setup) -> Path:
@@ -255,8 +261,8 @@ def test_nothing_configured(tmp_path: Path, directories: list[TargetDirectory]) 
 
 
 def test_background_refresh_notifies_subscribers(tmp_path: Path, directories: list[TargetDirectory]) -> None:
-    settings = make_settings(tmp_path, "10.0.0.1:/a /a nfs rw,addr=10.0.0.1 0 0\n",
-                             NFS_MOUNT_REFRESH_INTERVAL="100ms")
+    settings = fast_timers(make_settings(tmp_path, "10.0.0.1:/a /a nfs rw,addr=10.0.0.1 0 0\n"),
+                           nfs_mount_refresh_interval=0.1)
     d = new_directory(settings, resolver=FakeDns({}))
     directories.append(d)
     changed = threading.Event()
@@ -296,8 +302,7 @@ def test_unreadable_mounts_keep_last_good(tmp_path: Path, directories: list[Targ
 
 
 def test_objstore_re_resolved_on_timer(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, values={"objstore_refresh_interval": "100ms"},
-                             OBJSTORE_ENDPOINT_FQDN="object.test")
+    settings = fast_timers(make_settings(tmp_path, OBJSTORE_ENDPOINT_FQDN="object.test"), objstore_refresh_interval=0.1)
     dns = FakeDns({"object.test": ["10.2.0.1"]})
     d = new_directory(settings, resolver=dns)
     try:

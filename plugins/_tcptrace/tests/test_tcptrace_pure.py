@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Hashable, Iterable
+from types import SimpleNamespace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -9,7 +13,10 @@ from hypothesis import strategies as st
 from crusoe_metrics_exporter.plugins._tcptrace.accumulate import Accumulator
 from crusoe_metrics_exporter.plugins._tcptrace.addresses import address_key, address_text, normalize, port_bitmap
 from crusoe_metrics_exporter.plugins._tcptrace.buckets import bounds_ns, bucket_function_c, bucket_of
+from crusoe_metrics_exporter.plugins._tcptrace.collector import TcpTargetCollector
 from crusoe_metrics_exporter.plugins._tcptrace.program import HEADER_DIR, build_source, program_specs
+from crusoe_metrics_exporter.plugins._tcptrace.tracer import FilterResult
+from crusoe_metrics_exporter.sdk import Sample
 
 
 def test_ipv4_keys_are_ipv4_mapped_and_round_trip() -> None:
@@ -134,3 +141,69 @@ def test_accumulator_ensure_shows_idle_targets() -> None:
     acc = Accumulator(3)
     acc.ensure(["x"])
     assert acc.totals({"x"}, 0) == {"x": (0, 0, 0)}
+
+
+class _FakeTracer:
+    """The kernel side of a TcpTargetCollector: the filter takes every address, stats are what the test sets."""
+
+    max_targets = 1 << 16
+
+    def __init__(self) -> None:
+        self.stats: dict[str, tuple[int, ...]] = {}
+
+    def set_targets(self, addresses: Iterable[str], ports: Iterable[int]) -> FilterResult:
+        return FilterResult(tuple(addresses), (), ())
+
+    def read_stats(self) -> list[tuple[bytes, bytes]]:
+        return [(a.encode(), bytes(v)) for a, v in self.stats.items()]
+
+    def new_clamped(self) -> int:
+        return 0
+
+
+class _Volumes(TcpTargetCollector):
+    """A TcpTargetCollector over 10,000 NFS servers, one volume each, with a trivial stats format."""
+
+    bounds = (0.001,)
+    width = 2
+    error_metric = "x_collection_errors_total"
+    body = ""
+
+    def wanted(self) -> tuple[dict[str, Hashable], tuple[int, ...]]:
+        return {f"10.0.{i // 256}.{i % 256}": f"vol-{i}" for i in range(10_000)}, (2049,)
+
+    def defines(self, capacity: int) -> dict[str, int]:
+        return {}
+
+    def parse(self, key: bytes, value: bytes) -> tuple[str, tuple[int, ...]]:
+        return key.decode(), tuple(value)
+
+    def fallback_key(self, address: str) -> Hashable:
+        return "unknown"
+
+    def samples(self, totals: dict[Hashable, tuple[int, ...]]) -> Iterable[Sample]:
+        for key, (requests, retransmits) in totals.items():
+            yield Sample("x_requests_total", (str(key),), float(requests))
+            yield Sample("x_retransmits_total", (str(key),), float(retransmits))
+
+
+@pytest.mark.parametrize("idle_series", [False, True])
+def test_idle_targets_have_no_series_unless_asked_for(idle_series: bool) -> None:
+    """The trial: 10,000 NFS servers gave 260k nfs_latency series, 26 per volume without any traffic."""
+    options = SimpleNamespace(series_retention=3600.0, latency_clamp=60.0, inflight_capacity=16384,
+                              idle_series=idle_series)
+    ctx = SimpleNamespace(options=options, log=logging.getLogger("test.tcptrace"), errors=None, plugin="x",
+                          details={})
+    collector = _Volumes(ctx)  # type: ignore[arg-type]
+    tracer = _FakeTracer()
+    collector._tracer = tracer  # type: ignore[assignment]
+    collector._apply(*collector.wanted())
+    samples = collector.collect()
+    assert len(samples) == (20_000 if idle_series else 0)
+    tracer.stats["10.0.0.7"] = (3, 1)
+    samples = collector.collect()
+    assert Sample("x_requests_total", ("vol-7",), 3.0) in samples
+    assert len(samples) == (20_000 if idle_series else 2)
+    # A target that had traffic keeps its series (a counter does not vanish) while it stays a target.
+    tracer.stats["10.0.0.7"] = (3, 1)
+    assert Sample("x_requests_total", ("vol-7",), 3.0) in collector.collect()

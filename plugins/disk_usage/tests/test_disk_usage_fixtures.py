@@ -289,6 +289,6 @@ def test_stat_workers_below_one_is_rejected_not_silently_raised(raw: str) -> Non
     from crusoe_metrics_exporter.plugins.disk_usage import DiskUsageOptions
     from crusoe_metrics_exporter.testing import options_for
 
-    with pytest.raises(SettingError, match="at least 1"):
+    with pytest.raises(SettingError, match="expected an integer from 1 to 64"):
         options_for(DiskUsageOptions, {"stat_workers": raw})
     assert options_for(DiskUsageOptions, {"stat_workers": "1"}).stat_workers == 1

@@ -9,7 +9,7 @@ traffic to 127.0.0.1:2049.
 from __future__ import annotations
 
 import pytest
-from helpers.exporter_scrape import Series, value
+from helpers.exporter_scrape import Series, before_traffic, value
 from helpers.guest import GuestExporter, attachments, kernel_release
 from helpers.guest_fixtures import MeasuredRun, take_snapshot
 from helpers.guest_nfs import NfsMount, run_workload_checked, total_rpcs
@@ -33,7 +33,8 @@ def volume(nfs_mounts: dict[str, NfsMount]) -> str:
 
 
 def requests(series: Series, vol: str) -> float:
-    return value(series, "crusoe_vm_nfs_requests_total", volume_id=vol, **BASE)
+    """Requests counted for ``vol`` (0 before its first request: no series yet, idle_series being off)."""
+    return before_traffic(series, "crusoe_vm_nfs_requests_total", volume_id=vol, **BASE)
 
 
 def test_nfs_latency_attaches_by_kprobe_on_6_1(nfs_exporter: GuestExporter) -> None:
@@ -67,7 +68,7 @@ def test_nfs_latency_counts_real_traffic(
                                 ("all-kprobe", run.before.kprobes, run.after.kprobes)):
         counted = requests(after, vol) - requests(before, vol)
         assert 0 < counted <= rpcs, f"{name}: {counted} exchanges for {rpcs} RPCs on the {run.nfs.name} workload"
-        latency = value(after, "crusoe_vm_nfs_latency_seconds", volume_id=vol, **BASE) - value(
+        latency = value(after, "crusoe_vm_nfs_latency_seconds", volume_id=vol, **BASE) - before_traffic(
             before, "crusoe_vm_nfs_latency_seconds", volume_id=vol, **BASE)
         assert latency > 0
 
@@ -104,7 +105,7 @@ def test_nfs_latency_times_a_netem_delay_on_loopback(
     after = take_snapshot(nfs_exporter, nfs_exporter_kprobes)
     for name, b, a in (("planned", before.planned, after.planned), ("all-kprobe", before.kprobes, after.kprobes)):
         def delta(metric: str, series_a: Series = a, series_b: Series = b, **labels: str) -> float:
-            return value(series_a, metric, volume_id=vol, **BASE, **labels) - value(
+            return value(series_a, metric, volume_id=vol, **BASE, **labels) - before_traffic(
                 series_b, metric, volume_id=vol, **BASE, **labels)
 
         count = delta("crusoe_vm_nfs_latency_histogram_seconds_count")

@@ -54,7 +54,10 @@ def test_seed_promql_returns_data(tmp_path: Path) -> None:
             "HOST_PROC_PATH": str(fake_proc(tmp_path / "proc")),
             "CRUSOE_EXPORTER_ENABLE": "nfs_latency,objstore",
         }
-        with running_exporter(env) as exporter, prometheus(f"127.0.0.1:{exporter.port}", tmp_path) as prom:
+        # idle_series: the counters exist at zero before the first request, so rate() sees the first burst whole
+        # (without it a series starts with its first request, and rate() misses what that first scrape counted).
+        idle = ("--set", "plugins.nfs_latency.idle_series=true", "--set", "plugins.objstore.idle_series=true")
+        with running_exporter(env, idle) as exporter, prometheus(f"127.0.0.1:{exporter.port}", tmp_path) as prom:
             wait_for(prom, 'up{job="exporter"} == 1')
             wait_for(prom, "crusoe_vm_nfs_requests_total")  # a first sample before the traffic
             client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1",

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.exporter_scrape import fake_proc, value
+from helpers.exporter_scrape import before_traffic, fake_proc, value
 from helpers.guest import GuestExporter, start_exporter
 from helpers.netns import VethPair, veth_pair
 
@@ -60,7 +60,7 @@ def test_retransmitted_segments_equal_nstat_on_6_1(lossy: VethPair, nfs: GuestEx
     assert details["attach.retransmit"].split()[0] == "tp_btf", details
     assert details["attach.send"].split()[0] == "kprobe", details
     before = _retrans_segs(lossy)
-    counted0 = value(nfs.scrape(["nfs_latency"]), "crusoe_vm_nfs_tcp_retransmits_total", **NFS)
+    counted0 = before_traffic(nfs.scrape(["nfs_latency"]), "crusoe_vm_nfs_tcp_retransmits_total", **NFS)
     lossy.run(lossy.client, [sys.executable, PEER, "send", lossy.server_addr, "2049", str(256 * 1024)], timeout=300)
     counted = value(nfs.scrape(["nfs_latency"]), "crusoe_vm_nfs_tcp_retransmits_total", **NFS) - counted0
     delta = _retrans_segs(lossy) - before

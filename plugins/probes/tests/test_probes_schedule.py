@@ -47,11 +47,12 @@ def test_rounds_repeat_at_the_interval_and_results_update(
     metric: Callable[..., float | None],
 ) -> None:
     server = rpc_server("ok")
-    exporter = exporter_for(NFS_SERVER_IPS="127.0.0.1", NFS_TARGET_PORTS=str(server.port), PROBE_INTERVAL="300ms")
+    # 1s: the shortest interval the setting accepts.
+    exporter = exporter_for(NFS_SERVER_IPS="127.0.0.1", NFS_TARGET_PORTS=str(server.port), PROBE_INTERVAL="1s")
     rpc = {"probe": "nfs_rpc", "target": "nfs", "endpoint": "127.0.0.1", "port": str(server.port)}
     assert wait(lambda: metric(scrape(exporter), "crusoe_vm_probe_success", **rpc) == 1.0, 2.0)
     first = metric(scrape(exporter), "crusoe_vm_probe_last_run_timestamp_seconds", **rpc)
-    assert wait(lambda: len(server.calls) >= 4, 2.0), server.calls
+    assert wait(lambda: len(server.calls) >= 3, 4.0), server.calls
     text = scrape(exporter)
     assert (metric(text, "crusoe_vm_probe_last_run_timestamp_seconds", **rpc) or 0) > (first or 0)
     assert metric(text, "crusoe_vm_probe_success", probe="icmp", target="nfs", endpoint="127.0.0.1", port="") == 1.0
@@ -62,7 +63,7 @@ def test_rounds_repeat_at_the_interval_and_results_update(
 
     # The responder turns bad: failure is reported as failure, not as a latency.
     server.mode = "bad_xid"
-    assert wait(lambda: metric(scrape(exporter), "crusoe_vm_probe_success", **rpc) == 0.0, 2.0)
+    assert wait(lambda: metric(scrape(exporter), "crusoe_vm_probe_success", **rpc) == 0.0, 3.0)
     text = scrape(exporter)
     assert metric(text, "crusoe_vm_nfs_rpc_probe_latency_seconds", endpoint="127.0.0.1") == 1.0
     assert (metric(text, "crusoe_vm_probe_duration_seconds", **rpc) or 1.0) < 0.5
@@ -87,14 +88,14 @@ def test_probe_of_a_removed_target_disappears(
     wait: Callable[..., Any], metric: Callable[..., float | None],
 ) -> None:
     server = rpc_server("ok")
-    exporter = exporter_for(NFS_TARGET_PORTS=str(server.port), PROBE_INTERVAL="200ms",
-                            NFS_MOUNT_REFRESH_INTERVAL="100ms")
+    exporter = exporter_for(NFS_TARGET_PORTS=str(server.port), PROBE_INTERVAL="1s",
+                            NFS_MOUNT_REFRESH_INTERVAL="1s")
     mounts = tmp_path / "proc" / "1" / "mounts"
     mounts.write_text("127.0.0.1:/volumes/v1 /mnt/v1 nfs4 rw,addr=127.0.0.1 0 0\n")
     rpc = {"probe": "nfs_rpc", "endpoint": "127.0.0.1", "port": str(server.port)}
-    assert wait(lambda: metric(scrape(exporter), "crusoe_vm_probe_success", **rpc) == 1.0, 3.0)
+    assert wait(lambda: metric(scrape(exporter), "crusoe_vm_probe_success", **rpc) == 1.0, 4.0)
     mounts.write_text("")
-    assert wait(lambda: metric(scrape(exporter), "crusoe_vm_probe_success", **rpc) is None, 3.0)
+    assert wait(lambda: metric(scrape(exporter), "crusoe_vm_probe_success", **rpc) is None, 4.0)
 
 
 def test_exporter_keeps_serving_while_a_probe_hangs(
@@ -131,12 +132,12 @@ def test_new_mount_is_probed_without_waiting_for_the_interval(
 ) -> None:
     server = rpc_server("ok")
     exporter = exporter_for(NFS_TARGET_PORTS=str(server.port), PROBE_INTERVAL="10m",
-                            NFS_MOUNT_REFRESH_INTERVAL="100ms")
+                            NFS_MOUNT_REFRESH_INTERVAL="1s")
     time.sleep(0.2)
     assert server.calls == []
     (tmp_path / "proc" / "1" / "mounts").write_text("127.0.0.1:/volumes/v9 /mnt/v9 nfs4 rw,addr=127.0.0.1 0 0\n")
     rpc = {"probe": "nfs_rpc", "endpoint": "127.0.0.1", "port": str(server.port)}
-    assert wait(lambda: metric(scrape(exporter), "crusoe_vm_probe_success", **rpc) == 1.0, 2.0)
+    assert wait(lambda: metric(scrape(exporter), "crusoe_vm_probe_success", **rpc) == 1.0, 3.0)
     assert len(server.calls) == 1
 
 
@@ -208,7 +209,7 @@ def test_unreadable_ca_bundle_fails_https_only(
     ("env", "overrides", "message"),
     [
         ({"PROBE_INTERVAL": "0s"}, {}, "invalid PROBE_INTERVAL='0s': expected a duration such as 30s, 5m or 1h30m, "
-                                       "at least 50ms"),
+                                       "from 1s to 24h"),
         ({"PROBE_TIMEOUT": "0s"}, {}, "invalid PROBE_TIMEOUT='0s'"),
         ({}, {"plugins.probes.nfs_rpc_version": "2"}, "invalid --set plugins.probes.nfs_rpc_version='2': "
                                                       "expected one of 4, 3"),

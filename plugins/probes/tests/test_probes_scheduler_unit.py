@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -252,3 +253,19 @@ def test_a_result_finishing_after_its_target_vanished_does_not_bring_its_series_
     finally:
         release.set()
         scheduler.stop()
+
+
+def test_ten_thousand_failing_endpoints_do_not_flood_the_log(wait: Callable[..., Any],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """The trial: 10,000 NFS servers gave ~10,000 WARNING lines per probe round."""
+    keys = [ProbeKey("nfs_rpc", "nfs", f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", 2049) for i in range(10_000)]
+    errors: list[int] = []
+    scheduler, store = make(lambda: [ProbeJob(k, lambda: Outcome.failed("timeout", 0.1)) for k in keys], errors,
+                            interval=3600.0, concurrency=8)
+    with caplog.at_level(logging.WARNING, logger="crusoe_metrics_exporter.plugins.probes.scheduler"):
+        assert scheduler.run_round() == 10_000
+        assert wait(lambda: len(store.snapshot()[0]) == 10_000, 60.0)
+        scheduler.stop()
+    failures = [r for r in caplog.records if "failed: timeout" in r.getMessage()]
+    assert 1 <= len(failures) <= 20, len(failures)
+    assert all(result.outcome.reason == "timeout" for result in store.snapshot()[0].values())
