@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.bpf_standins import MapStandIn
 
 from crusoe_metrics_exporter.plugins import nfs_latency
 from crusoe_metrics_exporter.plugins._tcptrace.accumulate import Accumulator
@@ -182,28 +183,11 @@ def test_probe_of_a_hung_mount_is_bounded(tmp_path: Path) -> None:
 # -- the fold, with the kernel maps played by dictionaries -------------------------------------------------
 
 
-class DictMap:
-    def __init__(self, entries: dict[bytes, bytes] | None = None) -> None:
-        self.entries = dict(entries or {})
-
-    def items(self) -> list[tuple[bytes, bytes]]:
-        return list(self.entries.items())
-
-    def lookup(self, key: bytes) -> bytes | None:
-        return self.entries.get(key)
-
-    def update(self, key: bytes, value: bytes) -> None:
-        self.entries[key] = value
-
-    def delete(self, key: bytes) -> bool:
-        return self.entries.pop(key, None) is not None
-
-
 class DictLoaded:
     def __init__(self) -> None:
-        self.maps = {name: DictMap() for name in ("rpc_stats", "client_gen", "probe", "problems")}
+        self.maps = {name: MapStandIn() for name in ("rpc_stats", "client_gen", "probe", "problems")}
 
-    def map(self, name: str) -> DictMap:
+    def map(self, name: str) -> MapStandIn:
         return self.maps[name]
 
     def put(self, *entries: tuple[bytes, bytes]) -> None:
