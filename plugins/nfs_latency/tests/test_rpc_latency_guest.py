@@ -11,6 +11,7 @@ rounding.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -177,6 +178,44 @@ def counter_delta(before: Series, after: Series, name: str, **labels: str) -> fl
     return after.get(key, 0.0) - before.get(key, 0.0)
 
 
+def reconcile(m: NfsMount, kernel: dict[str, list[int]], s0: Series, s1: Series) -> tuple[float, float]:
+    """Per operation of the mount: the histograms' deltas against mountstats' (``kernel``); (RPCs, RTT sum) back.
+
+    Counts within 0.5 % (in practice equal); RTT/execute/queue sums within 2 % plus mountstats' rounding of
+    each total down to whole ms (1 ms) and the tracepoint's rounding of each RPC down to whole us.
+    """
+    total = 0.0
+    rtt_total = 0.0
+    exported = {dict(k[1])["nfs_operation"].upper() for k in s1
+                if k[0] == "crusoe_vm_nfs_rpc_rtt_seconds_count" and dict(k[1])["volume_id"] == m.volume_id}
+    for op in exported - set(kernel):
+        _, _, count = hist_delta(s0, s1, "crusoe_vm_nfs_rpc_rtt_seconds", volume_id=m.volume_id,
+                                 nfs_operation=op.lower())
+        assert count == 0, f"NFSv{m.version} {op}: {count} RPCs counted, none in mountstats"
+    for op, d in sorted(kernel.items()):
+        labels = {"volume_id": m.volume_id, "nfs_operation": op.lower()}
+        rtt, rtt_sum, count = hist_delta(s0, s1, "crusoe_vm_nfs_rpc_rtt_seconds", **labels)
+        if op in SERVER_WIDE:
+            assert count <= d[OPS], f"v{m.version} {op}"
+            continue
+        where = f"NFSv{m.version} {op}: mountstats {d}"
+        assert abs(count - d[OPS]) <= 0.005 * d[OPS], f"{where}, histogram count {count}"
+        assert rtt[-1][1] == count
+        slack_ms = 1.0 + count * 0.001
+        for name, field in (("rtt", RTT_MS), ("execute", EXECUTE_MS), ("queue", QUEUE_MS)):
+            _, ours, n = hist_delta(s0, s1, f"crusoe_vm_nfs_rpc_{name}_seconds", **labels)
+            assert n == count
+            assert abs(ours * 1000 - d[field]) <= 0.02 * d[field] + slack_ms, \
+                f"{where}: {name} {ours * 1000:.3f} ms"
+        errors = counter_delta(s0, s1, "crusoe_vm_nfs_rpc_errors_total", **labels)
+        assert errors == d[ERRORS], f"{where}: errors {errors}"
+        retransmits = counter_delta(s0, s1, "crusoe_vm_nfs_rpc_retransmits_total", **labels)
+        assert retransmits == d[NTRANS] - d[OPS], f"{where}: retransmits {retransmits}"
+        total += count
+        rtt_total += rtt_sum
+    return total, rtt_total
+
+
 # -- the workload ---------------------------------------------------------------------------------------------
 def mixed_workload(m: NfsMount, tag: str) -> None:
     """dd writes, reads after dropping caches, stat loops (hits, misses, expired attributes), 8 direct readers."""
@@ -255,30 +294,7 @@ def test_per_mount_per_operation_counts_and_sums_reconcile_with_mountstats(
         for op in ("READ", "WRITE", "COMMIT", "LOOKUP", "ACCESS", *per_version):
             assert kernel.get(op, [0])[OPS] > 0, f"v{m.version}: the workload made no {op} ({kernel})"
         assert kernel["LOOKUP"][ERRORS] > 0, "the stat loop's misses should be LOOKUP errors"
-        total = 0.0
-        rtt_total = 0.0
-        for op, d in sorted(kernel.items()):
-            labels = {"volume_id": m.volume_id, "nfs_operation": op.lower()}
-            rtt, rtt_sum, count = hist_delta(s0, s1, "crusoe_vm_nfs_rpc_rtt_seconds", **labels)
-            if op in SERVER_WIDE:
-                assert count <= d[OPS], f"v{m.version} {op}"
-                continue
-            where = f"NFSv{m.version} {op}: mountstats {d}"
-            assert abs(count - d[OPS]) <= 0.005 * d[OPS], f"{where}, histogram count {count}"
-            assert rtt[-1][1] == count
-            # mountstats prints each total truncated to ms; the tracepoint gives each RPC in whole us
-            slack_ms = 1.0 + count * 0.001
-            for name, field in (("rtt", RTT_MS), ("execute", EXECUTE_MS), ("queue", QUEUE_MS)):
-                _, ours, n = hist_delta(s0, s1, f"crusoe_vm_nfs_rpc_{name}_seconds", **labels)
-                assert n == count
-                assert abs(ours * 1000 - d[field]) <= 0.02 * d[field] + slack_ms, \
-                    f"{where}: {name} {ours * 1000:.3f} ms"
-            errors = counter_delta(s0, s1, "crusoe_vm_nfs_rpc_errors_total", **labels)
-            assert errors == d[ERRORS], f"{where}: errors {errors}"
-            retransmits = counter_delta(s0, s1, "crusoe_vm_nfs_rpc_retransmits_total", **labels)
-            assert retransmits == d[NTRANS] - d[OPS], f"{where}: retransmits {retransmits}"
-            total += count
-            rtt_total += rtt_sum
+        total, rtt_total = reconcile(m, kernel, s0, s1)
         # The Go exporter's families: one per RPC of the mount (not per TCP exchange), RTT summed.
         go = {"protocol": "tcp", "operation": "nfs", "volume_id": m.volume_id}
         assert counter_delta(s0, s1, "crusoe_vm_nfs_requests_total", **go) == total
@@ -377,47 +393,79 @@ def test_a_mount_made_after_start_is_found_and_two_mount_points_of_one_superbloc
 def test_collect_prints_per_volume_per_operation_histograms_of_busy_volumes(
     mounts: dict[str, NfsMount], tmp_path: Path
 ) -> None:
-    """The command line: one collection while two volumes are busy; counts bounded by mountstats around it."""
+    """The command line: ``collect --duration`` watches two busy volumes; its one collection equals mountstats.
+
+    The mounts are idle when the exporter attaches and when the watch ends, so every RPC the kernel counts in
+    between is in the printed histograms: the same reconciliation as between two scrapes of a serving exporter.
+    """
     a, b = mounts[VOL_A], mounts[VOL_B]
-    busy = (
-        "import os, sys, time\n"
-        "end = time.monotonic() + 240\n"
-        "while time.monotonic() < end and not os.path.exists(sys.argv[3]):\n"
-        "    for d in sys.argv[1:3]:\n"
-        "        with open(d + '/busy', 'wb') as f:\n"
-        "            f.write(b'x' * 65536); f.flush(); os.fsync(f.fileno())\n"
-        "        os.stat(d + '/busy')\n"
-    )
-    stop = tmp_path / "stop"
+    watched = [m for m in mounts.values() if m.mountpoint.is_mount()]
+    settle(watched)
     before = blocks()
-    worker = subprocess.Popen([sys.executable, "-c", busy, str(a.mountpoint), str(b.mountpoint), str(stop)])
+    stderr = (tmp_path / "collect.err").open("w")
+    collect = subprocess.Popen(
+        ["crusoe-metrics-exporter", "--log-level", "info", "collect", "--duration", "10m", "--plugin", "nfs_latency",
+         "--set", "plugins.nfs_latency.operations=*"],
+        stdout=subprocess.PIPE, stderr=stderr, text=True, env={**os.environ, **EXPORTER_ENV},
+    )
     try:
-        out = subprocess.run(
-            ["crusoe-metrics-exporter", "collect", "--plugin", "nfs_latency",
-             "--set", "plugins.nfs_latency.operations=*"],
-            capture_output=True, text=True, timeout=300, check=False, env={**os.environ, **EXPORTER_ENV},
+        # Attached and both mounts mapped: each discovery probe's STATFS (v4) / FSSTAT (v3) is in mountstats.
+        deadline = time.monotonic() + 240
+        while True:
+            now = blocks()
+            if all(now[str(m.mountpoint)].ops.get(statfs_op(m), [0])[OPS] >
+                   before[str(m.mountpoint)].ops.get(statfs_op(m), [0])[OPS] for m in (a, b)):
+                break
+            assert collect.poll() is None, (tmp_path / "collect.err").read_text()[-3000:]
+            assert time.monotonic() < deadline, "collect never probed both mounts"
+            time.sleep(0.5)
+        # both volumes busy at once: writes with fsync, direct reads, stats of fresh and missing names
+        busy = (
+            "import mmap, os, sys, time\n"
+            "buf = mmap.mmap(-1, 65536)\n"
+            "end = time.monotonic() + 20\n"
+            "i = 0\n"
+            "while time.monotonic() < end:\n"
+            "    i += 1\n"
+            "    for d in sys.argv[1:]:\n"
+            "        with open(d + '/busy', 'wb') as f:\n"
+            "            f.write(b'x' * 65536); f.flush(); os.fsync(f.fileno())\n"
+            "        fd = os.open(d + '/busy', os.O_RDONLY | os.O_DIRECT)\n"
+            "        os.preadv(fd, [buf], 0); os.close(fd)\n"
+            "        try:\n"
+            "            os.stat(d + '/missing-%d' % i)\n"
+            "        except FileNotFoundError:\n"
+            "            pass\n"
         )
+        run_phase("two busy volumes", [sys.executable, "-c", busy, str(a.mountpoint), str(b.mountpoint)],
+                  timeout=180)
+        settle(watched)
+        after = blocks()
+        collect.send_signal(signal.SIGINT)
+        out, _ = collect.communicate(timeout=120)
     finally:
-        stop.touch()
-        worker.wait(timeout=120)
-    after = blocks()
-    assert out.returncode == 0, out.stderr[-3000:]
+        if collect.poll() is None:
+            collect.kill()
+            collect.wait()
+        stderr.close()
+    assert collect.returncode == 0, (tmp_path / "collect.err").read_text()[-3000:]
     series: Series = {}
-    for family in text_string_to_metric_families(out.stdout):
+    for family in text_string_to_metric_families(out):
         for sample in family.samples:
             series[(sample.name, frozenset(sample.labels.items()))] = float(sample.value)
     assert series[("crusoe_vm_nfs_latency_source", frozenset({("source", "rpc")}))] == 1
     for m in (a, b):
         kernel = kernel_delta(before, after, m)
-        ops = {dict(k[1])["nfs_operation"] for k in series
-               if k[0] == "crusoe_vm_nfs_rpc_rtt_seconds_count" and dict(k[1])["volume_id"] == m.volume_id}
-        assert "write" in ops, f"v{m.version}: {sorted(ops)}"
-        for op in ops:
-            buckets, _, count = hist(series, "crusoe_vm_nfs_rpc_rtt_seconds", volume_id=m.volume_id,
-                                     nfs_operation=op)
-            assert len(buckets) == len(RPC_BUCKETS) + 1
-            # what the exporter saw between attaching and its one scrape, all inside the bracket
-            assert 0 < count <= kernel[op.upper()][OPS], f"v{m.version} {op}: {count} vs {kernel.get(op.upper())}"
-        requests = series[("crusoe_vm_nfs_requests_total",
-                           frozenset({("protocol", "tcp"), ("operation", "nfs"), ("volume_id", m.volume_id)}))]
-        assert 0 < requests <= sum(v[OPS] for v in kernel.values())
+        for op in ("READ", "WRITE", "COMMIT", "LOOKUP"):
+            assert kernel.get(op, [0])[OPS] > 0, f"v{m.version}: the busy phase made no {op} ({kernel})"
+        buckets, _, _ = hist(series, "crusoe_vm_nfs_rpc_rtt_seconds", volume_id=m.volume_id, nfs_operation="write")
+        assert len(buckets) == len(RPC_BUCKETS) + 1
+        total, rtt_total = reconcile(m, kernel, {}, series)
+        go = frozenset({("protocol", "tcp"), ("operation", "nfs"), ("volume_id", m.volume_id)})
+        assert series[("crusoe_vm_nfs_requests_total", go)] == total > 0
+        assert series[("crusoe_vm_nfs_latency_seconds", go)] == pytest.approx(rtt_total, abs=1e-9)
+
+
+def statfs_op(m: NfsMount) -> str:
+    """The RPC a statfs() makes: NFSv3 FSSTAT, NFSv4 STATFS."""
+    return "FSSTAT" if m.version == "3" else "STATFS"
