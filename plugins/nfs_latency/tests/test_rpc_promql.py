@@ -7,7 +7,9 @@ NFSv3, busy with different workloads, eight scrapes) and is served here, one
 recorded scrape per Prometheus scrape, to Debian's Prometheus. The answer is
 checked against the same computation done here from the raw samples
 Prometheus stored (its rate extrapolation and bucket interpolation), and
-against the recorded buckets themselves.
+against the recorded buckets themselves. The monitoring mixin's recording
+rules, alert and dashboard queries on these families run on the same
+Prometheus (the host's live mixin test cannot feed them).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.mixin import MIXIN, queries
 from helpers.prometheus_server import PROMETHEUS, prometheus
 
 DATA = Path(__file__).with_name("data") / "rpc_scrapes"
@@ -174,3 +177,37 @@ def test_readme_p99_per_volume_and_operation_on_a_real_prometheus(replay: str, t
         bounds = (0.0, *RPC_BUCKETS)
         bucket = next(i for i, b in enumerate(bounds[1:]) if plain <= b)
         assert bounds[bucket] <= value <= bounds[bucket + 1], f"{key}: {value} vs recorded {plain}"
+
+
+@pytest.mark.skipif(not Path(PROMETHEUS).exists(), reason="!!! PROMETHEUS TEST SKIPPED: no prometheus binary !!!")
+def test_mixin_rules_and_panels_on_the_per_rpc_families_answer_on_a_real_prometheus(replay: str,
+                                                                                      tmp_path: Path) -> None:
+    pending = queries(nfs_client=True)
+    assert len(pending) >= 4, pending
+    record = "instance_volume_id_nfs_operation:crusoe_vm_nfs_rpc_rtt_seconds:p99_rate5m"
+    assert record in pending.values()
+    with prometheus(replay, tmp_path, scrape_interval="250ms", rule_files=(MIXIN / "recording.yaml",)) as prom:
+        deadline = time.monotonic() + 60
+        while pending and time.monotonic() < deadline:
+            time.sleep(0.5)
+            pending = {where: q for where, q in pending.items()
+                       if not any(r["value"][1] not in ("NaN", "+Inf", "-Inf") for r in prom.query(q))}
+        assert not pending, "no data for:\n" + "\n".join(f"{w}: {q}" for w, q in sorted(pending.items()))
+        # The recording rule is the README's query per instance: equal at the rule's own evaluation time.
+        stored = prom.query(f"{record}[5s]")
+        readme = readme_query().replace("sum by (volume_id, nfs_operation, le)",
+                                        "sum by (instance, volume_id, nfs_operation, le)")
+        assert readme != readme_query()
+        compared = 0
+        for series in stored:
+            at, value = series["values"][-1]
+            if value == "NaN":
+                continue
+            labels = series["metric"]
+            direct = [r for r in prom.query_at(readme, float(at))
+                      if r["metric"]["volume_id"] == labels["volume_id"]
+                      and r["metric"]["nfs_operation"] == labels["nfs_operation"]]
+            assert len(direct) == 1
+            assert float(direct[0]["value"][1]) == pytest.approx(float(value), rel=1e-9), labels
+            compared += 1
+        assert compared >= 4

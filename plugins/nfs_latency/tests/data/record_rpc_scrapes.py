@@ -8,7 +8,7 @@ It mounts two volumes of the guest's nfsd (NFSv4.2 and NFSv3, nconnect=4),
 starts the exporter in-process with the default operations, and scrapes it
 every 2 s while the volumes carry different workloads (one writes in 1 MiB
 chunks, the other reads and stats). Each scrape's
-``crusoe_vm_nfs_rpc_rtt_seconds`` lines of four operations, byte for byte as
+``crusoe_vm_nfs_rpc_rtt_seconds`` and ``crusoe_vm_nfs_rpc_execute_seconds`` lines of four operations, byte for byte as
 the exporter rendered them, go to ``$CME_GUEST_OUT/rpc_scrapes/NN.prom``; copy those to
 ``plugins/nfs_latency/tests/data/rpc_scrapes/``.
 """
@@ -31,16 +31,18 @@ from helpers import guest_nfs as nfs  # noqa: E402
 from crusoe_metrics_exporter.app import Exporter  # noqa: E402
 from crusoe_metrics_exporter.exposition import render  # noqa: E402
 
-FAMILY = "crusoe_vm_nfs_rpc_rtt_seconds"
+FAMILIES = ("crusoe_vm_nfs_rpc_rtt_seconds", "crusoe_vm_nfs_rpc_execute_seconds")
 SCRAPES = 8
 #: Operations kept in the files (the others are left out to keep them small).
 OPERATIONS = ("read", "write", "commit", "lookup")
 
 
 def family_text(text: str) -> str:
+    heads = tuple(f"# {kind} {family} " for family in FAMILIES for kind in ("HELP", "TYPE"))
+    samples = tuple(f"{family}_" for family in FAMILIES)
     keep = [line for line in text.splitlines()
-            if line.startswith((f"# HELP {FAMILY} ", f"# TYPE {FAMILY} "))
-            or (line.startswith(f"{FAMILY}_") and any(f'nfs_operation="{op}"' in line for op in OPERATIONS))]
+            if line.startswith(heads)
+            or (line.startswith(samples) and any(f'nfs_operation="{op}"' in line for op in OPERATIONS))]
     return "\n".join(keep) + "\n"
 
 
