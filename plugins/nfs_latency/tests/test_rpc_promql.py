@@ -169,7 +169,9 @@ def test_readme_p99_per_volume_and_operation_on_a_real_prometheus(replay: str, t
     assert {op for _, op in got} >= {"read", "write"}
     assert set(got) == {k for k, v in expected.items() if not math.isnan(v)}
     for key, value in got.items():
-        assert value == pytest.approx(expected[key], rel=1e-9), key
+        # Prometheus' float arithmetic differs from this re-computation in the last digits (seen up to 2e-9
+        # relative); a wrong bucket, rate or interpolation is off by far more.
+        assert value == pytest.approx(expected[key], rel=1e-6), key
         # and it is where the recorded buckets put it: inside the same bucket as the plain delta's p99
         plain = recorded_p99(*key)
         from crusoe_metrics_exporter.plugins.nfs_latency.rpc_parser import RPC_BUCKETS
