@@ -30,27 +30,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from tcp_filter_bench import bpf_stats
+from ebpf_cost import empty_spec
 
-from crusoe_metrics_exporter.ebpf import BpfSpec, LoadedBpf, ProgramSpec, Tracepoint, load, syscalls
+from crusoe_metrics_exporter.ebpf import LoadedBpf, kernel, load
 from crusoe_metrics_exporter.plugins.nfs_latency.rpc_source import build_spec, rpc_layer_available
 
 HOT = {"rpc_stats": "rpc_stats_latency", "rpc_errors": "rpc_task_end"}
-EMPTY = BpfSpec(
-    name="empty_rpc",
-    source="\n".join(f"TRACEPOINT_PROBE(sunrpc, {event}) {{ return 0; }}" for event in HOT.values()),
-    programs=tuple(ProgramSpec(role, (Tracepoint("sunrpc", event, f"tracepoint__sunrpc__{event}"),))
-                   for role, event in HOT.items()),
-)
+#: The same attach kind as the plugin's programs (classic tracepoints, docs/ebpf.md).
+EMPTY = empty_spec("tracepoint", [(role, "sunrpc", event) for role, event in HOT.items()])
 
 
 def stats(loaded: LoadedBpf) -> dict[str, tuple[int, int]]:
-    out = {}
-    for program in loaded._programs:
-        if program.role in HOT:
-            info = syscalls.fdinfo(program.prog_fd)
-            out[program.role] = (int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0)))
-    return out
+    return {role: (s.run_time_ns, s.run_cnt) for role, s in loaded.stats().items() if role in HOT}
 
 
 def workload(paths: list[Path], rpcs: int) -> None:
@@ -86,7 +77,7 @@ def measure(order: tuple[str, str], paths: list[Path], rpcs: int) -> dict[str, d
     try:
         for name in order:
             programs[name] = load(EMPTY) if name == "empty" else load(build_spec("nfs_latency", 1024))
-        with bpf_stats():
+        with kernel.run_stats():
             before = {n: stats(p) for n, p in programs.items()}
             busy = busy_ns()
             workload(paths, rpcs)
