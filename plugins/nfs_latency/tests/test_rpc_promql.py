@@ -213,3 +213,4 @@ def test_mixin_rules_and_panels_on_the_per_rpc_families_answer_on_a_real_prometh
             assert float(direct[0]["value"][1]) == pytest.approx(float(value), rel=1e-9), labels
             compared += 1
         assert compared >= 4
+

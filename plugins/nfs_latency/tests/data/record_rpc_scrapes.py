@@ -7,9 +7,9 @@ Run it in the guest (it needs a real NFS client and the RPC-layer program):
 It mounts two volumes of the guest's nfsd (NFSv4.2 and NFSv3, nconnect=4),
 starts the exporter in-process with the default operations, and scrapes it
 every 2 s while the volumes carry different workloads (one writes in 1 MiB
-chunks, the other reads and stats). Each scrape's
-``crusoe_vm_nfs_rpc_rtt_seconds`` and ``crusoe_vm_nfs_rpc_execute_seconds`` lines of four operations, byte for byte as
-the exporter rendered them, go to ``$CME_GUEST_OUT/rpc_scrapes/NN.prom``; copy those to
+chunks, the other reads and stats). Each scrape's RTT and execute
+histograms of four operations, byte for byte as the exporter rendered them,
+go to ``$CME_GUEST_OUT/rpc_scrapes/NN.prom``; copy those to
 ``plugins/nfs_latency/tests/data/rpc_scrapes/``.
 """
 
@@ -50,7 +50,10 @@ def main() -> int:
     out = Path(os.environ.get("CME_GUEST_OUT", "/tmp")) / "rpc_scrapes"
     out.mkdir(parents=True, exist_ok=True)
     server = nfs.NfsServer()
-    server.start()
+    if Path("/proc/fs/nfsd/threads").exists() and server.threads() > 0:
+        server.running = True  # a test session in this boot started nfsd; its settings cannot change now
+    else:
+        server.start()
     mounts = []
     for volume, version in (("7e57da7a-0001-4000-8000-0000000000a1", "4.2"),
                             ("7e57da7a-0002-4000-8000-0000000000b2", "3")):
