@@ -12,6 +12,8 @@ send/receive kprobes are what counts the same real NFS traffic to
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from helpers.exporter_scrape import Series, value
 from helpers.guest import GuestExporter, attachments, kernel_release
@@ -122,10 +124,15 @@ def test_nfs_latency_times_a_netem_delay_on_loopback(
     nfs_measured: dict[str, MeasuredRun]
 ) -> None:
     """20 ms each way on lo: no request/response exchange, and no RPC round trip, can take less than 40 ms."""
-    before = take_snapshot(nfs_exporter, nfs_exporter_kprobes)
     with netem(NETEM_MS):
+        # Both snapshots under the delay, so every exchange between them ran entirely under it: one begun
+        # before the delay was switched on has finished a second later, and one whose reply would leave after
+        # it is switched off (20 ms instead of 40) ends after the second snapshot. (With the second snapshot
+        # taken after switching off, one run counted one exchange under 31 ms, most likely such a straddler.)
+        time.sleep(1.0)
+        before = take_snapshot(nfs_exporter, nfs_exporter_kprobes)
         run_workload_checked(nfs_mounts["3"], "netem", None, light=True)
-    after = take_snapshot(nfs_exporter, nfs_exporter_kprobes)
+        after = take_snapshot(nfs_exporter, nfs_exporter_kprobes)
     for name, b, a, vol in (("planned (RPC layer)", before.planned, after.planned, nfs_mounts["3"].volume_id),
                             ("all-kprobe (TCP level)", before.kprobes, after.kprobes, volume(nfs_mounts))):
         def delta(metric: str, series_a: Series = a, series_b: Series = b, vol: str = vol, **labels: str) -> float:
