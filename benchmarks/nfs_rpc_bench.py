@@ -105,9 +105,9 @@ def main() -> int:
     if os.geteuid() != 0:
         print("nfs_rpc_bench: needs root")
         return 1
-    from helpers import guest_nfs as nfs
+    from helpers.guest_nfs import NfsServer, mount_at, unmount
 
-    server = nfs.NfsServer()
+    server = NfsServer()
     try:
         server.start()
     except (subprocess.CalledProcessError, OSError) as exc:
@@ -118,7 +118,7 @@ def main() -> int:
     for version in ("3", "4.2"):
         export = server.add_volume_fs()
         server.write_exports()
-        mounts.append(nfs.mount_at(server, export, version, Path(f"/mnt/bench-v{version}")))
+        mounts.append(mount_at(server, export, version, Path(f"/mnt/bench-v{version}")))
     if not rpc_layer_available():
         print("nfs_rpc_bench: skipped: no sunrpc:rpc_stats_latency on this kernel")
         return 0
@@ -132,7 +132,7 @@ def main() -> int:
                 runs.append(measure(order, [m.mountpoint for m in mounts], rpcs))
     finally:
         for m in mounts:
-            nfs.unmount(m)
+            unmount(m)
     mean = {n: {k: statistics.mean(r[n][k] for r in runs) for k in runs[0][n]} for n in ("empty", "nfs_latency")}
     print(f"per-RPC cost on kernel {os.uname().release}, ~{rpcs} NFS RPCs per run (LOOKUP + READ, NFSv3 and "
           f"v4.2), mean of {len(runs)} runs over both attach orders (ns/event; TCG: read the ratios):")

@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(REPO / "tests"))
 
-from helpers import guest_nfs as nfs  # noqa: E402
+from helpers.guest_nfs import NfsServer, drop_caches, mount_at, unmount  # noqa: E402
 
 from crusoe_metrics_exporter.app import Exporter  # noqa: E402
 from crusoe_metrics_exporter.exposition import render  # noqa: E402
@@ -49,7 +49,7 @@ def family_text(text: str) -> str:
 def main() -> int:
     out = Path(os.environ.get("CME_GUEST_OUT", "/tmp")) / "rpc_scrapes"
     out.mkdir(parents=True, exist_ok=True)
-    server = nfs.NfsServer()
+    server = NfsServer()
     if Path("/proc/fs/nfsd/threads").exists() and server.threads() > 0:
         server.running = True  # a test session in this boot started nfsd; its settings cannot change now
     else:
@@ -59,7 +59,7 @@ def main() -> int:
                             ("7e57da7a-0002-4000-8000-0000000000b2", "3")):
         export = server.add_volume_fs(volume)
         server.write_exports()
-        mounts.append(nfs.mount_at(server, export, version, Path(f"/mnt/record-v{version}")))
+        mounts.append(mount_at(server, export, version, Path(f"/mnt/record-v{version}")))
     writer, reader = mounts
     subprocess.run(["dd", "if=/dev/zero", f"of={reader.mountpoint}/data", "bs=1M", "count=8", "conv=fsync",
                     "status=none"], check=True, timeout=120)
@@ -74,7 +74,7 @@ def main() -> int:
 
     def read_loop() -> None:
         while not stop.is_set():
-            nfs.drop_caches()
+            drop_caches()
             subprocess.run(["dd", f"if={reader.mountpoint}/data", "of=/dev/null", "bs=64k", "status=none"], check=True,
                            timeout=120)
             for i in range(10):
@@ -94,8 +94,8 @@ def main() -> int:
         for t in threads:
             t.join(timeout=120)
         exporter.stop()
-        nfs.unmount(writer)
-        nfs.unmount(reader)
+        unmount(writer)
+        unmount(reader)
     print(f"recorded {SCRAPES} scrapes in {out}")
     return 0
 
