@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -220,12 +221,21 @@ def plugins_cmd(ctx: click.Context, /, as_json: bool, run_collect: bool, **kwarg
 
 @cli.command("collect")
 @click.option("--plugin", "only", multiple=True, help="Limit to this plugin (repeatable).")
+@click.option("--duration", "duration_text", default="0s", metavar="DURATION", show_default=True,
+              help="Watch this long before collecting (eBPF histograms count only what happens after they "
+                   "attach), e.g. 30s; SIGINT or SIGTERM ends the wait early.")
 @_common_options
 @click.pass_context
-def collect_cmd(ctx: click.Context, /, only: tuple[str, ...], **kwargs: Any) -> None:
+def collect_cmd(ctx: click.Context, /, only: tuple[str, ...], duration_text: str, **kwargs: Any) -> None:
     """Run one collection and print it in Prometheus text format (textfile-collector ready)."""
     from crusoe_metrics_exporter.exposition import render
+    from crusoe_metrics_exporter.options import parse_duration
 
+    try:
+        duration = parse_duration(duration_text)
+    except ValueError:
+        raise UsageFailure(f"invalid --duration={duration_text!r}: expected a duration such as 30s, 5m or 0s") \
+            from None
     _merge(ctx, kwargs)
     exporter = _build(ctx)
     known = {r.name for r in exporter.records}
@@ -234,12 +244,30 @@ def collect_cmd(ctx: click.Context, /, only: tuple[str, ...], **kwargs: Any) -> 
         raise UsageFailure(f"invalid --plugin={unknown[0]!r}: expected one of {', '.join(sorted(known))}")
     try:
         exporter.start(only=only or None)
+        if duration > 0:
+            _watch(duration)
         sys.stdout.buffer.write(render(exporter.collect(only=only or None)))
         sys.stdout.flush()
     except StrictModeError as exc:
         raise RunFailure(str(exc)) from None
     finally:
         exporter.stop()
+
+
+def _watch(seconds: float) -> None:
+    """Wait ``seconds`` on the main thread; SIGINT or SIGTERM ends the wait (and only the wait) early."""
+    ended = threading.Event()
+
+    def end(_signum: int, _frame: object) -> None:
+        ended.set()
+
+    previous = {sig: signal.signal(sig, end) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        log.info("collect: watching for %.0f s before collecting (SIGINT or SIGTERM collects at once)", seconds)
+        ended.wait(seconds)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @cli.group("config")

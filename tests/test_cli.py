@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 
@@ -80,6 +82,36 @@ def test_config_init_then_show_round_trips(tmp_path: Path) -> None:
 def test_collect_rejects_an_unknown_plugin() -> None:
     result = run("collect", "--plugin", "nope")
     assert result.returncode == 2 and "invalid --plugin='nope'" in result.stderr
+
+
+def test_collect_rejects_a_bad_duration() -> None:
+    result = run("collect", "--duration", "soon", "--plugin", "disk_stats")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "crusoe-metrics-exporter: invalid --duration='soon': expected a duration such as 30s, 5m or 0s"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_collect_watches_for_its_duration_and_a_signal_collects_at_once(sig: signal.Signals) -> None:
+    proc = subprocess.Popen([CLI, "--log-level", "info", "collect", "--duration", "10m", "--plugin", "disk_stats"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        started = time.monotonic()
+        for line in proc.stderr:
+            if "collect: watching for 600 s" in line:
+                break
+        else:
+            raise AssertionError("collect never started watching")
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert time.monotonic() - started < 120
+    assert "crusoe_vm_exporter_plugin_collect_duration_seconds{plugin=\"disk_stats\"}" in out, out[-2000:]
 
 
 def test_unknown_set_is_refused() -> None:

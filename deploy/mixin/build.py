@@ -73,9 +73,14 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
             (f'crusoe_vm_disk_mount_stuck{{{I}, {D}}}', "{{instance}} {{mount_point}}")]),
     ]),
     ("NFS", [
-        ("Request latency p99 (TCP level)", "s", [
+        ("Request latency p99 (RPC layer where traced, else TCP level)", "s", [
             (f'instance_volume_id:crusoe_vm_nfs_latency_histogram_seconds:p99_rate5m{{{I}, {V}}}',
              "{{instance}} {{volume_id}}")]),
+        ("RPC latency p99 per operation (RPC layer)", "s", [
+            (f'instance_volume_id_nfs_operation:crusoe_vm_nfs_rpc_execute_seconds:p99_rate5m{{{I}, {V}}}',
+             "execute {{instance}} {{volume_id}} {{nfs_operation}}"),
+            (f'instance_volume_id_nfs_operation:crusoe_vm_nfs_rpc_rtt_seconds:p99_rate5m{{{I}, {V}}}',
+             "rtt {{instance}} {{volume_id}} {{nfs_operation}}")]),
         ("Requests", "reqps", [
             (f'sum by (instance, volume_id) (rate(crusoe_vm_nfs_requests_total{{{I}, {V}}}[5m]))',
              "{{instance}} {{volume_id}}")]),

@@ -79,5 +79,9 @@ class Accumulator:
         that comes back resumes from its old value instead of resetting.
         """
         wanted = set(current)
+        return self.totals_where(wanted.__contains__, retention)
+
+    def totals_where(self, is_current: Callable[[Hashable], bool], retention: float) -> dict[Hashable, Vector]:
+        """:meth:`totals` with "current" decided per key (keys built from a label and something else)."""
         horizon = self.clock() - retention
-        return {k: v for k, v in self._totals.items() if k in wanted or self._changed_at.get(k, 0.0) >= horizon}
+        return {k: v for k, v in self._totals.items() if is_current(k) or self._changed_at.get(k, 0.0) >= horizon}

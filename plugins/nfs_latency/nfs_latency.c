@@ -26,10 +26,21 @@ struct tt_stats {
 /* Per socket: when the outstanding request started (0 = none outstanding).
  * LRU, and removed when the socket is released. */
 BPF_TABLE("lru_hash", u64, u64, inflight, NFS_MAX_INFLIGHT);
+/* Set to 1 by userspace once the RPC-layer source (rpc_latency.c) measures
+ * NFS latency per RPC: then sends and receives are not timed here at all
+ * (retransmissions still are). */
+BPF_ARRAY(tcp_latency_off, u32, 1);
+
+static __always_inline int latency_off(void)
+{
+    u32 zero = 0;
+    u32 *off = tcp_latency_off.lookup(&zero);
+    return off && *off;
+}
 
 static __always_inline void on_send(void *sk, u16 family, int bytes)
 {
-    if (!tt_match_sock(sk, family))
+    if (latency_off() || !tt_match_sock(sk, family))
         return;
     u64 key = (u64)sk;
     u64 *start = inflight.lookup(&key);
@@ -44,6 +55,8 @@ static __always_inline void on_send(void *sk, u16 family, int bytes)
 
 static __always_inline void on_recv(void *sk, u16 family, int bytes)
 {
+    if (latency_off())
+        return;
     struct tt_stats *s = tt_match_sock(sk, family);
     if (!s)
         return;

@@ -11,7 +11,6 @@ counters the test advances every second, as a busy mount's would.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import threading
@@ -21,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from helpers.delay_server import delay_server, run_client
+from helpers.mixin import MIXIN, queries
 from helpers.moto_s3 import moto_s3
 from helpers.prometheus_server import PROMETHEUS, Prometheus, prometheus
 from helpers.server import running_exporter
@@ -30,7 +29,6 @@ from helpers.server import running_exporter
 pytestmark = [pytest.mark.deploy, pytest.mark.ebpf, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-MIXIN = REPO / "deploy" / "mixin"
 MOUNTSTATS = REPO / "plugins" / "nfs_stats" / "tests" / "data" / "mountstats_real_nconnect16.txt"
 PER_OP = re.compile(r"^(\s+(?:READ|WRITE): )(.*)$", re.MULTILINE)
 
@@ -71,29 +69,6 @@ def live_mountstats(tmp_path: Path) -> Iterator[Path]:
         thread.join(5)
 
 
-def dashboard_queries() -> list[tuple[str, str]]:
-    """(where, PromQL) of every panel target, with the variables set to All."""
-    board = json.loads((MIXIN / "dashboards" / "crusoe-metrics-exporter.json").read_text())
-    out = []
-    for panel in board["panels"]:
-        for target in panel.get("targets", []):
-            expr = re.sub(r"\$(instance|device|volume|endpoint)\b", ".*", target["expr"])
-            out.append((f"panel {panel['title']!r} {target['refId']}", expr))
-    for variable in board["templating"]["list"]:
-        if variable["type"] != "query":
-            continue
-        m = re.fullmatch(r"label_values\((.*), (\w+)\)", variable["query"]["query"])
-        assert m, variable["query"]
-        selector = re.sub(r"\$instance\b", ".*", m.group(1))
-        out.append((f"variable {variable['name']}", f"group by ({m.group(2)}) ({selector})"))
-    return out
-
-
-def recording_rules() -> list[tuple[str, str]]:
-    groups = yaml.safe_load((MIXIN / "recording.yaml").read_text())["groups"]
-    return [(f"recording rule {r['record']}", r["record"]) for g in groups for r in g["rules"]]
-
-
 def has_data(result: list[dict[str, Any]]) -> bool:
     return any(r["value"][1] not in ("NaN", "+Inf", "-Inf") for r in result)
 
@@ -119,7 +94,8 @@ def test_every_recording_rule_and_dashboard_query_returns_data(require_ebpf: Non
             client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1",
                                   aws_access_key_id="testing", aws_secret_access_key="testing")
             client.create_bucket(Bucket="mixin")
-            pending = dict(recording_rules() + dashboard_queries())
+            # The per-RPC NFS families need an NFS client: test_rpc_promql.py runs those queries.
+            pending = queries(nfs_client=False)
             deadline = time.monotonic() + 90
             round_ = 0
             while pending and time.monotonic() < deadline:

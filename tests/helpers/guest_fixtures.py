@@ -89,13 +89,18 @@ def nfs_exporter(nfs_mounts: dict[str, NfsMount], nfs_control: dict[str, Workloa
 def nfs_exporter_kprobes(
     nfs_mounts: dict[str, NfsMount], nfs_control: dict[str, WorkloadResult]
 ) -> Iterator[GuestExporter]:
-    """nfs_latency and objstore forced onto their kprobe variants for every hook (retransmit and close too)."""
+    """nfs_latency and objstore forced onto their kprobe variants for every hook (retransmit and close too).
+
+    nfs_latency keeps its latency at the TCP level here (``latency_source = "tcp"``): with the RPC layer
+    traced, the TCP program would stop timing, and this exporter is what tests the kprobe send/receive path.
+    """
     from crusoe_metrics_exporter.plugins._tcptrace import collector, tracer
 
+    settings = {**_nfs_settings(nfs_mounts), "plugins.nfs_latency.latency_source": "tcp"}
     with pytest.MonkeyPatch.context() as mp:
         # The collector module's own reference to make_spec is what start() calls.
         mp.setattr(collector, "make_spec", functools.partial(tracer.make_spec, kinds=("kprobe",)))
-        ex = start_exporter(TCP_PLUGINS, EXPORTER_ENV, _nfs_settings(nfs_mounts))
+        ex = start_exporter(TCP_PLUGINS, EXPORTER_ENV, settings)
     yield ex
     ex.exporter.stop()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import subprocess
 import time
@@ -64,6 +65,8 @@ class NfsServer:
 
     exports: list[Path] = field(default_factory=list)
     running: bool = False
+    #: Exports that are file systems of their own (tmpfs), with the fsid nfsd needs for them.
+    fsids: dict[Path, int] = field(default_factory=dict)
 
     def start(self) -> None:
         sh("modprobe", "-a", "nfsd", "nfs", "nfsv3", "nfsv4")
@@ -88,9 +91,24 @@ class NfsServer:
         self.exports.append(path)
         return path
 
+    def add_volume_fs(self, volume_id: str | None = None) -> Path:
+        """An export that is a file system of its own, as every Crusoe volume is: two of them never share a
+        superblock (and so an RPC client) on the NFS client, while directories of one file system do."""
+        path = Path("/volumes") / (volume_id or str(uuid.uuid4()))
+        path.mkdir(parents=True, exist_ok=True)
+        if not _mounted(str(path)):
+            sh("mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(path))
+        if path not in self.exports:
+            self.exports.append(path)
+            # tmpfs has no UUID for nfsd to derive a file handle from: give it an fsid.
+            self.fsids[path] = 100 + len(self.fsids)
+        return path
+
     def write_exports(self) -> None:
         opts = "rw,sync,no_subtree_check,no_root_squash,insecure"
-        Path("/etc/exports").write_text("".join(f"{p} 127.0.0.1({opts})\n" for p in self.exports))
+        Path("/etc/exports").write_text("".join(
+            f"{p} 127.0.0.1({opts}{f',fsid={self.fsids[p]}' if p in self.fsids else ''})\n" for p in self.exports
+        ))
         sh("exportfs", "-ra")
 
     def start_nfsd(self) -> None:
@@ -120,6 +138,15 @@ def mount(server: NfsServer, version: str) -> NfsMount:
     return nfs
 
 
+def mount_at(server: NfsServer, export: Path, version: str, mountpoint: Path) -> NfsMount:
+    """Mount ``export`` (already exported) at ``mountpoint``, nconnect=4 over 127.0.0.1."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    if not _mounted(str(mountpoint)):
+        sh("mount", "-t", "nfs", "-o", f"vers={version},nconnect=4,hard,proto=tcp", f"127.0.0.1:{export}",
+           str(mountpoint), timeout=120)
+    return NfsMount(version, export.name, export, mountpoint)
+
+
 def unmount(nfs: NfsMount) -> None:
     sh("umount", "-f", "-l", str(nfs.mountpoint), check=False, timeout=60)
 
@@ -131,6 +158,7 @@ class MountBlock:
 
     device: str
     fstype: str
+    mount_point: str = ""
     age: int = 0
     events: list[int] = field(default_factory=list)
     bytes: list[int] = field(default_factory=list)
@@ -142,8 +170,8 @@ class MountBlock:
 _DEVICE = re.compile(r"^device (\S+) mounted on (\S+) with fstype (\S+)")
 
 
-def parse_mountstats(text: str) -> dict[str, MountBlock]:
-    """Blocks of NFS mounts by device, straight from the kernel's text."""
+def parse_mountstats(text: str, by_mount_point: bool = False) -> dict[str, MountBlock]:
+    """Blocks of NFS mounts by device (or by mount point), straight from the kernel's text."""
     blocks: dict[str, MountBlock] = {}
     current: MountBlock | None = None
     in_ops = False
@@ -151,9 +179,10 @@ def parse_mountstats(text: str) -> dict[str, MountBlock]:
         line = raw.strip()
         match = _DEVICE.match(raw)
         if match:
-            current = MountBlock(match.group(1), match.group(3)) if match.group(3).startswith("nfs") else None
+            current = (MountBlock(match.group(1), match.group(3), match.group(2))
+                       if match.group(3).startswith("nfs") else None)
             if current is not None:
-                blocks[current.device] = current
+                blocks[current.mount_point if by_mount_point else current.device] = current
             in_ops = False
             continue
         if current is None or not line:
@@ -177,6 +206,41 @@ def parse_mountstats(text: str) -> dict[str, MountBlock]:
 
 def mountstats(device: str) -> MountBlock:
     return parse_mountstats(Path("/proc/self/mountstats").read_text())[device]
+
+
+#: Fields of a per-op line after its name.
+OPS, NTRANS, TIMEOUTS, BYTES_SENT, BYTES_RECV, QUEUE_MS, RTT_MS, EXECUTE_MS, ERRORS = range(9)
+
+
+def ops_delta(before: MountBlock, after: MountBlock) -> dict[str, list[int]]:
+    """Per-op lines that changed between two reads of one mount's block: op -> field differences."""
+    out = {}
+    for op, numbers in after.ops.items():
+        old = before.ops.get(op, [0] * len(numbers))
+        if numbers != old:
+            out[op] = [a - b for a, b in zip(numbers, old, strict=True)]
+    return out
+
+
+def wait_quiet(mount_points: list[Path], settle: float = 1.0, timeout: float = 60.0) -> None:
+    """sync, then wait until the mounts' per-op counts stop moving for ``settle`` seconds."""
+    sh("sync", timeout=120)
+    keys = [str(p) for p in mount_points]
+
+    def ops() -> list[dict[str, list[int]] | None]:
+        blocks = parse_mountstats(Path("/proc/self/mountstats").read_text(), by_mount_point=True)
+        return [blocks[k].ops if k in blocks else None for k in keys]
+
+    deadline = time.monotonic() + timeout
+    last, since = ops(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = ops()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= settle:
+            return
+    raise AssertionError(f"NFS traffic on {keys} did not settle within {timeout:.0f} s")
 
 
 def total_rpcs(block: MountBlock) -> int:
@@ -250,6 +314,25 @@ def netem_delay(ms: int, device: str = "lo") -> Iterator[None]:
         yield
     finally:
         sh("tc", "qdisc", "del", "dev", device, "root", check=False)
+
+
+@contextlib.contextmanager
+def netem_towards(port: int, ms: int, device: str = "lo") -> Iterator[None]:
+    """Delay only the packets to ``port`` (the requests, not the replies) by ``ms`` on ``device``."""
+    sh("tc", "qdisc", "add", "dev", device, "root", "handle", "1:", "prio")
+    try:
+        sh("tc", "qdisc", "add", "dev", device, "parent", "1:3", "handle", "30:", "netem", "delay", f"{ms}ms")
+        sh("tc", "filter", "add", "dev", device, "protocol", "ip", "parent", "1:0", "prio", "1", "u32",
+           "match", "ip", "dport", str(port), "0xffff", "flowid", "1:3")
+        yield
+    finally:
+        sh("tc", "qdisc", "del", "dev", device, "root", check=False)
+
+
+def dev_of(path: Path) -> str:
+    """``major:minor`` of the file system ``path`` is on (an NFS superblock's, for a mount point)."""
+    st = path.stat()
+    return f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
 
 
 def client_sockets(port: int = NFS_PORT) -> list[dict[str, int]]:

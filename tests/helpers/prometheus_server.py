@@ -25,7 +25,15 @@ class Prometheus:
     port: int
 
     def query(self, promql: str) -> list[dict[str, Any]]:
-        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        return self._query({"query": promql})
+
+    def query_at(self, promql: str, at: float) -> list[dict[str, Any]]:
+        """An instant query evaluated at ``at`` (Unix seconds); a range selector returns its raw samples."""
+        return self._query({"query": promql, "time": f"{at:.3f}"})
+
+    def _query(self, params: dict[str, str]) -> list[dict[str, Any]]:
+        promql = params["query"]
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode(params)
         with urllib.request.urlopen(url, timeout=10) as resp:
             body = json.load(resp)
         if body.get("status") != "success":

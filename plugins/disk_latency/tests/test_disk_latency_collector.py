@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from helpers.bpf_standins import MapStandIn
+
 from crusoe_metrics_exporter.plugins import disk_latency
 from crusoe_metrics_exporter.plugins.disk_latency.collector import OTHER_MAP, SLOTS_MAP, DiskLatencyCollector
 from crusoe_metrics_exporter.plugins.disk_latency.parser import (
@@ -29,26 +31,6 @@ from crusoe_metrics_exporter.sdk import HistogramValue
 from crusoe_metrics_exporter.testing import ErrorCounters, PluginHarness
 
 DATA = Path(__file__).parent / "data"
-
-
-class MapStandIn:
-    def __init__(self, entries: dict[bytes, bytes] | None = None) -> None:
-        self.entries = dict(entries or {})
-
-    def lookup(self, key: bytes) -> bytes | None:
-        return self.entries.get(key)
-
-    def update(self, key: bytes, value: bytes) -> None:
-        self.entries[key] = value
-
-    def delete(self, key: bytes) -> bool:
-        return self.entries.pop(key, None) is not None
-
-    def keys(self) -> list[bytes]:
-        return list(self.entries)
-
-    def items(self) -> list[tuple[bytes, bytes]]:
-        return list(self.entries.items())
 
 
 class LoadedStandIn:

@@ -76,7 +76,7 @@ def test_malformed_entries_are_counted_and_the_rest_reported() -> None:
     tracer: Any = RecordedTracer([(address_key("192.0.2.1"), good), (b"\x01" * 3, good),
                                   (address_key("192.0.2.2"), b"short")])
     collector._tracer = tracer
-    collector._key_of_address = {"192.0.2.1": "vol-1"}
+    collector._key_of_address = {"192.0.2.1": ("tcp", "vol-1")}
     samples = {(s.metric, s.labels): s.value for s in collector.collect()}
     labels = ("tcp", "nfs", "vol-1")
     assert samples[("nfs_requests_total", labels)] == 1
@@ -105,7 +105,9 @@ def test_a_mount_without_volume_id_is_not_credited_to_its_neighbour() -> None:
                             volume_pattern=re.compile(r"/volumes/(?P<volume_id>.+)$"))
     collector = NfsLatencyCollector(PluginHarness(nfs_latency, services={"targets": targets}).context)
     mapping, ports = collector.wanted()
-    assert mapping == {"192.0.2.1": "vol-a+unknown", "192.0.2.2": "vol-b", "192.0.2.3": "unknown"}
+    assert mapping == {
+        "192.0.2.1": ("tcp", "vol-a+unknown"), "192.0.2.2": ("tcp", "vol-b"), "192.0.2.3": ("tcp", "unknown")
+    }
     assert ports == (2049,)
     assert volume_label(["vol-a"], unidentified=True) == "vol-a+unknown"
     assert volume_label([], unidentified=True) == "unknown"
