@@ -45,6 +45,7 @@ from crusoe_metrics_exporter.sdk import (
     Sample,
     Tracepoint,
     read_limited,
+    read_text,
     tracepoint_exists,
 )
 
@@ -76,7 +77,7 @@ def tracepoint_fields(event: str) -> frozenset[str]:
     """Field names of ``sunrpc:<event>`` from its tracefs format (empty when the kernel has no such event)."""
     for root in TRACEFS_ROOTS:
         try:
-            text = (root / "events" / "sunrpc" / event / "format").read_text()
+            text = read_text(root / "events" / "sunrpc" / event / "format")
         except OSError:
             continue
         return frozenset(m.group(1) for m in _FIELD.finditer(text))
@@ -97,7 +98,7 @@ def build_spec(plugin: str, capacity: int) -> BpfSpec:
     source = (
         bucket_function_c(rp.RPC_BUCKETS, "rpc_bucket")
         + bucket_function_c(rp.SEED_BUCKETS, "seed_bucket")
-        + SOURCE.read_text()
+        + read_text(SOURCE)
     )
     defines = {
         "RPC_SLOTS": rp.RPC_SLOTS,
