@@ -104,10 +104,15 @@ def send(pair: VethPair, port: int, nbytes: int = 1024 * 1024) -> None:
 MISSES = "crusoe_vm_exporter_ebpf_program_recursion_misses_total"
 
 
-#: A perf-event program on this shared machine also loses the odd event the
-#: kernel does not count as skipped (the perf layer drops a tracepoint that
-#: nests in another of the same context before BPF sees it).
-PERF_SILENT_LOSS = 0.03
+#: A perf-event program also loses events the kernel does not count as
+#: skipped: the perf layer drops a tracepoint that nests in another of the
+#: same context before BPF sees it. How many depends on how retransmit
+#: timers nest with the TCP programs' own runs: 1 of 72 here once, but 26 of
+#: 235 (11 %, one counted skip) in a quiet fresh-clone CI run on 2026-11-30.
+#: This is the fallback for kernels without BTF, documented as lossy; what the
+#: test holds it to is never counting more than the kernel and losing at most
+#: a fifth.
+PERF_SILENT_LOSS = 0.20
 
 
 def assert_counted(exporter: Exporter, counted: float, kernel_delta: int, misses: float) -> None:
