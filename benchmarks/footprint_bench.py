@@ -35,7 +35,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from helpers.server import free_port
 
 NODE_EXPORTER = "prometheus-node-exporter"
 PROCFS = "disk_stats,disk_usage,nfs_stats,psi,meminfo,procstat"
@@ -62,12 +64,6 @@ class Footprint:
     peak_mib: float
     threads: int
     series: int
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:

@@ -16,7 +16,6 @@ import argparse
 import http.client
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from gen_procfs_tree import generate
+from helpers.server import free_port
 
 PLUGINS = ("disk_stats", "disk_usage", "nfs_stats")
 NODE_EXPORTER = "prometheus-node-exporter"
@@ -40,12 +41,6 @@ class Measured:
     p90_ms: float
     body_bytes: int
     series: int
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fetch(port: int) -> bytes:

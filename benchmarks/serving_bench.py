@@ -34,7 +34,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,17 +51,12 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from gen_procfs_tree import generate  # noqa: E402
 from helpers.cgroup import MemoryCgroup, memory_cgroup  # noqa: E402
 from helpers.netns import VethPair, veth_pair  # noqa: E402
+from helpers.server import free_port  # noqa: E402
 
 CLI = str(Path(sys.executable).parent / "crusoe-metrics-exporter")
 NODE = "prometheus-node-exporter"
 LOAD = str(HERE.parent / "tests" / "helpers" / "http_load.py")
 MIB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def status(port: int, path: str, host: str = "127.0.0.1", timeout: float = 2.0) -> int:

@@ -37,7 +37,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from gen_procfs_tree import generate  # noqa: E402
 from helpers.cgroup import cgroup_unavailable, memory_cgroup  # noqa: E402
 from helpers.http_load import Stats, scraper  # noqa: E402
-from procfs_bench import free_port, node_cmd, wait_ready  # noqa: E402
+from helpers.server import free_port  # noqa: E402
+from procfs_bench import node_cmd, wait_ready  # noqa: E402
 
 PLUGINS = ("disk_stats", "disk_usage", "nfs_stats", "meminfo", "psi", "procstat")
 LIMIT = 256 * 1024 * 1024
