@@ -194,7 +194,9 @@ def test_counts_match_diskstats_while_another_disk_is_busy(
     _check_dd_workload(exporter, loop_device, diskstats, completion_control(loop_device), silent_loss_margin)
 
 
-def test_exposition_buckets_are_cumulative_and_end_in_inf(exporter: Exporter, loop_device: str) -> None:
+def test_exposition_buckets_are_cumulative_and_end_in_inf(
+    exporter: Exporter, loop_device: str, silent_loss_margin: Callable[[int], int],
+) -> None:
     _dd(["if=/dev/zero", f"of=/dev/{loop_device}", "bs=4k", "count=300", "oflag=direct"])
     samples = _plugin_samples(exporter)
     hist = _hist(samples, "disk_write_latency_seconds", loop_device)
@@ -203,7 +205,10 @@ def test_exposition_buckets_are_cumulative_and_end_in_inf(exporter: Exporter, lo
     assert len(buckets) == len(BOUNDS_SECONDS) + 1
     counts = [c for _, c in buckets]
     assert counts == sorted(counts)
-    assert counts[-1] == sum(hist.counts) >= 300
+    # Exact counts are the reconciliation tests' job (against diskstats and a
+    # control program); this one checks the shape, so it allows the kernel's
+    # silent loss like they do: a CI run once saw 298 of 300.
+    assert counts[-1] == sum(hist.counts) >= 300 - silent_loss_margin(300)
 
     text = render(exporter.collect()).decode()
     lines = [ln for ln in text.splitlines() if ln.startswith("crusoe_vm_disk_write_latency_seconds_bucket")]

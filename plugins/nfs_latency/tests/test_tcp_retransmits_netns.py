@@ -171,11 +171,14 @@ def test_retransmits_of_a_connection_that_dies_are_counted(lossy: VethPair, both
     # Nothing listens on 8444 and every packet to it is dropped: the SYN is
     # retransmitted until the client gives up. The seed only counted
     # retransmits when a later request finished, so these were lost.
+    # The first SYN retransmit is due 1 s after the SYN (initial RTO); the
+    # client waits 3.5 s so a loaded machine firing that timer late still
+    # retransmits at least once (1.6 s was once not enough).
     lossy.drop_incoming(lossy.server, 100, tcp_dport=8444)
     script = (
         "import socket\n"
         "s = socket.socket()\n"
-        "s.settimeout(1.6)\n"
+        "s.settimeout(3.5)\n"
         f"try:\n    s.connect(({lossy.server_addr!r}, 8444))\nexcept OSError:\n    pass\n"
     )
     lossy.run(lossy.client, [sys.executable, "-c", script])
