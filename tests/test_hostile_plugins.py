@@ -31,13 +31,12 @@ from pathlib import Path
 import pytest
 from helpers.cgroup_exporter import CgroupExporter, exporter_in_cgroup
 from helpers.hostile_plugins import BEHAVIOURS, install_hostile, plugin_name
-from helpers.procfs_tree import PROCFS_PLUGINS, build_tree, metric_owners, owner
+from helpers.procfs_tree import PROCFS_PLUGINS, build_tree, series_by_plugin
 from helpers.server import CLI
 
 HOSTILE = [plugin_name(b) for b in BEHAVIOURS]
 #: Enabled together in one exporter: all but the million-series plugin.
 TOGETHER = [plugin_name(b) for b in BEHAVIOURS if b != "million"]
-OWNERS = metric_owners()
 _LINE = re.compile(r"^(crusoe_vm_[a-z0-9_]+)(\{[^}]*\})? (\S+)$", re.MULTILINE)
 
 pytestmark = [pytest.mark.cgroup, pytest.mark.slow]
@@ -78,15 +77,6 @@ def _up(text: str, plugin: str) -> float:
         if name == "crusoe_vm_exporter_plugin_up" and f'plugin="{plugin}"' in labels:
             return float(value)
     raise AssertionError(f"no plugin_up for {plugin}")
-
-
-def _procfs_series(text: str) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {p: set() for p in PROCFS_PLUGINS}
-    for name, labels, _ in _LINE.findall(text):
-        plugin = owner(name, OWNERS)
-        if plugin in out:
-            out[plugin].add(name + labels)
-    return out
 
 
 def _health_during(running: CgroupExporter, seconds: float) -> list[float]:
@@ -133,7 +123,7 @@ def test_every_hostile_plugin_enabled_costs_only_itself(tmp_path: Path) -> None:
         assert running.listened_after < 1.0, running.listened_after
         running.wait_ready(20)
         status, text, _ = running.get("/metrics")
-        baseline = _procfs_series(text)
+        baseline = series_by_plugin(text, error_counters=True)
         assert all(baseline.values()), baseline
 
         scrapes: list[float] = []
@@ -143,7 +133,7 @@ def test_every_hostile_plugin_enabled_costs_only_itself(tmp_path: Path) -> None:
             health.extend(latencies)
             scrapes.append(took)
             assert status == 200
-            assert _procfs_series(text) == baseline, "a procfs plugin lost series"
+            assert series_by_plugin(text, error_counters=True) == baseline, "a procfs plugin lost series"
             # The trial: plugin_up stayed 1 while the hog held every scrape; now its collect misses the deadline.
             assert _up(text, plugin_name("gil_hog")) == 0.0
             running.alive()
@@ -193,7 +183,7 @@ def test_a_million_series_are_kept_to_the_limit_within_256_mib(tmp_path: Path) -
         dropped = re.search(r'crusoe_vm_exporter_plugin_invalid_samples_total\{plugin="hostile_million",'
                             r'reason="series_limit"\} (\S+)', text)
         assert dropped and float(dropped.group(1)) >= 840_000
-        assert all(_procfs_series(text).values())
+        assert all(series_by_plugin(text, error_counters=True).values())
         peak_rss = running.status("VmHWM") * 1024
         print(f"1M series: 160k kept per scrape, scrape max {max(scrapes):.2f}s, main RSS peak "
               f"{peak_rss / 2**20:.0f} MiB, cgroup peak {running.cgroup.peak_bytes() / 2**20:.0f} MiB")
@@ -209,7 +199,7 @@ def test_hostile_plugins_installed_but_disabled_are_never_imported(tmp_path: Pat
             time.sleep(0.05)
         status, text, _ = running.get("/metrics")
         assert status == 200
-        assert all(_procfs_series(text).values())
+        assert all(series_by_plugin(text, error_counters=True).values())
         states = _states(text)
         assert {states[name] for name in HOSTILE} == {"disabled"}
         assert not list((tmp_path / "imported").iterdir())

@@ -12,7 +12,6 @@ once the file is good again its series come back.
 
 from __future__ import annotations
 
-import re
 import sys
 import threading
 import time
@@ -21,16 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.procfs_tree import (
-    FILES,
-    HOSTILE_KINDS,
-    PROCFS_PLUGINS,
-    build_tree,
-    make_hostile,
-    metric_owners,
-    owner,
-    remove,
-)
+from helpers.procfs_tree import FILES, HOSTILE_KINDS, PROCFS_PLUGINS, build_tree, make_hostile, remove, series_by_plugin
 
 from crusoe_metrics_exporter.app import Exporter
 from crusoe_metrics_exporter.devices import device_names
@@ -44,24 +34,11 @@ from crusoe_metrics_exporter.testing import options_for
 COLLECT_TIMEOUT = 1.0
 #: Start-up or a scrape that takes longer than this hung on the file.
 BOUND = 5.0
-_SERIES = re.compile(r"^(crusoe_vm_[a-zA-Z0-9_]+)(\{[^}]*\})? ", re.MULTILINE)
 
 
 def _exporter(tree: Path) -> Exporter:
     env = {"HOST_PROC_PATH": str(tree), "CRUSOE_EXPORTER_ENABLE": ",".join(PROCFS_PLUGINS)}
     return Exporter.from_environment(None, Overrides({"exporter.collect_timeout": f"{COLLECT_TIMEOUT}s"}), env)
-
-
-OWNERS = metric_owners()
-
-
-def _series_by_plugin(text: str) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {name: set() for name in PROCFS_PLUGINS}
-    for name, labels in _SERIES.findall(text):
-        plugin = owner(name, OWNERS)
-        if plugin in out and not name.endswith("_collection_errors_total"):
-            out[plugin].add(name + labels)
-    return out
 
 
 def _errors(text: str, plugin: str) -> float:
@@ -94,7 +71,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     _start(exporter)
     try:
         text = _scrape(exporter)
-        series = _series_by_plugin(text)
+        series = series_by_plugin(text)
         for plugin in PROCFS_PLUGINS:
             assert series[plugin], f"{plugin} exports nothing on the good tree"
             assert _errors(text, plugin) == 0, (plugin, text)
@@ -109,7 +86,7 @@ def tree(tmp_path: Path) -> Path:
 
 
 def _check_isolated(exporter: Exporter, text: str, file: str, baseline: dict[str, set[str]]) -> None:
-    series = _series_by_plugin(text)
+    series = series_by_plugin(text)
     readers = FILES[file]
     for plugin in PROCFS_PLUGINS:
         if plugin not in readers:
@@ -139,17 +116,17 @@ def test_while_running_and_back(tree: Path, baseline: dict[str, set[str]], file:
     _start(exporter)
     good = (tree / file).read_bytes()
     try:
-        assert _series_by_plugin(_scrape(exporter)) == baseline
+        assert series_by_plugin(_scrape(exporter)) == baseline
         for kind in HOSTILE_KINDS:
             make_hostile(tree / file, kind)
             _check_isolated(exporter, _scrape(exporter), file, baseline)
             remove(tree / file)
             (tree / file).write_bytes(good)
             # Good again: every series is back (a collect that timed out may need one more scrape to finish).
-            recovered = _series_by_plugin(_scrape(exporter))
+            recovered = series_by_plugin(_scrape(exporter))
             if recovered != baseline:
                 time.sleep(COLLECT_TIMEOUT)
-                recovered = _series_by_plugin(_scrape(exporter))
+                recovered = series_by_plugin(_scrape(exporter))
             assert recovered == baseline, f"series missing after {file} was {kind} and then good again"
     finally:
         exporter.stop()

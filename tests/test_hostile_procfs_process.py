@@ -17,16 +17,7 @@ from pathlib import Path
 
 import pytest
 from helpers.cgroup_exporter import CgroupExporter, exporter_in_cgroup
-from helpers.procfs_tree import (
-    FILES,
-    HOSTILE_KINDS,
-    PROCFS_PLUGINS,
-    build_tree,
-    make_hostile,
-    metric_owners,
-    owner,
-    remove,
-)
+from helpers.procfs_tree import FILES, HOSTILE_KINDS, PROCFS_PLUGINS, build_tree, make_hostile, remove, series_by_plugin
 
 #: A scrape or start-up that takes longer than this is hung on a file (collect_timeout is 1 s here).
 BOUND = 5.0
@@ -51,15 +42,6 @@ def _scrape(process: CgroupExporter) -> tuple[int, str, float]:
 
 
 _LINE = re.compile(r"^(crusoe_vm_[a-z0-9_]+)(\{[^}]*\})? (\S+)$", re.MULTILINE)
-
-
-OWNERS = metric_owners()
-
-
-def _series(text: str, plugin: str) -> set[str]:
-    """Series of ``plugin``'s own metrics (its error counter aside), without values."""
-    return {name + labels for name, labels, _ in _LINE.findall(text)
-            if owner(name, OWNERS) == plugin and not name.endswith("collection_errors_total")}
 
 
 def _trouble_shown(text: str, plugin: str) -> bool:
@@ -98,7 +80,7 @@ def test_each_file_hostile_while_running_and_good_again(tmp_path: Path) -> None:
     with exporter_on(tree) as process:
         process.wait_ready()
         status, text, _ = _scrape(process)
-        baseline = {plugin: _series(text, plugin) for plugin in PROCFS_PLUGINS}
+        baseline = series_by_plugin(text)
         assert all(baseline.values()), baseline
         slowest = 0.0
         for file, readers in FILES.items():
@@ -111,13 +93,13 @@ def test_each_file_hostile_while_running_and_good_again(tmp_path: Path) -> None:
                     if plugin in readers:
                         assert _trouble_shown(text, plugin), (file, kind, plugin)
                     else:
-                        assert _series(text, plugin) == baseline[plugin], (file, kind, plugin)
+                        assert series_by_plugin(text)[plugin] == baseline[plugin], (file, kind, plugin)
                 remove(tree / file)
                 (tree / file).write_bytes(good[file])
                 process.alive()
         # Everything good again: every series is back.
         time.sleep(1.0)
         status, text, _ = _scrape(process)
-        assert {plugin: _series(text, plugin) for plugin in PROCFS_PLUGINS} == baseline
+        assert series_by_plugin(text) == baseline
         print(f"while running: {len(FILES) * len(HOSTILE_KINDS)} faults, slowest scrape {slowest:.3f}s, "
               f"peak RSS {process.peak_rss() / 2**20:.1f} MiB")

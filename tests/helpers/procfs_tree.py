@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -72,6 +74,7 @@ def remove(path: Path) -> None:
 _SUFFIXES = ("_bucket", "_sum", "_count", "_created")
 
 
+@functools.cache
 def metric_owners() -> dict[str, str]:
     """Exposed metric name (as declared, with ``crusoe_vm_``) -> the built-in plugin that declares it."""
     from crusoe_metrics_exporter import host
@@ -89,3 +92,19 @@ def owner(sample_name: str, owners: dict[str, str]) -> str | None:
             base = sample_name.removesuffix(suffix)
             return owners.get(base) or owners.get(base + "_total")
     return owners.get(sample_name + "_total")
+
+
+#: One sample line of an exposition: name, labels (with braces, or empty).
+_SAMPLE = re.compile(r"^(crusoe_vm_[a-zA-Z0-9_]+)(\{[^}]*\})? ", re.MULTILINE)
+
+
+def series_by_plugin(text: str, error_counters: bool = False) -> dict[str, set[str]]:
+    """Each procfs plugin's own series in an exposition (name and labels, no value): what must survive another
+    plugin's bad file. Its ``*_collection_errors_total`` counters are left out unless ``error_counters``."""
+    owners = metric_owners()
+    out: dict[str, set[str]] = {name: set() for name in PROCFS_PLUGINS}
+    for name, labels in _SAMPLE.findall(text):
+        plugin = owner(name, owners)
+        if plugin in out and (error_counters or not name.endswith("_collection_errors_total")):
+            out[plugin].add(name + labels)
+    return out
