@@ -63,7 +63,8 @@ def _common_options(func: F) -> F:
         click.option("--web.config.file", "web_config_file", metavar="PATH",
                      help="Web configuration file (TLS, basic auth), as node_exporter's."),
         click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
-                     help="Set any option, e.g. --set plugins.probes.interval=30s."),
+                     help="Set any option: exporter.KEY, a service's SECTION.KEY or plugins.NAME.KEY, "
+                          "e.g. --set exporter.port=9600."),
     ]
     for option in reversed(options):
         func = option(func)

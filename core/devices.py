@@ -1,8 +1,8 @@
 """Block device names and node_exporter-style device selection.
 
-Shared by the plugins that report per-disk metrics (``disk_stats`` from
-/proc/diskstats, ``disk_latency`` from eBPF), so both select the same disks
-with the same two options and label them with the same names.
+Shared by every plugin that reports per-disk metrics (whether it reads
+/proc/diskstats or counts in eBPF), so they all select the same disks with
+the same two options and label them with the same names.
 
 Names come from the kernel's own table, /proc/diskstats, rather than from
 /sys/block: /proc/diskstats lists partitions too, works under a mounted host
