@@ -114,7 +114,7 @@ class Support:
 
 OptionType = Literal[
     "str", "int", "float", "bool", "duration", "path", "regex",
-    "str_list", "int_list", "port_list", "hostname", "hostname_list", "ip_list",
+    "str_list", "int_list", "port_list", "hostname", "hostname_list", "ip_list", "bind_address",
 ]
 
 

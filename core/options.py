@@ -10,6 +10,7 @@ import ipaddress
 import math
 import re
 import threading
+from decimal import Decimal
 from typing import Any
 
 from crusoe_metrics_exporter.contract import ConfigOption
@@ -52,15 +53,32 @@ def parse_duration(text: str) -> float:
     return total
 
 
+def format_number(value: float) -> str:
+    """A number as a person types it: a whole number in full (1048576, never 1.04858e+06), any other in plain
+    decimal notation with the digits it needs (0.00005, 2.5), which every option type parses back.
+
+    15 significant digits, all a double holds reliably: ``0.007 * 1000`` shows as 7, not 7.000000000000001.
+    """
+    if isinstance(value, int):
+        return str(value)
+    number = float(value)
+    if not math.isfinite(number):
+        return str(number)
+    number = float(f"{number:.15g}")
+    if number.is_integer():
+        return str(int(number))
+    return format(Decimal(repr(number)), "f")
+
+
 def format_duration(seconds: float) -> str:
     """Inverse of parse_duration for display and ``config init``."""
     if seconds == 0:
         return "0s"
     if seconds < 1:
-        return f"{seconds * 1000:g}ms"
+        return f"{format_number(seconds * 1000)}ms"
     whole = int(seconds)
     if whole != seconds:
-        return f"{seconds:g}s"
+        return f"{format_number(seconds)}s"
     h, rest = divmod(whole, 3600)
     m, s = divmod(rest, 60)
     out = ""
@@ -84,7 +102,8 @@ _EXPECTED = {
     "int_list": "a comma-separated list of integers",
     "port_list": "a comma-separated list of ports between 1 and 65535",
     "regex": "a valid regular expression",
-    "hostname": "a host name or IP address",
+    "hostname": "a host name or unicast IP address",
+    "bind_address": "a host name or IP address of this host, or 0.0.0.0 or :: for every interface",
     "hostname_list": "a comma-separated list of host names or unicast IP addresses",
     "ip_list": "a comma-separated list of unicast IP addresses",
 }
@@ -97,7 +116,7 @@ IMPLICIT_INT_LIMIT = 2**63 - 1
 def accepted_range(option: ConfigOption) -> str:
     """The declared bounds as a person reads them ("from 1s to 1d", "at least 16"; "" when none)."""
     def show(value: float) -> str:
-        return format_duration(value) if option.type == "duration" else f"{value:g}"
+        return format_duration(value) if option.type == "duration" else format_number(value)
 
     if option.minimum is not None and option.maximum is not None:
         return f"from {show(option.minimum)} to {show(option.maximum)}"
@@ -148,7 +167,7 @@ def _convert(option: ConfigOption, raw: Any) -> Any:
         if option.choices and value.lower() not in option.choices:
             raise ValueError
         return value.lower() if option.choices else value
-    if t in ("hostname", "hostname_list", "ip_list"):
+    if t in ("hostname", "bind_address", "hostname_list", "ip_list"):
         return _convert_hosts(t, raw)
     if t == "regex":
         if not isinstance(raw, str):
@@ -226,13 +245,30 @@ def is_ip(text: str) -> bool:
     return True
 
 
+def host_problem(text: str, names: bool = True, bind: bool = False) -> str:
+    """Why ``text`` cannot name one host ("" when it can): a unicast IP address, or (``names``) a host name.
+
+    The one check of every host-valued type, single or list: a probe or filter target must be one host.
+    ``bind`` (an address to listen on) also takes the unspecified address, which means every interface.
+    """
+    if is_ip(text):
+        problem = not_unicast(text)
+        if not problem or (bind and problem == UNSPECIFIED):
+            return ""
+        return f"{text!r} is {problem}, not one host's address"
+    if names and is_host_name(text):
+        return ""
+    return f"{text!r} is not {'a host name or IP address' if names else 'an IP address'}"
+
+
 def _convert_hosts(t: str, raw: Any) -> Any:
-    if t == "hostname":
+    if t in ("hostname", "bind_address"):
         if not isinstance(raw, str):
             raise TypeError
         value = raw.strip()
-        if value and not (is_ip(value) or is_host_name(value)):
-            raise ValueError
+        problem = host_problem(value, bind=t == "bind_address") if value else ""
+        if problem:
+            raise _BadEntry(problem)
         return value
     if isinstance(raw, str):
         items = [part.strip() for part in raw.split(",") if part.strip()]
@@ -241,13 +277,13 @@ def _convert_hosts(t: str, raw: Any) -> Any:
     else:
         raise TypeError
     for item in items:
-        if is_ip(item):
-            problem = not_unicast(item)
-            if problem:
-                raise _BadEntry(f"entry {item!r} is {problem}, not one host's address")
-        elif t == "ip_list" or not is_host_name(item):
-            raise _BadEntry(f"entry {item!r} is not {'an IP address' if t == 'ip_list' else 'a host name or IP'}")
+        problem = host_problem(item, names=t == "hostname_list")
+        if problem:
+            raise _BadEntry(f"entry {problem}")
     return items
+
+
+UNSPECIFIED = "the unspecified address"
 
 
 def not_unicast(text: str) -> str:
@@ -256,7 +292,7 @@ def not_unicast(text: str) -> str:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     if address.is_unspecified:
-        return "the unspecified address"
+        return UNSPECIFIED
     if address.is_multicast:
         return "a multicast address"
     if isinstance(address, ipaddress.IPv4Address):
@@ -310,4 +346,6 @@ def to_text(option: ConfigOption, value: Any) -> str:
         return ",".join(str(v) for v in value)
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return format_number(value)
     return str(value)

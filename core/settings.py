@@ -40,7 +40,7 @@ CORE_OPTIONS: tuple[ConfigOption, ...] = (
     ConfigOption("port", "int", 9500, "TCP port of the HTTP server.", env="PORT", minimum=1, maximum=65535),
     ConfigOption(
         "listen_address",
-        "hostname",
+        "bind_address",
         "",
         "Address to bind; empty means every interface (the seed's ':PORT').",
         env="LISTEN_ADDRESS",

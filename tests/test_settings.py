@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 
 from crusoe_metrics_exporter.contract import ConfigOption
 from crusoe_metrics_exporter.host import declared_options, discover_services
-from crusoe_metrics_exporter.options import SettingError, format_duration, parse_duration
+from crusoe_metrics_exporter.options import (
+    SettingError,
+    accepted_range,
+    format_duration,
+    format_number,
+    parse_duration,
+    parse_option,
+    to_text,
+)
 from crusoe_metrics_exporter.settings import Overrides, Settings, resolve
 
 PLUGIN_OPTIONS = {"probes": (ConfigOption("interval", "duration", 300.0, "h", env="PROBE_INTERVAL"),)}
@@ -79,8 +87,8 @@ def test_every_seed_environment_variable_is_honoured() -> None:
         ("LOG_LEVEL", "loud", "one of debug, info, warn, warning, error, fatal"),
         ("OBJSTORE_ENDPOINT_IPS", "192.0.2.1,1.2.3.x", "a comma-separated list of unicast IP addresses"),
         ("NFS_SERVER_IPS", "10.0.0.1,not a host!", "a comma-separated list of host names or unicast IP addresses"),
-        ("OBJSTORE_ENDPOINT_FQDN", "object store.example", "a host name or IP address"),
-        ("LISTEN_ADDRESS", "0.0.0.0:9500", "a host name or IP address"),
+        ("OBJSTORE_ENDPOINT_FQDN", "object store.example", "a host name or unicast IP address"),
+        ("LISTEN_ADDRESS", "0.0.0.0:9500", "a host name or IP address of this host"),
     ],
 )
 def test_invalid_values_stop_with_one_line_naming_variable_value_and_form(var: str, value: str, expected: str) -> None:
@@ -169,6 +177,52 @@ def test_durations_round_trip(seconds: int) -> None:
     assert parse_duration(format_duration(seconds)) == seconds
 
 
+@pytest.mark.parametrize(("address", "accepted"), [
+    ("", True), ("0.0.0.0", True), ("::", True), ("127.0.0.1", True), ("::1", True), ("[::1]", True),
+    ("localhost", True), ("224.0.0.1", False), ("255.255.255.255", False), ("ff02::1", False),
+])
+def test_listen_address_takes_every_interface_but_no_group_address(address: str, accepted: bool) -> None:
+    """0.0.0.0 and :: say "every interface" to a listener; a multicast or broadcast address is no local address."""
+    if accepted:
+        settings, _ = _resolve({"LISTEN_ADDRESS": address})
+        assert settings.core["listen_address"] == address
+        return
+    with pytest.raises(SettingError) as err:
+        _resolve({"LISTEN_ADDRESS": address})
+    assert str(err.value).startswith(f"invalid LISTEN_ADDRESS={address!r}: {address!r} is ")
+    assert "not one host's address; expected a host name or IP address of this host" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (1048576, "1048576"), (1024 * 1024 * 1024, "1073741824"), (10_000_000.0, "10000000"), (2**63 - 1, str(2**63 - 1)),
+    (0.00005, "0.00005"), (2.5, "2.5"), (1e-9, "0.000000001"), (123456789.125, "123456789.125"), (-3, "-3"),
+    (0.007 * 1000, "7"),
+])
+def test_numbers_are_shown_as_typed_never_in_exponent_notation(value: float, shown: str) -> None:
+    assert format_number(value) == shown
+
+
+def test_large_limits_are_shown_whole_in_the_reference_and_in_errors() -> None:
+    option = ConfigOption("max_bytes", "int", 33554432, "h", minimum=1024 * 1024, maximum=1024 * 1024 * 1024)
+    assert accepted_range(option) == "from 1048576 to 1073741824"
+    with pytest.raises(SettingError) as err:
+        parse_option(option, "5", "exporter.max_bytes")
+    assert str(err.value) == "invalid exporter.max_bytes='5': expected an integer from 1048576 to 1073741824"
+    small = ConfigOption("share", "float", 0.5, "h", minimum=0.00005, maximum=1e7)
+    assert accepted_range(small) == "from 0.00005 to 10000000"
+    assert to_text(small, 0.00005) == "0.00005" and to_text(option, 33554432) == "33554432"
+    # what config show / the reference print parses back to the same value
+    assert parse_option(small, to_text(small, 0.00005), "x") == 0.00005
+
+
+@pytest.mark.parametrize("seconds", [0.007, 0.0001, 1e-9, 1234567.5, 0.25, 90061.0])
+def test_durations_are_shown_readably_and_round_trip(seconds: float) -> None:
+    shown = format_duration(seconds)
+    assert "e" not in shown.replace("µ", "")
+    assert parse_duration(shown) == pytest.approx(seconds, rel=1e-12)
+
+
 @pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("5m", 300), ("1h30m", 5400), ("250ms", 0.25),
                                                 ("1.5s", 1.5), ("0", 0)])
 def test_go_style_durations(text: str, seconds: float) -> None:
@@ -253,6 +307,11 @@ def test_probe_and_filter_targets_are_unicast_host_addresses(entry: str, why: st
             _resolve({variable: f"10.0.0.1,{entry}"})
         assert str(err.value).startswith(f"invalid {variable}='10.0.0.1,{entry}': entry '{entry}' is {why}, not one "
                                          "host's address; expected a comma-separated list of ")
+    # the single-value host option gets the same check, in one line
+    with pytest.raises(SettingError) as err:
+        _resolve({"OBJSTORE_ENDPOINT_FQDN": entry})
+    assert str(err.value) == (f"invalid OBJSTORE_ENDPOINT_FQDN={entry!r}: {entry!r} is {why}, not one host's address; "
+                              "expected a host name or unicast IP address")
     settings, _ = _resolve({"NFS_SERVER_IPS": "10.0.0.1,127.0.0.1,::1,nfs.example.com",
                             "OBJSTORE_ENDPOINT_IPS": "192.0.2.1,2001:db8::1"})
     assert settings.service("targets")["nfs_server_ips"] == ["10.0.0.1", "127.0.0.1", "::1", "nfs.example.com"]

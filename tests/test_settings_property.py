@@ -112,6 +112,8 @@ def _check_in_range(option: ConfigOption, value: Any) -> None:
     if option.type in ("hostname_list", "ip_list"):
         for entry in value:
             assert (is_ip(entry) and not not_unicast(entry)) or (option.type == "hostname_list" and is_host_name(entry))
+    if option.type == "hostname" and value:
+        assert (is_ip(value) and not not_unicast(value)) or is_host_name(value)
 
 
 def _check(section: str, option: ConfigOption, source: str, raw: Any, tmp: Path) -> None:
