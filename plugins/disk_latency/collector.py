@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterable
 from importlib import resources
 
@@ -50,9 +49,12 @@ MAX_DEVICES = 1024
 #: In-flight table size: 512 four-way sets (32 KiB). With 256 requests in flight
 #: about 0.2 % of them find their set full (the oldest is dropped); with 64, 1e-5.
 INFLIGHT_SLOTS = 2048
-#: How often the device table (/proc/diskstats names) is re-read during
-#: scrapes, so hot-plugged disks get names and slots and removed ones vanish.
+#: How often the device table (/proc/diskstats names) is re-read, on the
+#: plugin's own timer thread (never in a scrape), so hot-plugged disks get
+#: names and slots and removed ones vanish.
 TABLE_REFRESH_SECONDS = 5.0
+#: How long stop() waits for a refresh in progress (a read is bounded; this is a backstop).
+STOP_JOIN_SECONDS = 5.0
 
 _EMPTY_SIDE = SideStats(0, 0, 0, 0, (0,) * NBUCKETS)
 
@@ -124,10 +126,12 @@ class DiskLatencyCollector:
         self.table_refresh_seconds = TABLE_REFRESH_SECONDS
         #: (major, minor) -> kernel name, from /proc/diskstats.
         self._names: dict[tuple[int, int], str] = {}
-        self._names_at = 0.0
         #: dev_t -> ARRAY slot it owns.
         self._slots: dict[int, int] = {}
+        #: Held while the maps or the two tables above change or are read; never while reading a file.
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._timer: threading.Thread | None = None
 
     def start(self) -> None:
         try:
@@ -140,21 +144,36 @@ class DiskLatencyCollector:
             if size != VALUE_SIZE:
                 raise RuntimeError(f"map {name} holds {size}-byte values, expected {VALUE_SIZE}")
         self.ctx.details.update(self.loaded.details())
-        with self._lock:
-            self._refresh()
+        # The first table synchronously, so the first scrape names every disk.
+        self.refresh()
+        self._timer = threading.Thread(target=self._refresh_loop, name=f"{self.ctx.plugin}-devices", daemon=True)
+        self._timer.start()
+
+    def _refresh_loop(self) -> None:
+        while not self._stopping.wait(self.table_refresh_seconds):
+            try:
+                self.refresh()
+            except Exception:  # the timer must outlive one bad round (a map error): counted and logged
+                self.ctx.errors.inc(ERRORS)
+                self.ctx.log.warning("refreshing disk_latency's device table failed", exc_info=True)
 
     def _maps(self) -> tuple[BpfMap, BpfMap]:
         assert self.loaded is not None
         return self.loaded.map(SLOTS_MAP), self.loaded.map(OTHER_MAP)
 
-    def _refresh(self) -> None:
-        """Re-read device names, forget removed disks, give reported disks their slots."""
+    def refresh(self) -> None:
+        """Re-read device names (outside the lock: a scrape never waits for the file), then update the maps."""
         names = device_names(self.ctx.host_proc)
-        self._names_at = time.monotonic()
         if not names:
             # Unreadable table: keep the old one rather than dropping every disk.
             self.ctx.errors.inc(ERRORS)
             return
+        with self._lock:
+            if self.loaded is not None:
+                self._apply(names)
+
+    def _apply(self, names: dict[tuple[int, int], str]) -> None:
+        """Take ``names`` as the device table: forget removed disks, give reported disks their slots."""
         self._names = names
         present = {dev_t(*dev) for dev in names}
         wanted = {dev_t(*dev) for dev, name in names.items() if self.filter.matches(name)}
@@ -188,8 +207,6 @@ class DiskLatencyCollector:
             return []
         with self._lock:
             try:
-                if time.monotonic() - self._names_at >= self.table_refresh_seconds:
-                    self._refresh()
                 stats = self._read()
             except OSError:
                 self.ctx.errors.inc(ERRORS)
@@ -232,10 +249,15 @@ class DiskLatencyCollector:
         return out
 
     def stop(self) -> None:
-        if self.loaded is None:
-            return
-        self.ctx.ebpf.release(self.ctx.plugin, self.loaded)
-        self.loaded = None
+        self._stopping.set()
+        if self._timer is not None:
+            self._timer.join(timeout=STOP_JOIN_SECONDS)
+            self._timer = None
+        with self._lock:
+            if self.loaded is None:
+                return
+            self.ctx.ebpf.release(self.ctx.plugin, self.loaded)
+            self.loaded = None
 
 
 def _samples(device: str, read: SideStats, write: SideStats) -> list[Sample]:

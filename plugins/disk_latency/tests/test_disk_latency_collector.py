@@ -51,8 +51,7 @@ def _collector(tmp_path: Path) -> tuple[DiskLatencyCollector, ErrorCounters, Loa
     collector = DiskLatencyCollector(harness.context)
     loaded = LoadedStandIn()
     collector.loaded = loaded  # type: ignore[assignment]
-    collector.table_refresh_seconds = 3600.0
-    collector._refresh()
+    collector.refresh()  # what start() and the timer do; collect() never reads the table
     return collector, errors, loaded
 
 

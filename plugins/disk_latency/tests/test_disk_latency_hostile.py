@@ -17,6 +17,7 @@ from helpers.procfs_tree import HOSTILE_KINDS, build_tree, make_hostile, remove
 
 from crusoe_metrics_exporter.app import Exporter
 from crusoe_metrics_exporter.exposition import render
+from crusoe_metrics_exporter.plugins.disk_latency import collector as collector_module
 from crusoe_metrics_exporter.plugins.disk_latency.collector import DiskLatencyCollector
 from crusoe_metrics_exporter.settings import Overrides
 
@@ -26,8 +27,10 @@ ERRORS = "disk_collection_errors_total"  # the seed's name
 
 
 def test_a_hostile_diskstats_at_start_up_and_while_running_costs_no_scrape_time(
-    require_ebpf: None, state_dir: Path, tmp_path: Path
+    require_ebpf: None, state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The table is re-read on the plugin's timer, here every 0.1 s; a scrape never reads it.
+    monkeypatch.setattr(collector_module, "TABLE_REFRESH_SECONDS", 0.1)
     tree = build_tree(tmp_path / "proc")
     good = (tree / "diskstats").read_bytes()
     make_hostile(tree / "diskstats", "fifo")
@@ -39,24 +42,37 @@ def test_a_hostile_diskstats_at_start_up_and_while_running_costs_no_scrape_time(
         rec = next(r for r in exporter.records if r.name == "disk_latency")
         assert rec.state == "active", rec.reason
         assert isinstance(rec.collector, DiskLatencyCollector)
-        rec.collector.table_refresh_seconds = 0.0  # every collect re-reads the device table
         assert rec.errors is not None
         errors_at_start = rec.errors.metric_totals()[ERRORS]
         assert errors_at_start >= 1  # the unreadable table was counted, not waited for
 
-        remove(tree / "diskstats")
-        (tree / "diskstats").write_bytes(good)
-        render(exporter.collect(only=["disk_latency"]))
+        def good_again() -> None:
+            remove(tree / "diskstats")
+            (tree / "diskstats").write_bytes(good)
+            deadline = time.monotonic() + 5.0
+            while 'device="vda"' not in render(exporter.collect(only=["disk_latency"])).decode():
+                assert time.monotonic() < deadline, "the timer never read the good table"
+                time.sleep(0.05)
+
+        good_again()
         for kind in HOSTILE_KINDS:
             make_hostile(tree / "diskstats", kind)
             before = rec.errors.metric_totals()[ERRORS]
-            started = time.monotonic()
-            text = render(exporter.collect(only=["disk_latency"])).decode()
-            took = time.monotonic() - started
-            assert took < 1.0, (kind, took)
-            assert 'crusoe_vm_exporter_plugin_up{plugin="disk_latency"} 1.0' in text, kind
-            assert rec.errors.metric_totals()[ERRORS] > before or kind == "huge", kind
-            remove(tree / "diskstats")
-            (tree / "diskstats").write_bytes(good)
+            # Scrapes while the timer meets the bad table: each fast, the plugin up, and the
+            # problem counted by the timer (a huge file is read up to the limit and parsed).
+            deadline = time.monotonic() + (0.5 if kind == "huge" else 5.0)
+            counted = False
+            while not counted and time.monotonic() < deadline:
+                started = time.monotonic()
+                text = render(exporter.collect(only=["disk_latency"])).decode()
+                took = time.monotonic() - started
+                assert took < 1.0, (kind, took)
+                assert 'crusoe_vm_exporter_plugin_up{plugin="disk_latency"} 1.0' in text, kind
+                counted = rec.errors.metric_totals()[ERRORS] > before
+                time.sleep(0.05)
+            assert counted or kind == "huge", kind
+            # the last good table stays in use: the tree's disks keep their series
+            assert 'device="vda"' in text, kind
+            good_again()
     finally:
         exporter.stop()

@@ -6,14 +6,19 @@ import contextlib
 import fcntl
 import os
 import subprocess
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from crusoe_metrics_exporter.app import Exporter
-from crusoe_metrics_exporter.contract import HistogramValue
+from crusoe_metrics_exporter.contract import HistogramValue, Sample
+from crusoe_metrics_exporter.plugins.disk_latency import collector as collector_module
 from crusoe_metrics_exporter.plugins.disk_latency.collector import OTHER_MAP, SLOTS_MAP, DiskLatencyCollector
 from crusoe_metrics_exporter.plugins.disk_latency.parser import (
     DEVICE_SLOTS,
@@ -29,20 +34,56 @@ pytestmark = pytest.mark.ebpf
 LOOP_CTL_ADD = 0x4C80
 LOOP_CTL_REMOVE = 0x4C81
 LOOP_MAJOR = 7
+#: The device table's refresh period here (5 s in production): the timer, not a scrape, finds new disks.
+REFRESH = 0.2
+
+#: Files opened by the thread that is collecting, while it collects (an audit hook cannot be removed: it
+#: records only for the thread and the time set here).
+_collecting: dict[str, Any] = {"thread": None, "opened": []}
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if event == "open" and _collecting["thread"] == threading.get_ident():
+        _collecting["opened"].append(str(args[0]))
+
+
+sys.addaudithook(_audit)
+
+
+def collect_reading_no_file(collector: DiskLatencyCollector) -> list[Sample]:
+    """One collect; it must open no file (it reads the maps and the last device table only)."""
+    _collecting["opened"] = []
+    _collecting["thread"] = threading.get_ident()
+    try:
+        samples = list(collector.collect())
+    finally:
+        _collecting["thread"] = None
+    assert _collecting["opened"] == [], f"collect opened {_collecting['opened']}"
+    return samples
 
 
 @pytest.fixture
-def collector(require_ebpf: None, state_dir: Path) -> Iterator[DiskLatencyCollector]:
+def collector(require_ebpf: None, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DiskLatencyCollector]:
+    monkeypatch.setattr(collector_module, "TABLE_REFRESH_SECONDS", REFRESH)
     ex = Exporter.from_environment(environ={"CRUSOE_EXPORTER_STATE_DIR": str(state_dir)},
                                    overrides=Overrides({"plugins.disk_latency.device_include": r"^loop\d+$"}))
     ex.start(only=["disk_latency"])
     try:
         rec = next(r for r in ex.records if r.name == "disk_latency")
         assert isinstance(rec.collector, DiskLatencyCollector), rec.reason
-        rec.collector.table_refresh_seconds = 0.0
         yield rec.collector
     finally:
         ex.stop()
+
+
+def _scrape_until(collector: DiskLatencyCollector, done: Callable[[list[Sample]], bool]) -> list[Sample]:
+    """Scrape every 50 ms until ``done``; the timer must get there within a few refresh periods."""
+    deadline = time.monotonic() + 20 * REFRESH
+    while True:
+        samples = collect_reading_no_file(collector)
+        if done(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.05)
 
 
 def _free_loop_number() -> int:
@@ -69,7 +110,9 @@ def test_disk_added_after_start_is_named_then_forgotten_when_removed(
             timeout=60,
         )
         writes = diskstats(name)[4]
-        samples = {(s.metric, s.labels[0]): s.value for s in collector.collect()}
+        # Named by the timer (scrapes only read): its series appear without a scrape reading diskstats.
+        found = _scrape_until(collector, lambda got: any(s.labels[0] == name for s in got))
+        samples = {(s.metric, s.labels[0]): s.value for s in found}
         hist = samples[("disk_write_latency_seconds", name)]
         assert isinstance(hist, HistogramValue) and sum(hist.counts) == writes >= 200
         # The refresh gave the new disk one of its two ARRAY slots.
@@ -83,8 +126,8 @@ def test_disk_added_after_start_is_named_then_forgotten_when_removed(
         subprocess.run(["losetup", "-d", f"/dev/{name}"], check=True)
         fcntl.ioctl(control, LOOP_CTL_REMOVE, number)
         added = False
-        samples_after = {(s.metric, s.labels[0]) for s in collector.collect()}
-        assert not any(dev == name for _, dev in samples_after)
+        gone = _scrape_until(collector, lambda got: not any(s.labels[0] == name for s in got))
+        assert not any(s.labels[0] == name for s in gone)
         assert collector.loaded is not None
         # A removed disk's counters must not wait for the next disk with its major:minor.
         keys = [decode_key(k) for k in collector.loaded.map(OTHER_MAP).keys()]  # noqa: SIM118 - a BPF map
