@@ -84,14 +84,14 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
         ("Requests", "reqps", [
             (f'sum by (instance, volume_id) (rate(crusoe_vm_nfs_requests_total{{{I}, {V}}}[5m]))',
              "{{instance}} {{volume_id}}")]),
-        ("TCP retransmits", "ops", [
+        ("TCP retransmits per server address (volume_id: its volumes)", "ops", [
             (f'sum by (instance, volume_id) (rate(crusoe_vm_nfs_tcp_retransmits_total{{{I}, {V}}}[5m]))',
              "{{instance}} {{volume_id}}")]),
-        ("RPC round trip and execute time (mountstats)", "s", [
-            (f'instance_volume_id:crusoe_vm_nfs_rpc_rtt_seconds:mean_rate5m{{{I}, {V}}}',
-             "rtt {{instance}} {{volume_id}}"),
-            (f'instance_volume_id:crusoe_vm_nfs_rpc_exe_seconds:mean_rate5m{{{I}, {V}}}',
-             "execute {{instance}} {{volume_id}}")]),
+        ("RPC mean round trip and execute time, every operation (nfs_stats, mountstats)", "s", [
+            (f'instance_volume_id:crusoe_vm_nfs_rpc_rtt_ms:mean_seconds_rate5m{{{I}, {V}}}',
+             "mean rtt {{instance}} {{volume_id}}"),
+            (f'instance_volume_id:crusoe_vm_nfs_rpc_exe_ms:mean_seconds_rate5m{{{I}, {V}}}',
+             "mean execute {{instance}} {{volume_id}}")]),
         ("RPC operations and timeouts", "ops", [
             (f'sum by (instance, volume_id, nfs_operation) (rate(crusoe_vm_nfs_rpc_count_total{{{I}, {V}}}[5m]))',
              "{{instance}} {{volume_id}} {{nfs_operation}}"),

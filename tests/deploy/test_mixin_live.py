@@ -1,4 +1,4 @@
-"""Every recording rule and every dashboard query returns data from a real Prometheus scraping a real exporter.
+"""Every recording rule, dashboard query and alert evaluates on a real Prometheus scraping a real exporter.
 
 The exporter (``serve``, root, every plugin) sees real traffic: direct I/O on
 a loop device (disk_latency, disk_stats), request/reply exchanges with a
@@ -7,6 +7,12 @@ moto's server (objstore, the HTTP probe). One stand-in: this kernel has no
 NFS client, so nfs_stats reads a real kernel mountstats sample
 (nfs_stats/tests/data/mountstats_real_nconnect16.txt) whose READ/WRITE
 counters the test advances every second, as a busy mount's would.
+
+nfs_latency runs TCP-level here (no NFS client); the same checks over
+nfs_latency tracing the RPC layer are in plugins/nfs_latency/tests/test_rpc_promql.py.
+Alerts are evaluated without their thresholds (helpers.mixin.matching_part):
+each must return series, i.e. its label matching works on what the exporter
+serves, whether or not it would fire.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 
 import pytest
 from helpers.delay_server import delay_server, run_client
-from helpers.mixin import MIXIN, queries
+from helpers.mixin import MIXIN, alert_queries, queries
 from helpers.moto_s3 import moto_s3
 from helpers.prometheus_server import PROMETHEUS, Prometheus, prometheus
 from helpers.server import running_exporter
@@ -73,7 +79,7 @@ def has_data(result: list[dict[str, Any]]) -> bool:
     return any(r["value"][1] not in ("NaN", "+Inf", "-Inf") for r in result)
 
 
-def test_every_recording_rule_and_dashboard_query_returns_data(require_ebpf: None, loop_device: str,
+def test_every_recording_rule_dashboard_query_and_alert_evaluates(require_ebpf: None, loop_device: str,
                                                                live_mountstats: Path,
                                                                tmp_path: Path) -> None:
     if not Path(PROMETHEUS).exists():
@@ -89,13 +95,18 @@ def test_every_recording_rule_and_dashboard_query_returns_data(require_ebpf: Non
             "PROBE_INTERVAL": "2s", "PROBE_JITTER": "0s", "PROBE_TIMEOUT": "1s",
         }
         args = ("--set", f"plugins.disk_latency.device_include=^{loop_device}$")
+        # The job name the mixin's CrusoeExporterDown matches (the ServiceMonitor's).
         with running_exporter(env, args=args) as exporter, prometheus(
-                f"127.0.0.1:{exporter.port}", tmp_path, rule_files=(MIXIN / "recording.yaml",)) as prom:
+                f"127.0.0.1:{exporter.port}", tmp_path, rule_files=(MIXIN / "recording.yaml",),
+                job_name="crusoe-metrics-exporter") as prom:
             client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1",
                                   aws_access_key_id="testing", aws_secret_access_key="testing")
             client.create_bucket(Bucket="mixin")
             # The per-RPC NFS families need an NFS client: test_rpc_promql.py runs those queries.
             pending = queries(nfs_client=False)
+            alerts = alert_queries(nfs_client=False)
+            assert "alert CrusoeNfsTcpRetransmitsHigh" in alerts and len(alerts) >= 13, sorted(alerts)
+            pending.update(alerts)
             deadline = time.monotonic() + 90
             round_ = 0
             while pending and time.monotonic() < deadline:
@@ -108,7 +119,8 @@ def test_every_recording_rule_and_dashboard_query_returns_data(require_ebpf: Non
                 client.put_object(Bucket="mixin", Key=f"k{round_}", Body=b"x" * 4096)
                 client.get_object(Bucket="mixin", Key=f"k{round_}")["Body"].read()
                 time.sleep(1.0)
-                pending = {where: q for where, q in pending.items() if not has_data(_query(prom, q))}
+                pending = {where: q for where, q in pending.items()
+                           if not (_query(prom, q) if where.startswith("alert ") else has_data(_query(prom, q)))}
             client.close()
     assert not pending, "no data for:\n" + "\n".join(f"{w}: {q}" for w, q in sorted(pending.items()))
 

@@ -44,9 +44,9 @@ class Prometheus:
 
 @contextmanager
 def prometheus(target: str, workdir: Path, scrape_interval: str = "1s", job_yaml: str = "",
-               rule_files: tuple[Path, ...] = ()) -> Iterator[Prometheus]:
-    """Prometheus scraping ``target``; ``job_yaml`` adds settings to the scrape job (scheme, tls_config, ...),
-    ``rule_files`` are evaluated every ``scrape_interval``."""
+               rule_files: tuple[Path, ...] = (), job_name: str = "exporter") -> Iterator[Prometheus]:
+    """Prometheus scraping ``target`` as job ``job_name``; ``job_yaml`` adds settings to the scrape job (scheme,
+    tls_config, ...), ``rule_files`` are evaluated every ``scrape_interval``."""
     port = free_port("127.0.0.1")
     job_extra = "".join(f"    {line}\n" for line in job_yaml.splitlines())
     config = workdir / "prometheus.yml"
@@ -57,7 +57,7 @@ def prometheus(target: str, workdir: Path, scrape_interval: str = "1s", job_yaml
         f"  evaluation_interval: {scrape_interval}\n"
         + (f"rule_files:\n{rules}" if rules else "")
         + "scrape_configs:\n"
-        "  - job_name: exporter\n"
+        f"  - job_name: {job_name}\n"
         f"    static_configs: [{{targets: ['{target}']}}]\n" + job_extra
     )
     log = (workdir / "prometheus.log").open("wb")

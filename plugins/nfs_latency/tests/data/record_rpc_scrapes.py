@@ -7,16 +7,20 @@ Run it in the guest (it needs a real NFS client and the RPC-layer program):
 It mounts two volumes of the guest's nfsd (NFSv4.2 and NFSv3, nconnect=4),
 starts the exporter in-process with the default operations, and scrapes it
 every 2 s while the volumes carry different workloads (one writes in 1 MiB
-chunks, the other reads and stats). Each scrape's RTT and execute
-histograms of four operations, byte for byte as the exporter rendered them,
-go to ``$CME_GUEST_OUT/rpc_scrapes/NN.prom``; copy those to
-``plugins/nfs_latency/tests/data/rpc_scrapes/``.
+chunks, the other reads and stats). Each scrape's NFS families (nfs_latency's
+per-RPC RTT and execute histograms and Go families, nfs_stats' per-op
+mountstats counters; per-op series of four operations), byte for byte as
+the exporter rendered them, go to ``$CME_GUEST_OUT/rpc_layer_scrapes/NN.prom``;
+copy those to ``plugins/nfs_latency/tests/data/rpc_layer_scrapes/``. The two
+volumes share one server address, as Crusoe's volumes do: the TCP program's
+retransmit series carries both volume ids, the RPC layer's series one each.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -31,23 +35,27 @@ from helpers.guest_nfs import NfsServer, drop_caches, mount_at, unmount  # noqa:
 from crusoe_metrics_exporter.app import Exporter  # noqa: E402
 from crusoe_metrics_exporter.exposition import render  # noqa: E402
 
-FAMILIES = ("crusoe_vm_nfs_rpc_rtt_seconds", "crusoe_vm_nfs_rpc_execute_seconds")
+PLUGINS = ["nfs_latency", "nfs_stats"]
+#: The families of the two plugins the monitoring mixin reads (per-lane, per-mount event and queue-time
+#: families left out to keep the files small) and the exporter's own per-plugin state.
+FAMILY = re.compile(r"^(?:# (?:HELP|TYPE) )?crusoe_vm_(?:nfs_(?!xprt_|mount_|bytes_|rpc_backlog|rpc_queue_)"
+                    r"|exporter_plugin_state)")
 SCRAPES = 8
 #: Operations kept in the files (the others are left out to keep them small).
 OPERATIONS = ("read", "write", "commit", "lookup")
+PER_OP = re.compile(r'nfs_operation="([^"]*)"')
 
 
 def family_text(text: str) -> str:
-    heads = tuple(f"# {kind} {family} " for family in FAMILIES for kind in ("HELP", "TYPE"))
-    samples = tuple(f"{family}_" for family in FAMILIES)
-    keep = [line for line in text.splitlines()
-            if line.startswith(heads)
-            or (line.startswith(samples) and any(f'nfs_operation="{op}"' in line for op in OPERATIONS))]
-    return "\n".join(keep) + "\n"
+    def keep(line: str) -> bool:
+        op = PER_OP.search(line)
+        return bool(FAMILY.match(line)) and (op is None or op.group(1) in OPERATIONS)
+
+    return "\n".join(line for line in text.splitlines() if keep(line)) + "\n"
 
 
 def main() -> int:
-    out = Path(os.environ.get("CME_GUEST_OUT", "/tmp")) / "rpc_scrapes"
+    out = Path(os.environ.get("CME_GUEST_OUT", "/tmp")) / "rpc_layer_scrapes"
     out.mkdir(parents=True, exist_ok=True)
     server = NfsServer()
     if Path("/proc/fs/nfsd/threads").exists() and server.threads() > 0:
@@ -64,7 +72,7 @@ def main() -> int:
     subprocess.run(["dd", "if=/dev/zero", f"of={reader.mountpoint}/data", "bs=1M", "count=8", "conv=fsync",
                     "status=none"], check=True, timeout=120)
     exporter = Exporter.from_environment(environ={})
-    exporter.start(only=["nfs_latency"])
+    exporter.start(only=PLUGINS)
     stop = threading.Event()
 
     def write_loop() -> None:
@@ -87,7 +95,7 @@ def main() -> int:
             t.start()
         for n in range(SCRAPES):
             time.sleep(2.0)
-            text = render(exporter.collect(only=["nfs_latency"])).decode()
+            text = render(exporter.collect(only=PLUGINS)).decode()
             (out / f"{n:02d}.prom").write_text(family_text(text))
     finally:
         stop.set()
