@@ -16,6 +16,7 @@ import re
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,7 +24,7 @@ import pytest
 import yaml
 from helpers.capability_table import opt_in_plugins
 from helpers.kube import KUSTOMIZE_ROOT, daemonset, exporter_container
-from helpers.podman import build_image, podman, require_podman, run_args
+from helpers.podman import built_image, podman, require_podman, run_args
 from helpers.server import CLI, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -37,9 +38,10 @@ TARGET_ENV = {"OBJSTORE_ENDPOINT_IPS": "127.0.0.1", "NFS_SERVER_IPS": "127.0.0.1
 
 
 @pytest.fixture(scope="module")
-def image() -> str:
+def image() -> Iterator[str]:
     require_podman()
-    return build_image()
+    with built_image() as tag:
+        yield tag
 
 
 def daemonset_args(tmp: Path, overlay: Path | None = None, env: dict[str, str] | None = None,

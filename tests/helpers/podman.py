@@ -9,9 +9,12 @@ the manifest ships.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +23,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "deploy" / "image" / "build.py"
 SECCOMP_DIR = REPO / "deploy" / "seccomp"
-#: A tag of our own, so concurrent runs of other work never replace it.
-TEST_TAG = "localhost/crusoe-metrics-exporter:test"
+#: The repository of the images the tests build; each run tags its own (test-<random>), removed afterwards.
+TEST_REPOSITORY = "localhost/crusoe-metrics-exporter"
 
 
 def require_podman() -> None:
@@ -45,11 +48,29 @@ def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.C
     return proc
 
 
-def build_image() -> str:
-    proc = subprocess.run([sys.executable, str(BUILD), "--tag", TEST_TAG], capture_output=True, text=True,
-                          timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout.strip().splitlines()[-1]
+@contextmanager
+def built_image() -> Iterator[str]:
+    """The image built from this tree under a tag of this run's own, removed again afterwards.
+
+    One tag per run: concurrent runs never replace (or remove) each other's image, and a run
+    leaves no image behind, neither its own nor one it untagged (a build under a shared tag
+    leaves the previous image there, untagged, ~385 MB a run). ``podman rmi`` also removes the
+    build's intermediate layers that no other image uses; the Debian base stays cached.
+    """
+    tag = f"{TEST_REPOSITORY}:test-{secrets.token_hex(6)}"
+    image_id = ""
+    try:
+        proc = subprocess.run([sys.executable, str(BUILD), "--tag", tag], capture_output=True, text=True,
+                              timeout=1800)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        image_id = podman("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
+        yield proc.stdout.strip().splitlines()[-1]
+    finally:
+        # --force: containers a failed test left behind go too; the tag is this run's alone.
+        removed = podman("rmi", "--force", "--ignore", tag, check=False, timeout=300)
+    if image_id:
+        left = podman("image", "exists", image_id, check=False)
+        assert left.returncode == 1, f"the image this run built ({image_id[:12]}) is still there: {removed.stderr}"
 
 
 _KNOWN_SECURITY = {"runAsUser", "runAsGroup", "runAsNonRoot", "privileged", "allowPrivilegeEscalation",
