@@ -30,6 +30,7 @@ RULE_FILES = (HERE / "recording.yaml", HERE / "alerts.yaml")
 
 I = 'instance=~"$instance"'  # noqa: E741 - the selector every panel starts with
 V = 'volume_id=~"$volume"'
+V_SHARED = 'volume_id=~"(.*[+])?$volume([+].*)?"'
 D = 'device=~"$device"'
 
 #: (row title, [(panel title, unit, [(expr, legend)])]).
@@ -84,8 +85,10 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
         ("Requests", "reqps", [
             (f'sum by (instance, volume_id) (rate(crusoe_vm_nfs_requests_total{{{I}, {V}}}[5m]))',
              "{{instance}} {{volume_id}}")]),
+        # A server address's series is labelled with all its volumes ("vol-a+vol-b"): a chosen volume
+        # selects every server it is on.
         ("TCP retransmits per server address (volume_id: its volumes)", "ops", [
-            (f'sum by (instance, volume_id) (rate(crusoe_vm_nfs_tcp_retransmits_total{{{I}, {V}}}[5m]))',
+            (f'sum by (instance, volume_id) (rate(crusoe_vm_nfs_tcp_retransmits_total{{{I}, {V_SHARED}}}[5m]))',
              "{{instance}} {{volume_id}}")]),
         ("RPC mean round trip and execute time, every operation (nfs_stats, mountstats)", "s", [
             (f'instance_volume_id:crusoe_vm_nfs_rpc_rtt_ms:mean_seconds_rate5m{{{I}, {V}}}',

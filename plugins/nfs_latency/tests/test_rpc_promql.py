@@ -20,6 +20,7 @@ only those families: the host's live mixin test has nfs_latency TCP-level.
 from __future__ import annotations
 
 import http.server
+import json
 import math
 import re
 import threading
@@ -255,7 +256,13 @@ def test_mixin_rules_panels_and_alerts_evaluate_with_the_rpc_layer_traced(rpc_la
     assert {"instance_volume_id:crusoe_vm_nfs_rpc_rtt_ms:mean_seconds_rate5m",
             "instance_volume_id:crusoe_vm_nfs_latency_histogram_seconds:p99_rate5m",
             "instance_volume_id_nfs_operation:crusoe_vm_nfs_rpc_execute_seconds:p99_rate5m"} <= set(values.values())
-    pending = {**values, **alerts}
+    # The retransmit panel with one volume chosen: the server address it shares with the other volume.
+    volume = re.findall(r'^crusoe_vm_nfs_requests_total\{[^}]*volume_id="([^"+]+)"\}', text, re.M)[0]
+    board = json.loads((MIXIN / "dashboards" / "crusoe-metrics-exporter.json").read_text())
+    panel = next(t["expr"] for p in board["panels"] for t in p.get("targets", [])
+                 if "nfs_tcp_retransmits_total" in t["expr"])
+    one_volume = panel.replace("$instance", ".*").replace("$volume", volume)  # a UUID: nothing to escape
+    pending = {**values, **alerts, "retransmit panel, one volume chosen": one_volume}
     with prometheus(rpc_layer_replay, tmp_path, scrape_interval="250ms",
                     rule_files=(MIXIN / "recording.yaml",)) as prom:
         deadline = time.monotonic() + 60
@@ -265,4 +272,6 @@ def test_mixin_rules_panels_and_alerts_evaluate_with_the_rpc_layer_traced(rpc_la
             pending = {where: q for where, q in pending.items()
                        if not (prom.query(q) if where.startswith("alert ") else any(
                            r["value"][1] not in ("NaN", "+Inf", "-Inf") for r in prom.query(q)))}
+        shared = [r["metric"]["volume_id"] for r in prom.query(one_volume)]
     assert not pending, "no data for:\n" + "\n".join(f"{w}: {q}" for w, q in sorted(pending.items()))
+    assert len(shared) == 1 and volume in shared[0].split("+") and "+" in shared[0], shared
