@@ -156,11 +156,14 @@ def breakdown(tree: Path, repeats: int = 5) -> dict[str, float]:
     from crusoe_metrics_exporter.app import Exporter
     from crusoe_metrics_exporter.exposition import Scrape, render
     from crusoe_metrics_exporter.runner import validate
+    from crusoe_metrics_exporter.textformat import LabelTexts
 
     ex = Exporter.from_environment(environ={"HOST_PROC_PATH": str(tree), "LOG_LEVEL": "error"})
     ex.start(only=list(PLUGINS))
     try:
         parts: dict[str, list[float]] = {}
+        # Carried from scrape to scrape as the server does: after the first, only new label sets are written.
+        texts = LabelTexts()
 
         def note(name: str, started: float) -> float:
             now = time.perf_counter()
@@ -180,7 +183,7 @@ def breakdown(tree: Path, repeats: int = 5) -> dict[str, float]:
                 note("core: validate", t)
                 scrape.groups.extend((spec, grouped[spec.name]) for spec in rec.spec.metrics if grouped.get(spec.name))
             t = time.perf_counter()
-            render(scrape)
+            render(scrape, texts=texts)
             note("core: render text", t)
         totals: dict[str, float] = {}
         for name, values in parts.items():

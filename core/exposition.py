@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from crusoe_metrics_exporter.contract import MetricSpec, Sample
-from crusoe_metrics_exporter.textformat import render_groups, render_groups_openmetrics
+from crusoe_metrics_exporter.textformat import LabelTexts, render_groups, render_groups_openmetrics
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -28,9 +28,13 @@ class Scrape:
     groups: list[Group] = field(default_factory=list)
 
 
-def render(scrape: Scrape, openmetrics: bool = False) -> bytes:
-    """The exposition of ``scrape`` (UTF-8), OpenMetrics 1.0 or the text format 0.0.4."""
+def render(scrape: Scrape, openmetrics: bool = False, texts: LabelTexts | None = None) -> bytes:
+    """The exposition of ``scrape`` (UTF-8), OpenMetrics 1.0 or the text format 0.0.4.
+
+    ``texts``: label sets rendered by the previous call, reused where the
+    series are the same (a server passes one for its lifetime).
+    """
     if openmetrics:
-        return render_groups_openmetrics(scrape.groups).encode()
-    return render_groups(scrape.groups).encode()
+        return render_groups_openmetrics(scrape.groups, texts).encode()
+    return render_groups(scrape.groups, texts).encode()
 

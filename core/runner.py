@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import threading
 import time
 from collections import Counter
@@ -116,8 +117,9 @@ def validate(
     plugin that yields a million series from a generator costs time, not
     memory.
     """
-    #: Per declared name seen: its spec, the label tuples already taken and the kept samples (one lookup a sample).
-    known: dict[str, tuple[MetricSpec, set[tuple[str, ...]], list[Sample]]] = {}
+    #: Per declared name seen: its spec, the label tuples already taken, the kept samples, the number of labels
+    #: and the least value the inline check below lets through (one lookup a sample).
+    known: dict[str, tuple[MetricSpec, set[tuple[str, ...]], list[Sample], int, float]] = {}
     taken = 0
     room = limit if limit is not None else -1
     rejected: dict[tuple[str, str], Rejection] = {}
@@ -145,22 +147,32 @@ def validate(
             if spec.error_counter:
                 reject(name, "error_counter", labels, value)
                 continue
-            state = known[name] = (spec, set(), [])
-        spec, series, kept = state
-        if not _matches(spec, labels, value):
+            state = known[name] = (spec, set(), [], len(spec.labels), _LEAST[spec.type])
+        spec, series, kept, width, least = state
+        # The common case inline, a strict subset of _matches: a tuple of as many ASCII str labels as declared,
+        # an int or float that is finite as a float (not NaN, not negative for a counter, no histogram).
+        value_type = type(value)
+        try:
+            plain = (type(labels) is tuple and len(labels) == width and (value_type is int or value_type is float)
+                     and least <= value < _FLOAT_MAX and "".join(labels).isascii())  # type: ignore[operator]
+        except TypeError:  # a label that is not a str
+            plain = False
+        if not plain and not _matches(spec, labels, value):
             reject(name, _why(spec, labels, value), labels, value, spec.labels)
             continue
-        if labels in series:
+        size = len(series)
+        series.add(labels)
+        if len(series) == size:
             # Two samples for one series would make the exposition invalid.
             reject(name, "duplicate_series", labels, value, spec.labels)
             continue
         if taken == room:
+            series.discard(labels)
             reject(name, "series_limit", labels, value, spec.labels)
             continue
         taken += 1
-        series.add(labels)
         kept.append(s)
-    grouped = {name: kept for name, (_, _, kept) in known.items() if kept}
+    grouped = {name: state[2] for name, state in known.items() if state[2]}
     if any(r.reason == "unknown_metric" for r in rejected.values()):
         # One entry for all undeclared names (the first one is the example).
         merged: Rejection | None = None
@@ -173,6 +185,12 @@ def validate(
         assert merged is not None
         rejected[("?", "unknown_metric")] = merged
     return grouped, rejected
+
+
+#: The largest finite float: an int below it converts to a float without overflow.
+_FLOAT_MAX = sys.float_info.max
+#: The least value validate's inline check passes per metric type (a histogram's go to _matches).
+_LEAST = {"counter": 0.0, "gauge": -_FLOAT_MAX, "histogram": math.inf}
 
 
 class SampleGate:

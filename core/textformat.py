@@ -45,6 +45,8 @@ def go_float(v: float) -> str:
 
 #: Below 2**53 every int is exactly a float, and repr() of that float is its decimal digits plus ".0".
 _EXACT_INT = 2**53
+#: Go's exponent suffix for an int of n decimal digits (n from 7 up to 16, the ints below 2**53 past a million).
+_EXPONENT = tuple(f"e+{n - 1:02d}" for n in range(17))
 
 
 def _value(v: float) -> str:
@@ -55,11 +57,17 @@ def _value(v: float) -> str:
         if -1_000_000 < v < 1_000_000:
             return repr(float(v))
         if 0 < v < _EXACT_INT:
-            # Counters past a million (bytes, ticks): go_float's exponent form
-            # straight from the digits, without the float round trip.
-            digits = str(v)
-            return f"{digits[0]}.{digits[1:]}".rstrip("0.") + f"e+{len(digits) - 1:02d}"
+            return _large_int(v)
     return go_float(v)
+
+
+def _large_int(v: int) -> str:
+    """go_float of an int from a million up to 2**53 (bytes, ticks), straight from its digits."""
+    digits = str(v)
+    significant = digits.rstrip("0")
+    if len(significant) == 1:
+        return significant + _EXPONENT[len(digits)]
+    return f"{significant[0]}.{significant[1:]}{_EXPONENT[len(digits)]}"
 
 
 def _escape_label(value: str) -> str:
@@ -83,6 +91,29 @@ def _label_order(names: Sequence[str]) -> list[int]:
 
 #: label names -> label values -> the rendered ``{...} ``.
 LabelCache = dict[tuple[str, ...], dict[tuple[str, ...], str]]
+
+
+class LabelTexts:
+    """The rendered ``{...} `` of each label set, carried from one rendering to the next.
+
+    A host's series hardly change between scrapes, and writing a label set
+    (sorting, escaping, quoting) costs more than writing the sample line
+    that uses it: each rendering looks its label sets up in what the last
+    one wrote and writes only the new ones. Only the label sets the last
+    rendering used are kept, so memory follows the live series, and a
+    vanished volume's labels go with the next scrape. Renderings may run at
+    once (text and OpenMetrics on two threads): each reads the last
+    finished generation and fills a new one of its own.
+    """
+
+    def __init__(self) -> None:
+        self.last: LabelCache = {}
+
+
+def _label_text(values: tuple[str, ...], keys: list[str], order: list[int]) -> str:
+    if any("\\" in v or "\n" in v or '"' in v for v in values):
+        values = tuple(_escape_label(v) for v in values)
+    return "{" + ",".join([keys[j] + values[i] + '"' for j, i in enumerate(order)]) + "} "
 
 
 def text_header(spec: MetricSpec) -> str:
@@ -121,12 +152,14 @@ def openmetrics_header(spec: MetricSpec, clash: bool) -> str:
     return f"# HELP {family} {_escape_help_openmetrics(spec.help)}\n# TYPE {family} {kind}\n"
 
 
-def render_group(spec: MetricSpec, samples: Sequence[Sample], out: list[str], cache: LabelCache,
-                 header: str | None = None) -> None:
+def render_group(spec: MetricSpec, samples: Sequence[Sample], out: list[str], cache: LabelCache, *,
+                 header: str | None = None, earlier: LabelCache | None = None) -> None:
     """Append the lines of one family to ``out`` (``header``: its family lines, text format by default).
 
-    ``cache`` maps label names and values to the rendered ``{...}``: the
-    per-lane mountstats metrics share their label sets, so most are reused.
+    ``cache`` maps label names and values to the rendered ``{...} ``: the
+    per-lane mountstats metrics share their label sets, so most are reused;
+    one missing there is taken from ``earlier`` (the last rendering's, see
+    :class:`LabelTexts`) before it is written anew.
     """
     full = PREFIX + spec.name
     out.append(text_header(spec) if header is None else header)
@@ -145,16 +178,25 @@ def render_group(spec: MetricSpec, samples: Sequence[Sample], out: list[str], ca
     rendered_labels = cache.get(names)
     if rendered_labels is None:
         rendered_labels = cache[names] = {}
+    known = rendered_labels.get
+    before = (earlier.get(names) if earlier else None) or {}
     for _, labels, value in samples:
-        rendered = rendered_labels.get(labels)
+        rendered = known(labels)
         if rendered is None:
-            pairs = ",".join(keys[j] + _escape_label(labels[i]) + '"' for j, i in enumerate(order))
-            rendered = rendered_labels[labels] = "{" + pairs + "} "
+            rendered = before.get(labels)
+            if rendered is None:
+                rendered = _label_text(labels, keys, order)
+            rendered_labels[labels] = rendered
         # The common cases of _value, without the call: counters below a million are
         # their digits plus ".0" (what repr() of the equal float spells).
         value_type: type = type(value)  # plugins pass ints for counters (Sample.value says float)
-        if value_type is int and -1_000_000 < value < 1_000_000:  # type: ignore[operator]
-            add(f"{full}{rendered}{value}.0\n")
+        if value_type is int:
+            if -1_000_000 < value < 1_000_000:  # type: ignore[operator]
+                add(f"{full}{rendered}{value}.0\n")
+            elif 0 < value < _EXACT_INT:  # type: ignore[operator]
+                add(f"{full}{rendered}{_large_int(value)}\n")  # type: ignore[arg-type]
+            else:
+                add(f"{full}{rendered}{_value(value)}\n")  # type: ignore[arg-type]
         elif value_type is float and -math.inf < value < 1e6:  # type: ignore[operator]
             add(f"{full}{rendered}{value!r}\n")
         else:
@@ -185,22 +227,29 @@ def _render_histogram(full: str, spec: MetricSpec, samples: Sequence[Sample], or
         add(f"{full}_sum{plain} {_value(float(value.sum))}\n")
 
 
-def render_groups(groups: Iterable[tuple[MetricSpec, Sequence[Sample]]]) -> str:
-    """The text format (0.0.4) of ``groups``."""
+def render_groups(groups: Iterable[tuple[MetricSpec, Sequence[Sample]]], texts: LabelTexts | None = None) -> str:
+    """The text format (0.0.4) of ``groups`` (``texts``: label sets carried over between renderings)."""
     out: list[str] = []
     cache: LabelCache = {}
+    earlier = texts.last if texts is not None else None
     for spec, samples in groups:
-        render_group(spec, samples, out, cache)
+        render_group(spec, samples, out, cache, earlier=earlier)
+    if texts is not None:
+        texts.last = cache
     return "".join(out)
 
 
-def render_groups_openmetrics(groups: Sequence[tuple[MetricSpec, Sequence[Sample]]]) -> str:
+def render_groups_openmetrics(groups: Sequence[tuple[MetricSpec, Sequence[Sample]]],
+                              texts: LabelTexts | None = None) -> str:
     """OpenMetrics 1.0 of ``groups``: the same samples, OpenMetrics family lines, ``# EOF``."""
     families = Counter(openmetrics_family(spec) for spec, _ in groups)
     out: list[str] = []
     cache: LabelCache = {}
+    earlier = texts.last if texts is not None else None
     for spec, samples in groups:
         header = openmetrics_header(spec, families[openmetrics_family(spec)] > 1)
-        render_group(spec, samples, out, cache, header)
+        render_group(spec, samples, out, cache, header=header, earlier=earlier)
+    if texts is not None:
+        texts.last = cache
     out.append("# EOF\n")
     return "".join(out)

@@ -19,6 +19,7 @@ from crusoe_metrics_exporter import __version__
 from crusoe_metrics_exporter.app import Exporter
 from crusoe_metrics_exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, render
 from crusoe_metrics_exporter.footprint import GC_PAUSE
+from crusoe_metrics_exporter.textformat import LabelTexts
 from crusoe_metrics_exporter.web import in_thread
 from crusoe_metrics_exporter.web.wire import Request, accepts
 
@@ -53,6 +54,8 @@ class SharedExposition:
     def __init__(self, exporter: Exporter) -> None:
         self._exporter = exporter
         self._inflight: dict[tuple[bool, bool], asyncio.Future[bytes]] = {}
+        #: Label sets carried from one rendering to the next: most series are the same every scrape.
+        self._label_texts = LabelTexts()
 
     async def get(self, openmetrics: bool, gzipped: bool) -> bytes:
         key = (openmetrics, gzipped)
@@ -74,7 +77,7 @@ class SharedExposition:
         # A big host's scrape allocates hundreds of thousands of short-lived
         # tuples; the cyclic GC would walk everything alive again and again.
         with GC_PAUSE.held():
-            body = render(self._exporter.collect(), openmetrics=openmetrics)
+            body = render(self._exporter.collect(), openmetrics=openmetrics, texts=self._label_texts)
         return gzip.compress(body, compresslevel=1) if gzipped else body
 
 
