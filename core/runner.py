@@ -123,6 +123,8 @@ def validate(
     taken = 0
     room = limit if limit is not None else -1
     rejected: dict[tuple[str, str], Rejection] = {}
+    #: The last labels tuple the inline check passed.
+    checked: object = None
 
     def reject(metric: str, reason: str, labels: object, value: object, names: tuple[str, ...] = ()) -> None:
         entry = rejected.get((metric, reason))
@@ -151,12 +153,16 @@ def validate(
         spec, series, kept, width, least = state
         # The common case inline, a strict subset of _matches: a tuple of as many ASCII str labels as declared,
         # an int or float that is finite as a float (not NaN, not negative for a counter, no histogram).
+        # A bulk emitter yields the samples of one series' metrics in a row, sharing one labels tuple: its
+        # labels are checked once.
         value_type = type(value)
         try:
             plain = (type(labels) is tuple and len(labels) == width and (value_type is int or value_type is float)
-                     and least <= value < _FLOAT_MAX and "".join(labels).isascii())  # type: ignore[operator]
+                     and least <= value < _FLOAT_MAX  # type: ignore[operator]
+                     and (labels is checked or "".join(labels).isascii()))
         except TypeError:  # a label that is not a str
             plain = False
+        checked = labels if plain else None
         if not plain and not _matches(spec, labels, value):
             reject(name, _why(spec, labels, value), labels, value, spec.labels)
             continue

@@ -19,6 +19,7 @@ SPECS = {
     spec.name: spec
     for spec in (
         MetricSpec("reads_total", "counter", "Reads.", ("device",)),
+        MetricSpec("queue", "gauge", "Queue.", ("device",)),
         MetricSpec("depth", "gauge", "Depth.", ("volume_id", "op")),
         MetricSpec("up", "gauge", "Up."),
         MetricSpec("wait_seconds", "histogram", "Wait.", ("device",), (0.1, 1.0)),
@@ -41,7 +42,7 @@ values = st.one_of(
 devices = st.sampled_from(["vda", "vdb", "vdc"])
 samples = st.one_of(
     st.builds(
-        lambda name, labels, value: Sample(name, labels, value),
+        Sample,
         st.sampled_from([*SPECS, "undeclared"]),
         st.one_of(st.lists(label_values, max_size=3).map(tuple), st.lists(label_values, max_size=2)),
         values,
@@ -49,6 +50,13 @@ samples = st.one_of(
     # Well-formed ones, so that duplicates and the series limit come up often.
     st.builds(lambda device, n: Sample("reads_total", (device,), n), devices, st.integers(0, 10)),
     st.builds(lambda device, x: Sample("depth", (device, "read"), x), devices, st.floats(-1e9, 1e9)),
+)
+
+# A bulk emitter's row: one labels tuple object shared by the samples of several metrics (checked once when good).
+rows = st.builds(
+    lambda labels, row_values: [Sample(name, labels, value) for name, value in zip(SPECS, row_values, strict=False)],
+    st.one_of(st.tuples(devices), st.tuples(devices, st.sampled_from(["read", "write"])), st.tuples(label_values)),
+    st.lists(st.one_of(st.integers(0, 10), values), min_size=1, max_size=len(SPECS)),
 )
 
 
@@ -77,8 +85,9 @@ def reference(batch: list[Sample], limit: int | None) -> tuple[dict[str, list[Sa
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(samples, max_size=30), st.one_of(st.none(), st.integers(0, 8)))
-def test_kept_and_dropped_are_what_the_rules_say(batch: list[Sample], limit: int | None) -> None:
+@given(st.lists(st.one_of(samples, rows), max_size=30), st.one_of(st.none(), st.integers(0, 8)))
+def test_kept_and_dropped_are_what_the_rules_say(drawn: list[Sample | list[Sample]], limit: int | None) -> None:
+    batch = [sample for item in drawn for sample in (item if isinstance(item, list) else [item])]
     # Repeats, so duplicates and the limit are exercised.
     batch = batch + batch[::2]
     kept, rejected = validate(batch, SPECS, limit)
