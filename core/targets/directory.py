@@ -2,10 +2,14 @@
 
 Every plugin that measures or probes NFS servers or the object store asks
 this one directory, so they all agree on the set of targets (the seed had
-three discovery routines that disagreed). Discovery runs at start and then on
-a background timer: the host's mounts every ``nfs_mount_refresh_interval``,
-the object-store FQDN every ``objstore_refresh_interval``. A scrape only
-reads the last snapshot. A failed lookup keeps the last good answer.
+three discovery routines that disagreed). Discovery runs at start; then one
+background thread sleeps in poll() until the host's mount table changes
+(the kernel signals it on ``HOST_PROC_PATH/1/mounts``) or a configured timer
+is due: ``nfs_mount_refresh_interval`` re-resolves the NFS server names (and
+re-reads a mount table that gives no change notification),
+``objstore_refresh_interval`` the object-store FQDN. With mounts by IP and
+no names to resolve, an idle exporter's refresh thread never wakes. A scrape
+only reads the last snapshot. A failed lookup keeps the last good answer.
 """
 
 from __future__ import annotations
@@ -34,12 +38,18 @@ from crusoe_metrics_exporter.targets.mounts import (
     remote_ports,
     server_part,
 )
+from crusoe_metrics_exporter.targets.mountwatch import MountTableWatch, Wake
 from crusoe_metrics_exporter.targets.volumes import volume_id, volume_pattern
 
 if TYPE_CHECKING:
     from crusoe_metrics_exporter.targets.service import TargetOptions
 
 log = logging.getLogger(__name__)
+
+#: Least seconds between two re-reads triggered by mount changes: a burst (a
+#: Kubernetes pod's volumes mounted one after another) costs one or two
+#: re-reads, not one per mount.
+MIN_CHANGE_GAP = 1.0
 
 
 def _hostname(text: str) -> str:
@@ -100,6 +110,14 @@ class TargetDirectory:
         self._nfs_mounts: tuple[NfsMount, ...] = ()
         self._objstore: tuple[ObjstoreEndpoint, ...] = ()
         self._last_mount_lines: list[MountLine] | None = None
+        # Whether the last NFS refresh looked up a host name (configured or
+        # in a mount): only then does the NFS timer run while the mount
+        # table is watched, since DNS changes give no notification.
+        self._nfs_names_in_use = False
+        #: Times the mount table was read, and times the refresh thread woke
+        #: up (for tests and the idle benchmark: nothing changes, nothing wakes).
+        self.mount_table_reads = 0
+        self.wakeups = 0
         self._warned: set[str] = set()
         #: Per-name lookups and unreadable files repeat every refresh; thousands of names must not flood the log.
         self._repeats = LogBudget(log, "target discovery: repeated problems", burst=10, interval=300.0)
@@ -109,6 +127,7 @@ class TargetDirectory:
         self._started = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watch: MountTableWatch | None = None
 
     # -- configuration views ---------------------------------------------
     @property
@@ -171,6 +190,9 @@ class TargetDirectory:
             if self._started:
                 return
             self._started = True
+            # Watched before the first read, so a mount made in between is
+            # still signalled.
+            self._watch = MountTableWatch(self._mounts_path)
             # Guarded: whatever goes wrong, the background thread must still
             # start so a later refresh can succeed.
             changed = self._guarded(self._refresh_nfs)
@@ -182,9 +204,13 @@ class TargetDirectory:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=10)
+        if self._watch is not None and (thread is None or not thread.is_alive()):
+            self._watch.close()  # the thread closes it too on its way out; closing twice is harmless
 
     def refresh_now(self) -> bool:
         """Re-read mounts and re-resolve names now; returns whether anything changed."""
@@ -196,24 +222,44 @@ class TargetDirectory:
 
     # -- refresh -----------------------------------------------------------
     def _run(self) -> None:
+        watch = self._watch
+        assert watch is not None  # made by start() before the thread
+        try:
+            self._refresh_loop(watch)
+        finally:
+            watch.close()
+
+    def _refresh_loop(self, watch: MountTableWatch) -> None:
         nfs_every = self._options.nfs_mount_refresh_interval
         obj_every = self._options.objstore_refresh_interval
         # Literal object-store IPs never change; only a name needs re-resolving.
         if not self.objstore_fqdn:
             obj_every = 0.0
-        now = time.monotonic()
-        next_nfs = now + nfs_every if nfs_every > 0 else math.inf
-        next_obj = now + obj_every if obj_every > 0 else math.inf
+        last_nfs = time.monotonic()
+        next_obj = last_nfs + obj_every if obj_every > 0 else math.inf
+        change_pending = False
         while True:
+            # The NFS timer only covers what no notification tells: host
+            # names (re-resolved) and a mount table that cannot be watched.
+            timed = nfs_every > 0 and (self._nfs_names_in_use or not watch.watching)
+            next_nfs = last_nfs + nfs_every if timed else math.inf
+            if change_pending:
+                next_nfs = min(next_nfs, last_nfs + MIN_CHANGE_GAP)
             due = min(next_nfs, next_obj)
-            timeout = None if math.isinf(due) else max(0.0, due - time.monotonic())
-            if self._stop.wait(timeout):
+            wake = watch.wait(None if math.isinf(due) else max(0.0, due - time.monotonic()))
+            self.wakeups += 1
+            if wake is Wake.STOPPED or self._stop.is_set():
                 return
             now = time.monotonic()
+            if wake is Wake.CHANGED:
+                change_pending = True
+                if now < last_nfs + MIN_CHANGE_GAP:
+                    continue  # coalesced: re-read once the gap has passed
             changed = False
-            if now >= next_nfs:
+            if change_pending or now >= next_nfs:
+                change_pending = False
                 changed = self._guarded(self._refresh_nfs) or changed
-                next_nfs = time.monotonic() + nfs_every
+                last_nfs = time.monotonic()
             if now >= next_obj:
                 changed = self._guarded(self._refresh_objstore) or changed
                 next_obj = time.monotonic() + obj_every
@@ -247,6 +293,7 @@ class TargetDirectory:
             log.warning(message, *args)
 
     def _read_mount_lines(self) -> list[MountLine]:
+        self.mount_table_reads += 1
         try:
             content = read_limited(self._mounts_path)
             if content.truncated and self._last_mount_lines is not None:
@@ -310,6 +357,7 @@ class TargetDirectory:
             for address in mount.addresses:
                 servers.add(address, name=mount_name, volume=mount.volume_id)
 
+        self._nfs_names_in_use = bool(resolved)
         new_servers = servers.build(ports)
         new_mounts = tuple(mounts)
         with self._lock:

@@ -37,7 +37,11 @@ class TargetOptions:
     nfs_volume_id_pattern: str = option(
         "regex", DEFAULT_VOLUME_PATTERN, "Regex with a named group 'volume_id' applied to an NFS mount's device.")
     nfs_mount_refresh_interval: float = option(
-        "duration", 30.0, "How often NFS mounts are re-scanned (on a background timer, never in a scrape).",
+        "duration", 30.0,
+        "How often the NFS server names (NFS_SERVER_IPS, mounts by host name) are re-resolved, with the mounts "
+        "re-read. A change of the host's mount table is seen at once without it (the kernel signals it); "
+        "where the table cannot signal (a copy not on procfs) this is also how often it is re-read. "
+        "Never in a scrape.",
         env="NFS_MOUNT_REFRESH_INTERVAL", minimum=1.0, maximum=DAY)
     objstore_endpoint_fqdn: str = option(
         "hostname", "",
