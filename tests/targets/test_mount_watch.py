@@ -51,14 +51,6 @@ def mount_points(d: TargetDirectory) -> set[str]:
     return {line.mount_point for line in d._last_mount_lines or []}
 
 
-@pytest.fixture
-def directories() -> Iterator[list[TargetDirectory]]:
-    made: list[TargetDirectory] = []
-    yield made
-    for d in made:
-        d.stop()
-
-
 def watching(pid: int, directories: list[TargetDirectory], **env: str) -> TargetDirectory:
     # The NFS timer is an hour: whatever is seen sooner was seen through the notification.
     options = options_for(TargetOptions, None, {"NFS_MOUNT_REFRESH_INTERVAL": "1h", **env})

@@ -8,11 +8,10 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from helpers.waiting import wait_until
 
 from crusoe_metrics_exporter.app import Exporter
@@ -81,14 +80,6 @@ def dns_value(directory: TargetDirectory, metric: str, kind: str, host: str) -> 
     text = dns_exposition(directory).decode()
     m = re.search(rf'^crusoe_vm_{metric}{{host="{re.escape(host)}",type="{kind}"}} (\S+)$', text, re.M)
     return float(m.group(1)) if m else None
-
-
-@pytest.fixture
-def directories() -> Iterator[list[TargetDirectory]]:
-    made: list[TargetDirectory] = []
-    yield made
-    for d in made:
-        d.stop()
 
 
 def test_host_mounts_fixture(tmp_path: Path, directories: list[TargetDirectory]) -> None:
