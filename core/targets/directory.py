@@ -246,18 +246,20 @@ class TargetDirectory:
             if change_pending:
                 next_nfs = min(next_nfs, last_nfs + MIN_CHANGE_GAP)
             due = min(next_nfs, next_obj)
-            wake = watch.wait(None if math.isinf(due) else max(0.0, due - time.monotonic()))
+            # While a re-read is owed, further changes need no wake-up: that
+            # re-read sees them.
+            wake = watch.wait(None if math.isinf(due) else max(0.0, due - time.monotonic()),
+                              table=not change_pending)
             self.wakeups += 1
             if wake is Wake.STOPPED or self._stop.is_set():
                 return
             now = time.monotonic()
             if wake is Wake.CHANGED:
                 change_pending = True
-                if now < last_nfs + MIN_CHANGE_GAP:
-                    continue  # coalesced: re-read once the gap has passed
             changed = False
-            if change_pending or now >= next_nfs:
+            if (change_pending and now >= last_nfs + MIN_CHANGE_GAP) or now >= next_nfs:
                 change_pending = False
+                watch.consume()
                 changed = self._guarded(self._refresh_nfs) or changed
                 last_nfs = time.monotonic()
             if now >= next_obj:

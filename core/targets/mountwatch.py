@@ -51,8 +51,13 @@ class MountTableWatch:
 
     def __init__(self, path: Path) -> None:
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        # Two poll sets: one also watching the table, one for stop alone (a
+        # coalescing pause must not wake for every change of a burst; and a
+        # registration with no events would still report POLLERR).
         self._poll = select.poll()
         self._poll.register(self._stop_r, select.POLLIN)
+        self._poll_stop = select.poll()
+        self._poll_stop.register(self._stop_r, select.POLLIN)
         # stop() may race close(): a closed descriptor's number can be reused.
         self._fd_lock = threading.Lock()
         self._closed = False
@@ -75,16 +80,24 @@ class MountTableWatch:
         """True when a change of the mount table wakes ``wait`` at once."""
         return self._table is not None
 
-    def wait(self, timeout: float | None) -> Wake:
-        """Block until the table changes, ``timeout`` seconds pass (None: forever) or ``stop()``."""
+    def wait(self, timeout: float | None, table: bool = True) -> Wake:
+        """Block until the table changes (if ``table``), ``timeout`` seconds pass (None: forever) or ``stop()``."""
         ms = -1 if timeout is None else max(0, int(timeout * 1000 + 0.999))
-        events = self._poll.poll(ms)
-        fds = {fd for fd, _ in events}
+        fds = {fd for fd, _ in (self._poll if table else self._poll_stop).poll(ms)}
         if self._stop_r in fds:
             return Wake.STOPPED
         if self._table_fd in fds:
             return Wake.CHANGED
         return Wake.TIMEOUT
+
+    def consume(self) -> None:
+        """Forget a change signalled but not yet waited for: call right before reading the table.
+
+        poll() reports each change once per open file; what changes after
+        this call is reported again, so nothing read here is read twice.
+        """
+        if self._table is not None:
+            self._poll.poll(0)
 
     def stop(self) -> None:
         """Wake ``wait`` for good (safe from any thread, any number of times)."""

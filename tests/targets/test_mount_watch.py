@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from helpers.waiting import wait_until
 
-from crusoe_metrics_exporter.targets.directory import TargetDirectory
+from crusoe_metrics_exporter.targets.directory import MIN_CHANGE_GAP, TargetDirectory
 from crusoe_metrics_exporter.targets.mountwatch import MountTableWatch, on_procfs
 from crusoe_metrics_exporter.targets.service import TargetOptions
 from crusoe_metrics_exporter.testing import options_for
@@ -96,11 +96,16 @@ def test_a_burst_of_mounts_is_read_once_or_twice(private_ns: int, tmp_path: Path
     targets = [tmp_path / f"m{i}" for i in range(20)]
     for t in targets:
         t.mkdir()
+    began = time.monotonic()
     in_ns(private_ns, "; ".join(f"mount -t tmpfs -o size=1m cme-burst {t}" for t in targets))
+    burst = time.monotonic() - began
     assert wait_until(lambda: {str(t) for t in targets} <= mount_points(d), timeout=5.0)
-    time.sleep(1.5)  # past the coalescing gap: any re-read still owed has happened
-    # 20 changes coalesced: the first re-read at once, at most one more after the gap.
-    assert 1 <= d.mount_table_reads - reads <= 2
+    time.sleep(MIN_CHANGE_GAP + 0.5)  # past the coalescing gap: any re-read still owed has happened
+    # 20 changes coalesced: one re-read per gap the burst spans, plus the last one owed (a burst takes
+    # a few milliseconds, so normally 1 or 2), and no wake-up per change while a re-read is owed.
+    reread = d.mount_table_reads - reads
+    assert 1 <= reread <= 2 + int(burst / MIN_CHANGE_GAP)
+    assert d.wakeups <= 2 * reread + 1
 
 
 def test_refresh_thread_sleeps_while_nothing_changes(private_ns: int, directories: list[TargetDirectory]) -> None:
