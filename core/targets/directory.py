@@ -238,7 +238,7 @@ class TargetDirectory:
         last_nfs = time.monotonic()
         next_obj = last_nfs + obj_every if obj_every > 0 else math.inf
         change_pending = False
-        while True:
+        while not self._stop.is_set():  # stop() before start() made the watch has no pipe to write to
             # The NFS timer only covers what no notification tells: host
             # names (re-resolved) and a mount table that cannot be watched.
             timed = nfs_every > 0 and (self._nfs_names_in_use or not watch.watching)
@@ -251,7 +251,7 @@ class TargetDirectory:
             wake = watch.wait(None if math.isinf(due) else max(0.0, due - time.monotonic()),
                               table=not change_pending)
             self.wakeups += 1
-            if wake is Wake.STOPPED or self._stop.is_set():
+            if wake is Wake.STOPPED:
                 return
             now = time.monotonic()
             if wake is Wake.CHANGED:
