@@ -29,7 +29,7 @@ test_tools=(
   "iputils-ping: ping"
   "openssl: openssl"
   # Loop devices, freezing, namespaces, limits, privilege drops, kernel log.
-  "util-linux: losetup fsfreeze dmesg prlimit setpriv unshare"
+  "util-linux: losetup fsfreeze dmesg prlimit setpriv unshare nsenter"
   "kmod: modprobe"
   "procps: pgrep"
   "coreutils: dd du truncate sha256sum"
