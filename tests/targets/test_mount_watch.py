@@ -8,6 +8,7 @@ The namespace, and every mount in it, ends with the child.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import shutil
@@ -54,9 +55,14 @@ def mount_points(d: TargetDirectory) -> set[str]:
     return {line.mount_point for line in d._last_mount_lines or []}
 
 
-def watching(pid: int, directories: list[TargetDirectory], **env: str) -> TargetDirectory:
-    # The NFS timer is an hour: whatever is seen sooner was seen through the notification.
-    options = options_for(TargetOptions, None, {"NFS_MOUNT_REFRESH_INTERVAL": "1h", **env})
+def with_refresh(env: dict[str, str], seconds: float) -> TargetOptions:
+    """Options from ``env`` with an NFS refresh timer of ``seconds`` (below the 1 s the settings accept, if need be)."""
+    return dataclasses.replace(options_for(TargetOptions, None, env), nfs_mount_refresh_interval=seconds)
+
+
+def watching(pid: int, directories: list[TargetDirectory], refresh: float = 3600.0, **env: str) -> TargetDirectory:
+    # The NFS timer is an hour unless asked otherwise: whatever is seen sooner was seen through the notification.
+    options = with_refresh(env, refresh)
     d = TargetDirectory(options, Path("/proc"), mounts_path=Path(f"/proc/{pid}/mounts"))
     directories.append(d)
     d.start()
@@ -128,7 +134,7 @@ def changes_seen(pid: int, seconds: float) -> int:
 def test_refresh_thread_sleeps_while_nothing_changes(private_ns: int, directories: list[TargetDirectory]) -> None:
     # Only IP literals (configured and, here, no NFS mounts): nothing for a timer to re-resolve, so a
     # 100 ms timer must not run.
-    d = watching(private_ns, directories, NFS_SERVER_IPS="10.0.0.1", NFS_MOUNT_REFRESH_INTERVAL="100ms")
+    d = watching(private_ns, directories, refresh=0.1, NFS_SERVER_IPS="10.0.0.1")
     assert [s.address for s in d.nfs_servers()] == ["10.0.0.1"]
     # Even a private namespace changes when another process deletes a directory or file mounted on in
     # the host's table it was copied from (other work on the machine: `ip netns del`): the kernel
@@ -147,7 +153,7 @@ def test_host_names_keep_the_timer_for_dns(private_ns: int, directories: list[Ta
         names.append(name)
         return ["10.0.0.2"]
 
-    options = options_for(TargetOptions, None, {"NFS_SERVER_IPS": "filer.test", "NFS_MOUNT_REFRESH_INTERVAL": "100ms"})
+    options = with_refresh({"NFS_SERVER_IPS": "filer.test"}, 0.1)
     d = TargetDirectory(options, Path("/proc"), resolver=resolver, mounts_path=Path(f"/proc/{private_ns}/mounts"))
     directories.append(d)
     assert [s.address for s in d.nfs_servers()] == ["10.0.0.2"]
