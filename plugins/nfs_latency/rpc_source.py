@@ -17,7 +17,13 @@ values are folded and the kernel entries deleted then.
 
 The sunrpc module may be loaded only when the first NFS mount appears, long
 after the exporter started: until its tracepoints exist the source is
-"pending" and the worker retries.
+"pending", and the worker looks again when that mount appears.
+
+The worker sleeps until something tells it to look (a mount change reported
+by target discovery, a client seen in a scrape that no mount is known to
+use, stop); it wakes on a timer only while a retry is owed (a superblock
+whose probe failed, a program that failed to load), so an idle exporter's
+worker never wakes.
 """
 
 from __future__ import annotations
@@ -67,8 +73,8 @@ PROGRAMS: tuple[tuple[str, str, frozenset[str], bool], ...] = (
 TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 _FIELD = re.compile(r"field:[^;]*?\b(\w+)(\[\d*\])?;")
 
-#: How often the worker looks again when nothing told it to (mounts, module).
-RECHECK_SECONDS = 30.0
+#: After the RPC-layer program failed to load, how long until it is tried again.
+LOAD_RETRY_SECONDS = 30.0
 #: A superblock whose probe failed is tried again after this long.
 PROBE_RETRY_SECONDS = 60.0
 
@@ -169,6 +175,8 @@ class RpcSource:
         self._state = RpcState()
         self._loaded: Any = None
         self._problem = "not started"
+        #: The program failed to load (not merely pending): tried again after LOAD_RETRY_SECONDS.
+        self._load_failed = False
         self._reported_full = 0
         self._prober = ProbeRunner()
         self._wake = threading.Event()
@@ -218,23 +226,38 @@ class RpcSource:
 
     # -- worker ------------------------------------------------------------------------------------------------
     def _run(self) -> None:
-        self._wake.wait(RECHECK_SECONDS)
-        self._wake.clear()
-        while not self._stop.is_set():
+        while True:
+            self._wake.wait(self.idle_wait())
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 if self._loaded is None:
                     self._try_load()
                 if self._loaded is not None:
                     self.refresh()
-            except Exception:  # the worker must survive anything; the next round tries again
+            except Exception:  # the worker must survive anything; the next poke or retry tries again
                 self.log.warning("nfs_latency RPC source: refresh failed", exc_info=True)
                 self.ctx.errors.inc(ERRORS)
-            self._wake.wait(RECHECK_SECONDS)
-            self._wake.clear()
+
+    def idle_wait(self) -> float | None:
+        """Seconds the worker may sleep unless poked: until the next owed retry, None when none is owed.
+
+        Everything else is announced: the sunrpc module comes with the first
+        NFS mount and a new superblock with a mount change (both reported by
+        target discovery, which pokes), a superblock remounted where the
+        discovery saw no change by its client's first RPCs (``fold`` pokes).
+        """
+        if self._loaded is None:
+            return LOAD_RETRY_SECONDS if self._load_failed else None
+        with self._lock:
+            retries = [failed.retry_at for failed in self._state.failed.values()]
+        return max(0.0, min(retries) - self._clock()) if retries else None
 
     def _try_load(self) -> None:
         if not rpc_layer_available():
             self._problem = "pending: the kernel has no sunrpc:rpc_stats_latency (sunrpc module not loaded yet)"
+            self._load_failed = False
             return
         try:
             loaded = self.ctx.ebpf.load(self.ctx.plugin, build_spec(self.ctx.plugin, self._capacity))
@@ -242,11 +265,13 @@ class RpcSource:
             self._problem = f"failed: {exc}"
             self.log.warning("nfs_latency: the RPC-layer program did not load (%s); NFS latency stays TCP-level",
                              exc)
-            # Not retried in a tight loop: the next round is RECHECK_SECONDS away.
+            # Not retried in a tight loop: the next try is LOAD_RETRY_SECONDS away.
+            self._load_failed = True
             return
         with self._lock:
             self._loaded = loaded
         self._problem = ""
+        self._load_failed = False
         self.ctx.details.update({f"rpc.{k}": v for k, v in loaded.details().items()})
         self.log.info("nfs_latency: RPC-layer source active (per-RPC latency per mount and procedure)")
         if self._on_active is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 from helpers.bpf_standins import MapStandIn
+from helpers.waiting import wait_until
 
 from crusoe_metrics_exporter.plugins import nfs_latency
 from crusoe_metrics_exporter.plugins._tcptrace.accumulate import Accumulator
@@ -22,7 +24,13 @@ from crusoe_metrics_exporter.plugins._tcptrace.buckets import bucket_of
 from crusoe_metrics_exporter.plugins.nfs_latency import rpc_parser as rp
 from crusoe_metrics_exporter.plugins.nfs_latency.parser import VECTOR_WIDTH
 from crusoe_metrics_exporter.plugins.nfs_latency.rpc_probe import ProbeRunner
-from crusoe_metrics_exporter.plugins.nfs_latency.rpc_source import RpcSource, _Mapped
+from crusoe_metrics_exporter.plugins.nfs_latency.rpc_source import (
+    LOAD_RETRY_SECONDS,
+    PROBE_RETRY_SECONDS,
+    RpcSource,
+    _Failed,
+    _Mapped,
+)
 from crusoe_metrics_exporter.sdk import HistogramValue
 from crusoe_metrics_exporter.targets.volumes import compile_volume_pattern
 from crusoe_metrics_exporter.testing import PluginHarness, StaticTargets
@@ -329,6 +337,47 @@ def test_malformed_entries_and_a_full_map_are_counted(
     assert sum(by_name(src)[("nfs_rpc_rtt_seconds", ("vol-a", "read"))].counts) == 1
     src.fold()  # the same full-map count is not charged twice
     assert source.harness.error_total(nfs_latency.ERRORS) == 2 + 7 + 2
+
+
+# -- when the worker wakes -------------------------------------------------------------------------------------
+def test_the_worker_sleeps_unless_a_retry_is_owed(source: Rig) -> None:
+    src, clock = source.src, source.clock
+    mount(src, "0:52", "vol-a", rp.ClientKey(3, 0), 40)
+    assert src.idle_wait() is None  # every superblock mapped: only a poke wakes the worker
+    src._state.failed["0:53"] = _Failed(frozenset({41}), clock.now + PROBE_RETRY_SECONDS, "no answer")
+    src._state.failed["0:54"] = _Failed(frozenset({42}), clock.now + 5, "no answer")
+    assert src.idle_wait() == 5  # the earliest owed probe retry
+    clock.now += 9
+    assert src.idle_wait() == 0
+    del src._state.failed["0:53"], src._state.failed["0:54"]
+    assert src.idle_wait() is None
+
+
+def test_a_pending_source_waits_for_a_mount_change_and_a_failed_load_retries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from crusoe_metrics_exporter.plugins.nfs_latency import rpc_source
+
+    checks: list[float] = []
+
+    def no_sunrpc() -> bool:
+        checks.append(time.monotonic())
+        return False
+
+    monkeypatch.setattr(rpc_source, "rpc_layer_available", no_sunrpc)
+    harness = make_harness()
+    src = RpcSource(harness.context, Accumulator(VECTOR_WIDTH), None)
+    src.start(lambda: None)
+    try:
+        assert src.problem.startswith("pending") and checks
+        assert src.idle_wait() is None  # no timer: the sunrpc module comes with an NFS mount, which pokes
+        src.poke()
+        assert wait_until(lambda: len(checks) == 2), "a poke did not make the worker look again"
+        src._load_failed = True
+        assert src.idle_wait() == LOAD_RETRY_SECONDS
+    finally:
+        src.stop()
+    assert src._thread is not None and not src._thread.is_alive()
 
 
 # -- which programs a kernel gets, from its tracepoint formats --------------------------------------------------
