@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from importlib import resources
 
@@ -49,9 +50,10 @@ MAX_DEVICES = 1024
 #: In-flight table size: 512 four-way sets (32 KiB). With 256 requests in flight
 #: about 0.2 % of them find their set full (the oldest is dropped); with 64, 1e-5.
 INFLIGHT_SLOTS = 2048
-#: How often the device table (/proc/diskstats names) is re-read, on the
-#: plugin's own timer thread (never in a scrape), so hot-plugged disks get
-#: names and slots and removed ones vanish.
+#: How old the device table (/proc/diskstats names) may get before a scrape
+#: asks for a re-read, so hot-plugged disks get names and slots and removed
+#: ones vanish. The read runs on the plugin's own thread (never in a scrape),
+#: woken by scrapes rather than a clock: nobody scraping, nothing wakes.
 TABLE_REFRESH_SECONDS = 5.0
 #: How long stop() waits for a refresh in progress (a read is bounded; this is a backstop).
 STOP_JOIN_SECONDS = 5.0
@@ -131,7 +133,10 @@ class DiskLatencyCollector:
         #: Held while the maps or the two tables above change or are read; never while reading a file.
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._timer: threading.Thread | None = None
+        #: Set by a scrape that found the table older than table_refresh_seconds.
+        self._refresh_wanted = threading.Event()
+        self._refreshed_at = 0.0
+        self._refresher: threading.Thread | None = None
 
     def start(self) -> None:
         try:
@@ -146,14 +151,18 @@ class DiskLatencyCollector:
         self.ctx.details.update(self.loaded.details())
         # The first table synchronously, so the first scrape names every disk.
         self.refresh()
-        self._timer = threading.Thread(target=self._refresh_loop, name=f"{self.ctx.plugin}-devices", daemon=True)
-        self._timer.start()
+        self._refresher = threading.Thread(target=self._refresh_loop, name=f"{self.ctx.plugin}-devices", daemon=True)
+        self._refresher.start()
 
     def _refresh_loop(self) -> None:
-        while not self._stopping.wait(self.table_refresh_seconds):
+        while True:
+            self._refresh_wanted.wait()
+            if self._stopping.is_set():
+                return
+            self._refresh_wanted.clear()
             try:
                 self.refresh()
-            except Exception:  # the timer must outlive one bad round (a map error): counted and logged
+            except Exception:  # the thread must outlive one bad round (a map error): counted and logged
                 self.ctx.errors.inc(ERRORS)
                 self.ctx.log.warning("refreshing disk_latency's device table failed", exc_info=True)
 
@@ -163,6 +172,7 @@ class DiskLatencyCollector:
 
     def refresh(self) -> None:
         """Re-read device names (outside the lock: a scrape never waits for the file), then update the maps."""
+        self._refreshed_at = time.monotonic()
         names = device_names(self.ctx.host_proc)
         if not names:
             # Unreadable table: keep the old one rather than dropping every disk.
@@ -205,6 +215,9 @@ class DiskLatencyCollector:
     def collect(self) -> Iterable[Sample]:
         if self.loaded is None:
             return []
+        if time.monotonic() - self._refreshed_at >= self.table_refresh_seconds:
+            # The refresh thread reads the table; this scrape uses the last one.
+            self._refresh_wanted.set()
         with self._lock:
             try:
                 stats = self._read()
@@ -250,9 +263,10 @@ class DiskLatencyCollector:
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._timer is not None:
-            self._timer.join(timeout=STOP_JOIN_SECONDS)
-            self._timer = None
+        self._refresh_wanted.set()
+        if self._refresher is not None:
+            self._refresher.join(timeout=STOP_JOIN_SECONDS)
+            self._refresher = None
         with self._lock:
             if self.loaded is None:
                 return

@@ -51,7 +51,7 @@ def _collector(tmp_path: Path) -> tuple[DiskLatencyCollector, ErrorCounters, Loa
     collector = DiskLatencyCollector(harness.context)
     loaded = LoadedStandIn()
     collector.loaded = loaded  # type: ignore[assignment]
-    collector.refresh()  # what start() and the timer do; collect() never reads the table
+    collector.refresh()  # what start() and the refresh thread do; collect() never reads the table
     return collector, errors, loaded
 
 

@@ -29,7 +29,7 @@ ERRORS = "disk_collection_errors_total"  # the seed's name
 def test_a_hostile_diskstats_at_start_up_and_while_running_costs_no_scrape_time(
     require_ebpf: None, state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The table is re-read on the plugin's timer, here every 0.1 s; a scrape never reads it.
+    # The table is re-read on the plugin's thread when a scrape finds it older than 0.1 s; a scrape never reads it.
     monkeypatch.setattr(collector_module, "TABLE_REFRESH_SECONDS", 0.1)
     tree = build_tree(tmp_path / "proc")
     good = (tree / "diskstats").read_bytes()

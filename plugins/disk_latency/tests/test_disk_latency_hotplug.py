@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from crusoe_metrics_exporter import sdk
 from crusoe_metrics_exporter.app import Exporter
 from crusoe_metrics_exporter.contract import HistogramValue, Sample
 from crusoe_metrics_exporter.plugins.disk_latency import collector as collector_module
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.ebpf
 LOOP_CTL_ADD = 0x4C80
 LOOP_CTL_REMOVE = 0x4C81
 LOOP_MAJOR = 7
-#: The device table's refresh period here (5 s in production): the timer, not a scrape, finds new disks.
+#: The device table's age limit here (5 s in production): the plugin's thread, woken by a scrape, finds new disks.
 REFRESH = 0.2
 
 #: Files opened by the thread that is collecting, while it collects (an audit hook cannot be removed: it
@@ -77,7 +78,7 @@ def collector(require_ebpf: None, state_dir: Path, monkeypatch: pytest.MonkeyPat
 
 
 def _scrape_until(collector: DiskLatencyCollector, done: Callable[[list[Sample]], bool]) -> list[Sample]:
-    """Scrape every 50 ms until ``done``; the timer must get there within a few refresh periods."""
+    """Scrape every 50 ms until ``done``; the refresh thread must get there within a few refresh periods."""
     deadline = time.monotonic() + 20 * REFRESH
     while True:
         samples = collect_reading_no_file(collector)
@@ -110,7 +111,7 @@ def test_disk_added_after_start_is_named_then_forgotten_when_removed(
             timeout=60,
         )
         writes = diskstats(name)[4]
-        # Named by the timer (scrapes only read): its series appear without a scrape reading diskstats.
+        # Named by the refresh thread (scrapes only read): its series appear without a scrape reading diskstats.
         found = _scrape_until(collector, lambda got: any(s.labels[0] == name for s in got))
         samples = {(s.metric, s.labels[0]): s.value for s in found}
         hist = samples[("disk_write_latency_seconds", name)]
@@ -142,3 +143,21 @@ def test_disk_added_after_start_is_named_then_forgotten_when_removed(
                 fcntl.ioctl(control, LOOP_CTL_REMOVE, number)
         os.close(control)
         backing.close()
+
+
+def test_nobody_scraping_nothing_rereads_the_table(collector: DiskLatencyCollector,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # A clock-driven refresh woke an idle exporter every 5 s (its idle CPU is
+    # held to node_exporter's); the re-read is asked for by scrapes instead.
+    reads: list[str] = []
+    real = sdk.device_names  # what the collector imported
+
+    def counting(host_proc: Path) -> dict[tuple[int, int], str]:
+        reads.append("read")
+        return real(host_proc)
+
+    monkeypatch.setattr(collector_module, "device_names", counting)
+    time.sleep(10 * REFRESH)
+    assert reads == [], "the device table was re-read with nobody scraping"
+    _scrape_until(collector, lambda _: bool(reads))
+    assert reads, "a scrape of a table older than the age limit did not wake the refresh"
