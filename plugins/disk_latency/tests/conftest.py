@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers.silent_loss import silent_loss_margin as silent_loss_rule
 
 from crusoe_metrics_exporter.ebpf import BpfSpec, BtfTracepoint, LoadedBpf, ProgramSpec, kernel, load
 from crusoe_metrics_exporter.plugins.disk_latency import collector
@@ -114,21 +115,8 @@ def completion_control(require_ebpf: None, state_dir: Path) -> Iterator[Callable
 
 @pytest.fixture
 def silent_loss_margin() -> Callable[[int], int]:
-    return _silent_loss_margin
-
-
-def _silent_loss_margin(completions: int) -> int:
-    """How many completions /proc/diskstats counts may reach no BPF program at all (docs/ebpf.md, Limits).
-
-    On the 6.18 development host every BPF program on block_rq_complete -
-    ours, the control, any attach kind - now and then misses the same
-    completion that diskstats and ftrace count, with no miss counter moving,
-    while other processes attach and detach perf-event programs on the block
-    tracepoints (other tests on this shared machine do). Measured: up to 4 of
-    600 (0.7 %) with a second disk busy, up to 33 of 6,144 next to a busy
-    neighbour program. Allowed: 2 % plus 2.
-    """
-    return completions // 50 + 2
+    """Completions /proc/diskstats counts that may reach no BPF program at all (helpers/silent_loss.py)."""
+    return silent_loss_rule
 
 
 def _loop_device(directory: str) -> Iterator[str]:
