@@ -38,9 +38,11 @@ static __always_inline int latency_off(void)
     return off && *off;
 }
 
+/* Sends and receives check latency_off() only once the socket matched: the
+ * unrelated traffic of the host, nearly every event, pays no lookup for it. */
 static __always_inline void on_send(void *sk, u16 family, int bytes)
 {
-    if (latency_off() || !tt_match_sock(sk, family))
+    if (!tt_match_sock(sk, family) || latency_off())
         return;
     u64 key = (u64)sk;
     u64 *start = inflight.lookup(&key);
@@ -55,10 +57,8 @@ static __always_inline void on_send(void *sk, u16 family, int bytes)
 
 static __always_inline void on_recv(void *sk, u16 family, int bytes)
 {
-    if (latency_off())
-        return;
     struct tt_stats *s = tt_match_sock(sk, family);
-    if (!s)
+    if (!s || latency_off())
         return;
     u64 key = (u64)sk;
     u64 *start = inflight.lookup(&key);
