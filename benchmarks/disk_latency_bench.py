@@ -5,8 +5,9 @@ measured in the same run (see ebpf_cost.py for the method):
 
 * per-event cost: run_time_ns / run_cnt of our programs, once for the
   attach kind the plugin uses here (tp_btf where the kernel has BTF) and once
-  for the perf-event tracepoint fallback, each next to empty programs of
-  every kind on the same two tracepoints over the same I/Os;
+  for the perf-event tracepoint fallback (rounds alternating), each next to
+  empty programs of every kind on the same two tracepoints over the same
+  I/Os, on a loop device over a file in /var/tmp (the machine's disk);
 * fio 4k random-write IOPS on a loop device backed by a file in tmpfs
   (memory: other work's disk I/O on the shared machine does not reach it,
   and an I/O costs only CPU, so our per-I/O cost weighs more than on a real
@@ -23,6 +24,7 @@ measured in the same run (see ebpf_cost.py for the method):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ebpf_cost import EMPTY_KINDS, delta, detached_run, empty_spec, per_event, reaches
@@ -158,6 +161,25 @@ def per_event_costs(device: str, state: Path, seconds: float, rounds: int) -> No
               f"{spread([r['ours'] / r['tracepoint'] for r in rows])}x")
 
 
+@contextlib.contextmanager
+def loop_device(under: Path) -> Iterator[str]:
+    """A loop device over a 128 MiB file in a fresh directory under ``under``; detached and removed after."""
+    work = Path(tempfile.mkdtemp(prefix="cme-bench-", dir=under))
+    try:
+        backing = work / "disk.img"
+        # Written out, not sparse: first writes into holes allocate blocks in
+        # the backing file and would make the earliest rounds slower.
+        subprocess.run(["dd", "if=/dev/zero", f"of={backing}", "bs=1M", "count=128", "status=none"], check=True)
+        device = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        try:
+            yield device
+        finally:
+            subprocess.run(["losetup", "-d", device], check=False)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short fio rounds")
@@ -172,41 +194,40 @@ def main() -> int:
             return 0
     rounds = args.rounds or (3 if args.quick else 16)
     seconds = 2 if args.quick else 3
-    state = Path(tempfile.mkdtemp(prefix="cme-bench-state-"))
-    work = Path(tempfile.mkdtemp(prefix="cme-bench-", dir="/dev/shm"))
-    backing = work / "disk.img"
-    # Written out, not sparse: first writes into holes allocate blocks in the
-    # backing file and would make the earliest rounds slower than the rest.
-    subprocess.run(["dd", "if=/dev/zero", f"of={backing}", "bs=1M", "count=128", "status=none"], check=True)
-    device = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True, text=True,
-                            check=True).stdout.strip()
-    try:
+    with contextlib.ExitStack() as stack:
+        state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cme-bench-state-")))
+        # Per-event cost and RSS on a loop device over the machine's disk (a
+        # completion arrives in another context than its issue, as on a real
+        # disk); the IOPS rounds over tmpfs (see the top of this file).
+        disk = stack.enter_context(loop_device(Path("/var/tmp")))
+        memory = stack.enter_context(loop_device(Path("/dev/shm")))
         # Start-up: compile in the helper + load every variant + attach, three
-        # times (the first also builds the merged header tree when needed).
+        # times (the first also builds the merged header tree when needed and
+        # fills the compile cache the other two load from).
         startup = []
         for _ in range(3):
             t0 = time.monotonic()
             loaded = load(bpf_spec(), state)
             startup.append(time.monotonic() - t0)
             loaded.close()
-        print(f"start-up (compile + load + attach): median {statistics.median(startup):.2f} s "
-              f"(runs: {', '.join(f'{s:.2f}' for s in startup)}; target < 2 s)")
+        print(f"start-up (compile + load + attach): first {startup[0]:.2f} s, then from the compile cache "
+              f"{', '.join(f'{s:.2f}' for s in startup[1:])} s; target < 2 s")
 
-        per_event_costs(device, state, seconds, 3 if args.quick else 9)
+        per_event_costs(disk, state, seconds, 3 if args.quick else 9)
 
         # fio IOPS, alternating rounds with the programs detached and
-        # attached, after an untimed warm-up round.
-        plugin = Plugin(device, state)
+        # attached, after an untimed check that fio reaches the programs.
+        plugin = Plugin(memory, state)
         try:
-            reaches([plugin.loaded], lambda: fio_iops(device, seconds))
+            reaches([plugin.loaded], lambda: fio_iops(memory, seconds))
             without, with_ = [], []
             for i in range(rounds):
                 if i % 2 == 0:
-                    without.append(detached_run([plugin.loaded], lambda: fio_iops(device, seconds)))
-                    with_.append(fio_iops(device, seconds))
+                    without.append(detached_run([plugin.loaded], lambda: fio_iops(memory, seconds)))
+                    with_.append(fio_iops(memory, seconds))
                 else:
-                    with_.append(fio_iops(device, seconds))
-                    without.append(detached_run([plugin.loaded], lambda: fio_iops(device, seconds)))
+                    with_.append(fio_iops(memory, seconds))
+                    without.append(detached_run([plugin.loaded], lambda: fio_iops(memory, seconds)))
         finally:
             plugin.close()
         # The machine is shared, so throughput drifts between rounds: compare
@@ -219,22 +240,12 @@ def main() -> int:
               f"{statistics.median(pair_ratios):.3f}, quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f} "
               f"(pairs: {', '.join(f'{r:.3f}' for r in pair_ratios)}; target >= 0.98; detached run counts "
               "checked to stand still)")
-    except BaseException:
-        subprocess.run(["losetup", "-d", device], check=False)
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(state, ignore_errors=True)
-        raise
 
-    try:
-        out = subprocess.run([sys.executable, "-c", RSS_CHILD, device, str(state)], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-c", RSS_CHILD, disk, str(state)], capture_output=True, text=True,
                              check=True, timeout=120).stdout.split()
         rss, hwm, bcc_loaded = int(out[0]), int(out[1]), out[2] == "True"
         print(f"exporter RSS with disk_latency active, after 25 scrapes under fio: {rss / 2**20:.1f} MiB "
               f"(peak {hwm / 2**20:.1f} MiB; bcc in process: {bcc_loaded}; target < 50 MB)")
-    finally:
-        subprocess.run(["losetup", "-d", device], check=False)
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(state, ignore_errors=True)
     return 0
 
 
