@@ -42,7 +42,7 @@ from ebpf_cost import EMPTY_KINDS, detached_run, empty_spec, reaches
 from crusoe_metrics_exporter.ebpf import LoadedBpf, kernel, load
 from crusoe_metrics_exporter.ebpf.service import EbpfService
 from crusoe_metrics_exporter.plugins._tcptrace.program import HOOKS
-from crusoe_metrics_exporter.plugins._tcptrace.tracer import TcpTracer, make_spec
+from crusoe_metrics_exporter.plugins._tcptrace.tracer import TcpTracer, make_spec, socket_slots
 from crusoe_metrics_exporter.plugins.nfs_latency import collector as nfs_collector
 from crusoe_metrics_exporter.plugins.nfs_latency import parser as nfs_parser
 from crusoe_metrics_exporter.plugins.objstore import collector as obj_collector
@@ -113,10 +113,10 @@ def pingpong(host: str, port: int, amount: float, source_port: int = 0) -> tuple
 def load_plugin(name: str, ports: tuple[int, ...], address: str) -> TcpTracer:
     if name == "nfs_latency":
         body, bounds = nfs_collector.SOURCE.read_text(), nfs_parser.BUCKETS
-        defines = {"NFS_MAX_INFLIGHT": 16384, "NFS_CLAMP_NS": 60 * 10**9, "NFS_BUCKETS": nfs_parser.SLOTS}
+        defines = {"TT_SOCKETS": socket_slots(16384), "NFS_CLAMP_NS": 60 * 10**9, "NFS_BUCKETS": nfs_parser.SLOTS}
     else:
         body, bounds = obj_collector.SOURCE.read_text(), obj_parser.BUCKETS
-        defines = {"OBJ_MAX_INFLIGHT": 65536, "OBJ_CLAMP_NS": 600 * 10**9, "OBJ_BUCKETS": obj_parser.SLOTS}
+        defines = {"TT_SOCKETS": socket_slots(65536), "OBJ_CLAMP_NS": 600 * 10**9, "OBJ_BUCKETS": obj_parser.SLOTS}
     spec = make_spec(name, body, bounds, defines=defines, max_targets=64)
     # The eBPF runtime service on its own, without the exporter around it.
     tracer = TcpTracer.load(EbpfService(), name, spec, 64)

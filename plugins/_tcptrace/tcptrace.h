@@ -95,6 +95,82 @@ static __always_inline void tt_forget_socket(void *sk)
         *entry = 0;
 }
 
+/* Per-socket state of the including program (its struct tt_sock_state,
+ * whose first member is `u64 start_ns`, 0 while the socket is idle), in a
+ * set-associative table in an ARRAY map: TT_SOCKET_WAYS ways per set, the
+ * set chosen by a multiplicative hash of the socket address. The lookups
+ * are inlined by the JIT and one set is one or two cache lines; an LRU hash
+ * map cost ~45 ns more per matching event here (its hashing and bucket
+ * walk). A socket without state takes a free way of its set, else an idle
+ * one, else the one whose state started longest ago (that socket loses its
+ * outstanding exchange, as the LRU map evicted its least recent entry).
+ * TT_SOCKETS, a power of two and at least one set, comes from userspace.
+ * Ways are written with plain stores: two CPUs claiming the last free way of
+ * a set at the same instant can lose one socket's state (one exchange). */
+#define TT_SOCKET_WAYS 4
+struct tt_sock {
+    u64 sk; /* the socket's address; 0: the way is free */
+    struct tt_sock_state state;
+};
+BPF_ARRAY(tt_sockets, struct tt_sock, TT_SOCKETS);
+
+static __always_inline u32 tt_socket_set(u64 sk)
+{
+    return (u32)((((sk >> 6) * 0x9E3779B97F4A7C15ULL) >> 32) & (TT_SOCKETS - TT_SOCKET_WAYS));
+}
+
+/* The socket's way; with `claim`, a way taken for it (state zeroed) when it
+ * had none. NULL: not found (or, claiming, no way to take). */
+static __always_inline struct tt_sock *tt_socket_way(u64 sk, int claim)
+{
+    u32 base = tt_socket_set(sk);
+    struct tt_sock *victim = NULL;
+    u64 victim_rank = ~0ULL;
+#pragma unroll
+    for (u32 w = 0; w < TT_SOCKET_WAYS; w++) {
+        u32 i = base + w;
+        struct tt_sock *e = tt_sockets.lookup(&i);
+        if (!e)
+            return NULL;
+        if (e->sk == sk)
+            return e;
+        /* Free first (0), then idle (1), then the oldest start. */
+        u64 rank = e->sk == 0 ? 0 : (e->state.start_ns == 0 ? 1 : e->state.start_ns);
+        if (rank < victim_rank) {
+            victim_rank = rank;
+            victim = e;
+        }
+    }
+    if (!claim || !victim)
+        return NULL;
+    struct tt_sock_state fresh = {};
+    victim->state = fresh;
+    victim->sk = sk;
+    return victim;
+}
+
+/* The socket's state, NULL when it has none. */
+static __always_inline struct tt_sock_state *tt_socket_state(u64 sk)
+{
+    struct tt_sock *e = tt_socket_way(sk, 0);
+    return e ? &e->state : NULL;
+}
+
+/* The socket's state; a zeroed one taken for it when it had none. */
+static __always_inline struct tt_sock_state *tt_socket_claim(u64 sk)
+{
+    struct tt_sock *e = tt_socket_way(sk, 1);
+    return e ? &e->state : NULL;
+}
+
+/* The socket is released: free its way. */
+static __always_inline void tt_socket_forget(u64 sk)
+{
+    struct tt_sock *e = tt_socket_way(sk, 0);
+    if (e)
+        e->sk = 0;
+}
+
 /* The hooks take a socket as a plain number (its address): that is what the
  * perf-event tracepoints and kprobes give, and it keys the maps. A tp_btf
  * program gets a BTF-typed pointer instead, with which the verifier allows no

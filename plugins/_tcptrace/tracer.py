@@ -63,6 +63,15 @@ def plan_spec(name: str) -> BpfSpec:
     return BpfSpec(name=name, source="", programs=program.program_specs(send_tracepoint_available()))
 
 
+#: Ways per set of the per-socket table (TT_SOCKET_WAYS in tcptrace.h).
+SOCKET_WAYS = 4
+
+
+def socket_slots(capacity: int) -> int:
+    """Entries of the per-socket table (TT_SOCKETS): ``capacity`` rounded up to a power of two, at least one set."""
+    return max(SOCKET_WAYS, 1 << (max(1, capacity) - 1).bit_length())
+
+
 def target_capacity(initial: int) -> int:
     """Address-set size: room for discovery to grow without reloading."""
     return max(64, 4 * initial)

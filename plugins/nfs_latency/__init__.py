@@ -138,7 +138,9 @@ class NfsLatencyOptions:
         "duration", 60.0, "Longest latency recorded; longer samples count at this value.", minimum=0.001,
         maximum=3600.0)
     inflight_capacity: int = option(
-        "int", 16384, "Sockets tracked at once (LRU: the least recent is evicted).", minimum=1, maximum=1 << 20)
+        "int", 16384,
+        "Sockets tracked at once (rounded up to a power of two, in sets of four: a socket finding its set full "
+        "evicts an idle one, else the one waiting longest).", minimum=1, maximum=1 << 20)
     idle_series: bool = option(
         "bool", False,
         "Export zero-valued series for a volume that has had no traffic yet; off, its series appear with its first "

@@ -23,6 +23,7 @@ from pathlib import Path
 from crusoe_metrics_exporter.plugins._tcptrace.accumulate import Vector
 from crusoe_metrics_exporter.plugins._tcptrace.addresses import normalize
 from crusoe_metrics_exporter.plugins._tcptrace.collector import TcpTargetCollector
+from crusoe_metrics_exporter.plugins._tcptrace.tracer import socket_slots
 from crusoe_metrics_exporter.plugins.nfs_latency import ALL_OPERATIONS, NfsLatencyOptions
 from crusoe_metrics_exporter.plugins.nfs_latency.parser import (
     BUCKETS,
@@ -141,7 +142,7 @@ class NfsLatencyCollector(TcpTargetCollector):
 
     def defines(self, capacity: int) -> dict[str, int]:
         return {
-            "NFS_MAX_INFLIGHT": self.ctx.options.inflight_capacity,
+            "TT_SOCKETS": socket_slots(self.ctx.options.inflight_capacity),
             "NFS_CLAMP_NS": int(self.ctx.options.latency_clamp * 1e9),
             "NFS_BUCKETS": SLOTS,
         }

@@ -3,7 +3,7 @@
  *
  * The plugin prepends a generated `latency_bucket()` (the histogram bounds
  * live once, in Python), pastes the shared _tcptrace headers in place of
- * their #include lines and defines TT_MAX_TARGETS, NFS_MAX_INFLIGHT,
+ * their #include lines and defines TT_MAX_TARGETS, TT_SOCKETS,
  * NFS_CLAMP_NS and NFS_BUCKETS (finite bounds + 1 overflow slot); the eBPF
  * runtime defines CME_WANT_<function> for the variant it picked per hook.
  *
@@ -21,11 +21,13 @@ struct tt_stats {
     u64 hist[NFS_BUCKETS];
 };
 
-#include "tcptrace.h"
+/* Per socket (tt_sockets, see tcptrace.h): when the outstanding request
+ * started (0 = none outstanding). Freed when the socket is released. */
+struct tt_sock_state {
+    u64 start_ns;
+};
 
-/* Per socket: when the outstanding request started (0 = none outstanding).
- * LRU, and removed when the socket is released. */
-BPF_TABLE("lru_hash", u64, u64, inflight, NFS_MAX_INFLIGHT);
+#include "tcptrace.h"
 /* Set to 1 by userspace once the RPC-layer source (rpc_latency.c) measures
  * NFS latency per RPC: then sends and receives are not timed here at all
  * (retransmissions still are). */
@@ -44,15 +46,9 @@ static __always_inline void on_send(void *sk, u16 family, int bytes)
 {
     if (!tt_match_sock(sk, family) || latency_off())
         return;
-    u64 key = (u64)sk;
-    u64 *start = inflight.lookup(&key);
-    if (start) {
-        if (*start == 0)
-            *start = bpf_ktime_get_ns();
-        return;
-    }
-    u64 now = bpf_ktime_get_ns();
-    inflight.insert(&key, &now);
+    struct tt_sock_state *state = tt_socket_claim((u64)sk);
+    if (state && state->start_ns == 0)
+        state->start_ns = bpf_ktime_get_ns();
 }
 
 static __always_inline void on_recv(void *sk, u16 family, int bytes)
@@ -60,16 +56,15 @@ static __always_inline void on_recv(void *sk, u16 family, int bytes)
     struct tt_stats *s = tt_match_sock(sk, family);
     if (!s || latency_off())
         return;
-    u64 key = (u64)sk;
-    u64 *start = inflight.lookup(&key);
-    if (!start || *start == 0)
+    struct tt_sock_state *state = tt_socket_state((u64)sk);
+    if (!state || state->start_ns == 0)
         return;
-    u64 began = *start;
+    u64 began = state->start_ns;
     /* The entry stays for the socket's next request and goes when the socket
      * is released. A plain store, not an atomic claim: two threads reading
      * one socket at the same instant could both record this request (the
      * kernel NFS client reads each connection from one worker). */
-    *start = 0;
+    state->start_ns = 0;
     u64 d = bpf_ktime_get_ns() - began;
     if (d > NFS_CLAMP_NS) {
         d = NFS_CLAMP_NS;
@@ -93,8 +88,7 @@ static __always_inline void on_retransmit(u16 dport, struct addr16 *a, u32 segme
 static __always_inline void on_close(void *sk, u16 family)
 {
     tt_forget_socket(sk);
-    u64 key = (u64)sk;
-    inflight.delete(&key);
+    tt_socket_forget((u64)sk);
 }
 
 #include "tcptrace_tracepoints.h"

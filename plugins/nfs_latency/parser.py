@@ -19,8 +19,8 @@ SLOTS = len(BUCKETS) + 1
 #: struct tt_stats (nfs_latency.c) { u64 latency_ns; u64 retransmits; u64 hist[SLOTS]; }, the counters map value
 STATS_VALUE = struct.Struct(f"<QQ{SLOTS}Q")
 STATS_KEY_SIZE = 16
-#: inflight value: u64 start of the outstanding request (0 = none)
-INFLIGHT_VALUE_SIZE = 8
+#: tt_sockets value: struct tt_sock { u64 sk; u64 start of the outstanding request (0 = none) }
+SOCKET_VALUE_SIZE = 16
 
 UNKNOWN_VOLUME = "unknown"
 SHARED_VOLUME = "shared"

@@ -77,7 +77,9 @@ class ObjstoreOptions:
         "duration", 600.0, "Longest phase recorded; longer phases count at this value.", minimum=0.001,
         maximum=3600.0)
     inflight_capacity: int = option(
-        "int", 65536, "Connections tracked at once (LRU: the least recent is evicted).", minimum=1, maximum=1 << 20)
+        "int", 65536,
+        "Connections tracked at once (rounded up to a power of two, in sets of four: a connection finding its set "
+        "full evicts the one whose phase began longest ago).", minimum=1, maximum=1 << 20)
     idle_series: bool = option(
         "bool", False,
         "Export zero-valued series for an endpoint that has had no traffic yet; off, its series appear with its first "

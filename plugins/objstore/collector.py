@@ -8,6 +8,7 @@ from pathlib import Path
 from crusoe_metrics_exporter.plugins._tcptrace.accumulate import Vector
 from crusoe_metrics_exporter.plugins._tcptrace.addresses import normalize
 from crusoe_metrics_exporter.plugins._tcptrace.collector import TcpTargetCollector
+from crusoe_metrics_exporter.plugins._tcptrace.tracer import socket_slots
 from crusoe_metrics_exporter.plugins.objstore import ObjstoreOptions
 from crusoe_metrics_exporter.plugins.objstore.parser import BUCKETS, SLOTS, VECTOR_WIDTH, parse_stats_entry
 from crusoe_metrics_exporter.sdk import HistogramValue, PluginContext, Sample
@@ -42,7 +43,7 @@ class ObjstoreCollector(TcpTargetCollector):
 
     def defines(self, capacity: int) -> dict[str, int]:
         return {
-            "OBJ_MAX_INFLIGHT": self.ctx.options.inflight_capacity,
+            "TT_SOCKETS": socket_slots(self.ctx.options.inflight_capacity),
             "OBJ_CLAMP_NS": int(self.ctx.options.latency_clamp * 1e9),
             "OBJ_BUCKETS": SLOTS,
         }

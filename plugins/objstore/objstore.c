@@ -3,7 +3,7 @@
  *
  * The plugin prepends a generated `latency_bucket()`, pastes the shared
  * _tcptrace headers in place of their #include lines and defines
- * TT_MAX_TARGETS, OBJ_MAX_INFLIGHT, OBJ_CLAMP_NS and OBJ_BUCKETS (finite
+ * TT_MAX_TARGETS, TT_SOCKETS, OBJ_CLAMP_NS and OBJ_BUCKETS (finite
  * bounds + 1 overflow slot); the eBPF runtime defines CME_WANT_<function>
  * for the variant it picked per hook.
  *
@@ -23,16 +23,14 @@ struct tt_stats {
     u64 hist[OBJ_BUCKETS];
 };
 
-#include "tcptrace.h"
-
-struct phase {
+/* Per connection (tt_sockets, see tcptrace.h): the current phase; freed
+ * (after recording its last phase) when the socket is released. */
+struct tt_sock_state {
     u64 start_ns;
     u64 last_recv_ns;
 };
 
-/* Per connection; LRU, and removed (after recording its last phase) when the
- * socket is released. */
-BPF_TABLE("lru_hash", u64, struct phase, phases, OBJ_MAX_INFLIGHT);
+#include "tcptrace.h"
 
 static __always_inline void record_phase(struct tt_stats *s, u64 start_ns, u64 end_ns)
 {
@@ -53,11 +51,12 @@ static __always_inline void on_send(void *sk, u16 family, int bytes)
     if (!s)
         return;
     __sync_fetch_and_add(&s->bytes_sent, (u64)bytes);
-    u64 key = (u64)sk;
-    struct phase *cur = phases.lookup(&key);
-    if (!cur) {
-        struct phase fresh = {.start_ns = bpf_ktime_get_ns()};
-        phases.insert(&key, &fresh);
+    struct tt_sock_state *cur = tt_socket_claim((u64)sk);
+    if (!cur)
+        return;
+    if (cur->start_ns == 0) {
+        /* A fresh connection (or one whose state was evicted). */
+        cur->start_ns = bpf_ktime_get_ns();
         return;
     }
     u64 last = cur->last_recv_ns;
@@ -75,9 +74,8 @@ static __always_inline void on_recv(void *sk, u16 family, int bytes)
     if (!s)
         return;
     __sync_fetch_and_add(&s->bytes_recv, (u64)bytes);
-    u64 key = (u64)sk;
-    struct phase *cur = phases.lookup(&key);
-    if (cur)
+    struct tt_sock_state *cur = tt_socket_state((u64)sk);
+    if (cur && cur->start_ns)
         cur->last_recv_ns = bpf_ktime_get_ns();
 }
 
@@ -93,13 +91,13 @@ static __always_inline void on_retransmit(u16 dport, struct addr16 *a, u32 segme
 static __always_inline void on_close(void *sk, u16 family)
 {
     tt_forget_socket(sk);
-    u64 key = (u64)sk;
-    struct phase *cur = phases.lookup(&key);
+    struct tt_sock_state *cur = tt_socket_state((u64)sk);
     if (!cur)
         return;
-    struct phase done = *cur;
-    /* Whoever deletes the entry records its last phase, exactly once. */
-    if (phases.delete(&key) != 0 || done.last_recv_ns == 0)
+    struct tt_sock_state done = *cur;
+    /* Released once: this is the only event that records its last phase. */
+    tt_socket_forget((u64)sk);
+    if (done.last_recv_ns == 0)
         return;
     /* Matched afresh (the socket is still intact here): the address may
      * have stopped being a target since the phase began. */

@@ -18,8 +18,8 @@ SLOTS = len(BUCKETS) + 1
 #: { u64 latency_ns, retransmits, bytes_sent, bytes_recv; u64 hist[SLOTS]; }
 STATS_VALUE = struct.Struct(f"<QQQQ{SLOTS}Q")
 STATS_KEY_SIZE = 16
-#: struct phase { u64 start_ns; u64 last_recv_ns; }
-PHASE_VALUE_SIZE = 16
+#: tt_sockets value: struct tt_sock { u64 sk; struct { u64 start_ns; u64 last_recv_ns; } state; }
+SOCKET_VALUE_SIZE = 24
 VECTOR_WIDTH = 4 + SLOTS
 
 

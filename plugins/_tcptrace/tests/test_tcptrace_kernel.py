@@ -25,12 +25,12 @@ PROGRAMS: dict[str, tuple[Callable[[], str], tuple[float, ...], dict[str, int]]]
     "nfs_latency": (
         nfs_collector.SOURCE.read_text,
         nfs_parser.BUCKETS,
-        {"NFS_MAX_INFLIGHT": 1024, "NFS_CLAMP_NS": 60 * 10**9, "NFS_BUCKETS": nfs_parser.SLOTS},
+        {"TT_SOCKETS": 1024, "NFS_CLAMP_NS": 60 * 10**9, "NFS_BUCKETS": nfs_parser.SLOTS},
     ),
     "objstore": (
         obj_collector.SOURCE.read_text,
         obj_parser.BUCKETS,
-        {"OBJ_MAX_INFLIGHT": 1024, "OBJ_CLAMP_NS": 600 * 10**9, "OBJ_BUCKETS": obj_parser.SLOTS},
+        {"TT_SOCKETS": 1024, "OBJ_CLAMP_NS": 600 * 10**9, "OBJ_BUCKETS": obj_parser.SLOTS},
     ),
 }
 
@@ -54,10 +54,10 @@ def test_map_layouts_match_python(name: str) -> None:
         assert sizes(loaded.map("tt_verdicts")) == (4, 8, 4096)
         if name == "nfs_latency":
             assert sizes(loaded.map("counters")) == (4, nfs_parser.STATS_VALUE.size, 65)
-            assert sizes(loaded.map("inflight"))[:2] == (8, nfs_parser.INFLIGHT_VALUE_SIZE)
+            assert sizes(loaded.map("tt_sockets")) == (4, nfs_parser.SOCKET_VALUE_SIZE, 1024)
         else:
             assert sizes(loaded.map("counters")) == (4, obj_parser.STATS_VALUE.size, 65)
-            assert sizes(loaded.map("phases"))[:2] == (8, obj_parser.PHASE_VALUE_SIZE)
+            assert sizes(loaded.map("tt_sockets")) == (4, obj_parser.SOCKET_VALUE_SIZE, 1024)
         # Tracepoint variants are compiled only for the hooks feature detection
         # gives a tracepoint on this kernel (all four on 6.3+, retransmit and close on 6.1).
         planned = {role for role, choice in attach_plan(plan_spec(name)).items()
