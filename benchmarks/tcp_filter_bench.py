@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from ebpf_cost import EMPTY_KINDS, detached_run, empty_spec, reaches
+from helpers.server import free_port
 
 from crusoe_metrics_exporter.ebpf import LoadedBpf, kernel, load
 from crusoe_metrics_exporter.ebpf.service import EbpfService
@@ -90,12 +92,6 @@ else:
 """
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def pingpong(host: str, port: int, amount: float, source_port: int = 0) -> tuple[int, float]:
     """Run a ping-pong; ``amount`` >= 1000 is a round-trip count, else seconds. Returns (trips, seconds).
 
@@ -144,10 +140,10 @@ def measure_order(order: tuple[str, ...], trips: int) -> tuple[str, dict[str, di
 
     Returns the plugin's attach method and, per case, ns/event per program.
     """
-    watched_port, other_port = free_port("127.0.0.1"), free_port("127.0.0.1")
+    watched_port, other_port = free_port(), free_port()
     # The client's port of the matching case: fresh each round, so no
     # TIME_WAIT of an earlier round's connection stands in its way.
-    client_port = free_port("127.0.0.1")
+    client_port = free_port()
     programs: dict[str, LoadedBpf] = {}
     try:
         for name in order:
@@ -215,7 +211,7 @@ def rate(seconds: float, rounds: int) -> None:
     from the plugins' own work. Each round runs the three modes, the order
     rotating, and ratios are taken within the round.
     """
-    port = free_port("127.0.0.1")
+    port = free_port()
     tracers = [load_plugin(name, (port,), OTHER_ADDRESS) for name in PLUGINS]
     plugins = [t.loaded for t in tracers]
     empties = [load(empty_spec("tp_btf", TRACEPOINTS)) for _ in PLUGINS]

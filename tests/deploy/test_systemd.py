@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import pytest
 from helpers.capability_table import REPO, opt_in_capabilities, opt_in_plugins, readme_rows, unit_setting
 from helpers.kube import exporter_container
 from helpers.server import free_port
+from helpers.waiting import http_status, wait_for_ok
 
 pytestmark = [pytest.mark.deploy, pytest.mark.slow]
 
@@ -135,16 +135,7 @@ def icmp_mode(installed: Installed, state: Path, caps: list[str]) -> str:
     proc = subprocess.Popen([*_as_unit_user(installed, caps), installed.cli, "serve"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "the exporter did not become ready"
-            time.sleep(0.2)
+        wait_for_ok(lambda: http_status(f"http://127.0.0.1:{port}/ready"), proc, 60, "the exporter", step=0.2)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/plugins.json", timeout=5) as resp:
             (probes,) = [r for r in json.load(resp) if r["name"] == "probes"]
         return str(probes["details"]["icmp_ipv4"])

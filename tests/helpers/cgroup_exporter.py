@@ -18,6 +18,7 @@ import pytest
 from helpers.cgroup import MemoryCgroup, cgroup_unavailable, memory_cgroup
 from helpers.processes import stop
 from helpers.server import CLI, free_port
+from helpers.waiting import http_status, wait_for_ok
 
 #: The memory limit the DaemonSet and the systemd unit shipped when issue 16's trial ran.
 TRIAL_LIMIT = 256 * 1024 * 1024
@@ -87,16 +88,9 @@ def exporter_in_cgroup(args: Sequence[str], env: Mapping[str, str], limit: int =
         proc = subprocess.Popen(cgroup.wrap([*wrapper, CLI, "serve", *args]), env=full_env,
                                 stdout=subprocess.DEVNULL, stderr=stderr)
         try:
-            while True:
-                assert proc.poll() is None, f"exited with {proc.returncode}"
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
-                        if resp.status == 200:
-                            break
-                except OSError:
-                    pass
-                assert time.monotonic() - started < 30, "never listened"
-                time.sleep(0.01)
+            # A short step: the time to the first answer is reported as the start-up time.
+            wait_for_ok(lambda: http_status(f"http://127.0.0.1:{port}/health", timeout=1), proc, 30, "exporter",
+                        step=0.01)
             yield CgroupExporter(proc, port, cgroup, stderr, time.monotonic() - started)
         finally:
             stop(proc)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import types
 from collections.abc import Callable, Iterable
@@ -111,12 +110,6 @@ def make_exporter(entries: list[tuple[Any, str, str]], environ: dict[str, str] |
     # Loaded now rather than by their start (as serve does), so a test sees declarations and settings errors at once.
     exporter.load_trusted()
     return exporter
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 

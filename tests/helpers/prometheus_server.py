@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -14,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from helpers.moto_s3 import free_port
 from helpers.processes import stop
+from helpers.server import free_port
+from helpers.waiting import http_status, wait_for_ok
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
@@ -68,19 +68,8 @@ def prometheus(target: str, workdir: Path, scrape_interval: str = "1s", job_yaml
     )
     server = Prometheus(port)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"prometheus exited: {(workdir / 'prometheus.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("prometheus did not become ready")
-            time.sleep(0.2)
+        wait_for_ok(lambda: http_status(f"http://127.0.0.1:{port}/-/ready"), proc, 30, "prometheus",
+                    (workdir / "prometheus.log").read_text, step=0.2)
         yield server
     finally:
         stop(proc)

@@ -7,7 +7,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import IO
 
 from helpers.processes import stop
+from helpers.waiting import wait_for_ok
 
 CLI = str(Path(sys.executable).parent / "crusoe-metrics-exporter")
 
@@ -47,11 +47,12 @@ class RunningExporter:
         return self.stderr.read().decode(errors="replace")
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on at ``host`` (IPv4 or IPv6) right now."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -73,18 +74,7 @@ def running_exporter(env: Mapping[str, str] | None = None, args: tuple[str, ...]
         proc = subprocess.Popen([*wrapper, CLI, "serve", *args], env=full_env, stdout=subprocess.DEVNULL, stderr=stderr)
         running = RunningExporter(proc, port, stderr, tls, headers)
         try:
-            deadline = time.monotonic() + ready_timeout
-            while True:
-                if proc.poll() is not None:
-                    raise AssertionError(f"exporter exited with {proc.returncode}: {running.log()}")
-                try:
-                    if running.get(wait_for, timeout=2)[0] == 200:
-                        break
-                except OSError:  # refused, or HTTPError 503 while plugins start
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"exporter did not become ready: {running.log()[-2000:]}")
-                time.sleep(0.1)
+            wait_for_ok(lambda: running.get(wait_for, timeout=2)[0], proc, ready_timeout, "exporter", running.log)
             yield running
         finally:
             stop(proc)
